@@ -1,0 +1,329 @@
+"""The public ops: validate, dispatch, call the backend, build the cache and
+store running statistics.  Backends only compute."""
+from __future__ import annotations
+
+
+import numpy as np
+
+from . import _validate as V
+from ._dispatch import backend_for
+
+
+class BatchnormCache:
+    """Opaque cache of a batchnorm forward, for the matching backward.
+
+    Holds references, not copies: ``x`` and ``gamma`` as given to the forward
+    (gamma as a (C,) view in x's dtype), and the per-channel ``mean`` and
+    ``invstd`` (float64 on the CPU) -- O(C) memory beyond ``x``.
+    """
+
+    __slots__ = ("op", "mode", "backend", "xp", "x", "gamma", "gamma_shape",
+                 "mean", "invstd", "out_shape")
+
+    def __init__(self, op, mode, backend, xp, x, gamma, gamma_shape, mean, invstd):
+        self.op = op
+        self.mode = mode
+        self.backend = backend
+        self.xp = xp
+        self.x = x
+        self.gamma = gamma
+        self.gamma_shape = gamma_shape
+        self.mean = mean
+        self.invstd = invstd
+        self.out_shape = tuple(x.shape)
+
+    def __repr__(self):
+        return (f"<{self.op} cache: mode={self.mode!r}, backend={self.backend.NAME!r}, "
+                f"shape={self.out_shape}>")
+
+
+class DropoutCache:
+    """Opaque cache of a dropout forward: the keep mask packed to one bit per
+    value (``bits``, uint8) in training, nothing in test mode, and ``p``."""
+
+    __slots__ = ("op", "mode", "backend", "xp", "p", "seed", "bits", "shape", "dtype")
+
+    def __init__(self, mode, backend, xp, p, seed, bits, shape, dtype):
+        self.op = "dropout_forward"
+        self.mode = mode
+        self.backend = backend
+        self.xp = xp
+        self.p = p
+        self.seed = seed
+        self.bits = bits
+        self.shape = tuple(shape)
+        self.dtype = dtype
+
+    def __repr__(self):
+        return (f"<dropout cache: mode={self.mode!r}, p={self.p}, seed={self.seed}, "
+                f"shape={self.shape}>")
+
+
+# ------------------------------------------------------------------ dropout
+def dropout_forward(x, dropout_param):
+    """Inverted dropout (cs231n API).
+
+    Parameters
+    ----------
+    x : array of any shape, float32 or float64 (float16 too on CuPy)
+        NumPy, CuPy or other array-API array.
+    dropout_param : dict
+        ``p``: keep probability in (0, 1]; ``mode``: ``'train'`` or ``'test'``;
+        ``seed`` (optional): int in [0, 2**64).  Without a seed, one is drawn from
+        NumPy's global legacy generator (so ``np.random.seed`` keeps runs
+        reproducible).  ``dropout_param`` is not modified.
+
+    Returns
+    -------
+    out : array, x's shape and dtype, C order
+        Training: ``x * s`` where the value is kept and 0 elsewhere, ``s = 1/p``
+        rounded to x's dtype.  Test mode: ``x`` itself.
+    cache : DropoutCache
+        For :func:`dropout_backward`; holds the mask as one bit per value.
+
+    Notes
+    -----
+    Value ``i`` (flat C-order index) is kept iff the Philox4x32-10 word for
+    ``i`` under the seed is below ``floor(p * 2**32)``: the same seed, shape and
+    ``p`` give the same mask on every backend and thread count.
+    """
+    backend, xp = backend_for((("x", x),))
+    V.param_dict(dropout_param, "dropout_param")
+    mode = V.mode(dropout_param, "dropout_param")
+    p = V.keep_probability(dropout_param)
+    seed = V.optional_seed(dropout_param)
+    V.floating_x(x, "x", backend.supported_dtypes(xp), xp)
+    if mode == "test":
+        return x, DropoutCache(mode, backend, xp, p, None, None, x.shape, x.dtype)
+    if seed is V._NO_SEED:
+        seed = int(np.random.randint(0, 2**64, dtype=np.uint64))
+    out, bits = backend.dropout_train(xp, x, p, seed)
+    return out, DropoutCache(mode, backend, xp, p, seed, bits, x.shape, x.dtype)
+
+
+def dropout_backward(dout, cache):
+    """Gradient of :func:`dropout_forward`.
+
+    Parameters
+    ----------
+    dout : array, the forward output's shape, floating
+        Upstream gradient (cast to the forward's dtype if it differs).
+    cache : DropoutCache
+        From :func:`dropout_forward`.
+
+    Returns
+    -------
+    dx : array, dout's shape, the forward's dtype
+        Training: ``dout * s`` where kept, 0 elsewhere; test mode: ``dout``.
+    """
+    V.cache_kind(cache, DropoutCache, "dropout_backward", "dropout_forward")
+    backend_for((("dout", dout), ("the cached mask", cache.bits)))
+    backend, xp = cache.backend, cache.xp
+    V.dout_shape(dout, cache.shape, "dropout_backward")
+    V.floating_x(dout, "dout", backend.supported_dtypes(xp), xp)
+    if cache.mode == "test":
+        return dout
+    if dout.dtype != cache.dtype:
+        dout = xp.astype(dout, cache.dtype)
+    return backend.dropout_backward(xp, dout, cache.bits, cache.p)
+
+
+def dropout_mask(shape, p, seed, like=None):
+    """The boolean keep mask that :func:`dropout_forward` uses.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    p : float in (0, 1]
+        Keep probability.
+    seed : int in [0, 2**64)
+    like : array, optional
+        The mask is made by this array's backend and on its device (NumPy when
+        None).
+
+    Returns
+    -------
+    mask : bool array of ``shape``
+    """
+    p = V.p_value(p)
+    seed = V.seed_value(seed)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape must not have negative sizes, got {shape}")
+    if like is None:
+        backend, xp = backend_for(())
+        device = None
+    else:
+        backend, xp = backend_for((("like", like),))
+        import array_api_compat as aac
+        device = aac.device(like)
+    return backend.dropout_mask(xp, shape, p, seed, device)
+
+
+# ---------------------------------------------------------------- batchnorm
+def _bn_forward(op, spatial, x, gamma, beta, bn_param):
+    backend, xp = backend_for((("x", x), ("gamma", gamma), ("beta", beta)))
+    V.param_dict(bn_param, "bn_param")
+    mode = V.mode(bn_param, "bn_param")
+    eps = V.eps_value(bn_param)
+    momentum = V.momentum_value(bn_param)
+    V.floating_x(x, "x", backend.supported_dtypes(xp), xp)
+    V.ndim(x, 4 if spatial else 2, "x", op)
+    C = x.shape[1]
+    gamma_shape = tuple(gamma.shape)
+    g = V.channel_param(gamma, "gamma", C, spatial, xp)
+    b = V.channel_param(beta, "beta", C, spatial, xp)
+    rm = bn_param.get("running_mean")
+    rv = bn_param.get("running_var")
+    stats = []
+    for name, r in (("running_mean", rm), ("running_var", rv)):
+        if r is not None:
+            backend_for((("x", x), (f"bn_param['{name}']", r)))
+            r = V.channel_param(r, f"bn_param['{name}']", C, spatial, xp)
+        stats.append(r)
+    rm, rv = stats
+    if mode == "train":
+        V.train_count(x, spatial)
+    # -- validated: from here on nothing raises on user input
+    dt = x.dtype
+    if g.dtype != dt:
+        g = xp.astype(g, dt)
+    if b.dtype != dt:
+        b = xp.astype(b, dt)
+    if mode == "train":
+        out, mean, var, invstd = backend.bn_train(xp, x, g, b, eps)
+        sd = mean.dtype
+        old_m = xp.zeros_like(mean) if rm is None else xp.astype(rm, sd)
+        old_v = xp.zeros_like(var) if rv is None else xp.astype(rv, sd)
+        bn_param["running_mean"] = xp.astype(momentum * old_m + (1.0 - momentum) * mean, dt)
+        bn_param["running_var"] = xp.astype(momentum * old_v + (1.0 - momentum) * var, dt)
+    else:
+        zeros = None
+        if rm is None or rv is None:
+            zeros = xp.zeros((C,), dtype=dt, device=_device(x))
+        rm = zeros if rm is None else xp.astype(rm, dt)
+        rv = zeros if rv is None else xp.astype(rv, dt)
+        out, mean, invstd = backend.bn_test(xp, x, g, b, rm, rv, eps)
+    cache = BatchnormCache(op, mode, backend, xp, x, g, gamma_shape, mean, invstd)
+    return out, cache
+
+
+def _device(x):
+    import array_api_compat as aac
+    return aac.device(x)
+
+
+def _bn_backward(op, forward, dout, cache):
+    V.cache_kind(cache, BatchnormCache, op, forward)
+    backend_for((("dout", dout), ("the cached x", cache.x)))
+    backend, xp = cache.backend, cache.xp
+    V.dout_shape(dout, cache.out_shape, op)
+    V.floating_x(dout, "dout", backend.supported_dtypes(xp), xp)
+    x = cache.x
+    if dout.dtype != x.dtype:
+        dout = xp.astype(dout, x.dtype)
+    dx, dgamma, dbeta = backend.bn_backward(xp, dout, x, cache.gamma, cache.mean, cache.invstd,
+                                            cache.mode == "train")
+    if cache.gamma_shape != tuple(dgamma.shape):
+        dgamma = xp.reshape(dgamma, cache.gamma_shape)
+        dbeta = xp.reshape(dbeta, cache.gamma_shape)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalization forward (cs231n API).
+
+    Parameters
+    ----------
+    x : array (N, D), float32 or float64 (float16 too on CuPy)
+    gamma, beta : arrays (D,) or (1, D), any real dtype
+        Scale and shift; cast to x's dtype.
+    bn_param : dict
+        ``mode`` (required): ``'train'`` or ``'test'``; ``eps`` (1e-5);
+        ``momentum`` (0.9, the weight of the old running value);
+        ``running_mean``, ``running_var`` ((D,), default zeros).
+
+    Returns
+    -------
+    out : array (N, D), x's dtype and memory order
+        ``gamma * (x - mean) / sqrt(var + eps) + beta``: batch mean and biased
+        batch variance in training, the running statistics in test mode.
+    cache : BatchnormCache
+        For :func:`batchnorm_backward`.
+
+    Notes
+    -----
+    In training, ``bn_param['running_mean']`` and ``bn_param['running_var']``
+    are replaced by new (D,) arrays of x's dtype on x's device:
+    ``running = momentum * running + (1 - momentum) * batch``.  When the call
+    raises, ``bn_param`` is left exactly as it was.
+    """
+    return _bn_forward("batchnorm_forward", False, x, gamma, beta, bn_param)
+
+
+def batchnorm_backward(dout, cache):
+    """Gradients of :func:`batchnorm_forward` for the mode it ran in.
+
+    Parameters
+    ----------
+    dout : array (N, D), floating
+        Upstream gradient (cast to x's dtype if it differs).
+    cache : BatchnormCache
+        From :func:`batchnorm_forward`.
+
+    Returns
+    -------
+    dx : array (N, D), x's dtype
+    dgamma, dbeta : arrays in gamma's shape, x's dtype
+    """
+    return _bn_backward("batchnorm_backward", "batchnorm_forward", dout, cache)
+
+
+def batchnorm_backward_alt(dout, cache):
+    """The same function as :func:`batchnorm_backward` (cs231n's name for the
+    simplified formula, which normdrop always uses)."""
+    return _bn_backward("batchnorm_backward_alt", "batchnorm_forward", dout, cache)
+
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+    """Spatial batch normalization forward: statistics per channel over N, H, W.
+
+    Parameters
+    ----------
+    x : array (N, C, H, W), float32 or float64 (float16 too on CuPy)
+        NCHW memory is read in place, and so is channels-last memory (an NHWC
+        array viewed as NCHW, ``x_nhwc.transpose(0, 3, 1, 2)``); other strides
+        are copied once.
+    gamma, beta : arrays (C,), (1, C) or (1, C, 1, 1), any real dtype
+    bn_param : dict
+        As for :func:`batchnorm_forward`; running statistics are (C,).
+
+    Returns
+    -------
+    out : array (N, C, H, W), x's dtype, x's memory layout
+    cache : BatchnormCache
+        For :func:`spatial_batchnorm_backward`.
+    """
+    return _bn_forward("spatial_batchnorm_forward", True, x, gamma, beta, bn_param)
+
+
+def spatial_batchnorm_backward(dout, cache):
+    """Gradients of :func:`spatial_batchnorm_forward`.
+
+    Parameters
+    ----------
+    dout : array (N, C, H, W), floating
+    cache : BatchnormCache
+        From :func:`spatial_batchnorm_forward`.
+
+    Returns
+    -------
+    dx : array (N, C, H, W), x's dtype and memory layout
+    dgamma, dbeta : arrays in gamma's shape, x's dtype
+    """
+    return _bn_backward("spatial_batchnorm_backward", "spatial_batchnorm_forward", dout, cache)
+
+

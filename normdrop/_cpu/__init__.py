@@ -1,0 +1,154 @@
+"""CPU backend: NumPy arrays on the OpenMP C kernels of ``src_c/``.
+
+Implements the backend interface described in ``normdrop._reference``.  The
+kernels read ``x`` in place when it is C-contiguous, Fortran-contiguous (2-D),
+or channels-last (a 4-D NHWC array viewed as NCHW); outputs keep that memory
+layout.  Any other strided input is copied once to C order.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _kernels as _k
+
+NAME = "cpu"
+ROWS, PLANES = 0, 1
+_SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def supported_dtypes(xp=None) -> tuple:
+    return _SUPPORTED
+
+
+def stats_dtype(xp, dtype):
+    return np.float64
+
+
+def have_openmp() -> bool:
+    return _k.have_openmp()
+
+
+def max_threads() -> int:
+    return _k.max_threads()
+
+
+def _usable(a) -> np.ndarray:
+    """a as an aligned, native-byte-order array (a copy only when needed)."""
+    if not (a.flags.aligned and a.dtype.isnative):
+        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="K")
+    return a
+
+
+def geometry(x):
+    """(x', geom) where x' is x or a C-ordered copy of it and geom the kernel
+    geometry ``(kind, n, c, s, sn, sc)`` describing x' in elements."""
+    x = _usable(x)
+    if x.ndim == 2:
+        N, D = x.shape
+        if x.flags.c_contiguous:
+            return x, (ROWS, N, D, 1, D, 1)
+        if x.flags.f_contiguous:
+            return x, (PLANES, 1, D, N, 0, N)
+    else:
+        N, C, H, W = x.shape
+        S = H * W
+        if x.flags.c_contiguous:
+            if S == 1:
+                return x, (ROWS, N, C, 1, C, 1)
+            return x, (PLANES, N, C, S, C * S, S)
+        if x.transpose(0, 2, 3, 1).flags.c_contiguous:
+            return x, (ROWS, N * S, C, 1, C, 1)
+    return geometry(np.ascontiguousarray(x))
+
+
+def _like(dout, x):
+    """dout in x's memory layout (strides), copied only when they differ."""
+    dout = _usable(dout)
+    if dout.dtype != x.dtype:
+        dout = dout.astype(x.dtype)
+    if dout.strides == x.strides:
+        return dout
+    d = np.empty_like(x)
+    np.copyto(d, dout)
+    return d
+
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def bn_train(xp, x, gamma, beta, eps):
+    x, geom = geometry(x)
+    C = geom[2]
+    mean = np.empty(C, np.float64)
+    var = np.empty(C, np.float64)
+    work = np.empty(_k.work_size(geom), np.float64)
+    _k.bn_stats(x, geom, work, mean, var)
+    invstd = 1.0 / np.sqrt(var + eps)
+    out = np.empty_like(x)
+    _k.bn_affine(x, out, geom, mean, _f64(gamma) * invstd, _f64(beta))
+    return out, mean, var, invstd
+
+
+def bn_test(xp, x, gamma, beta, running_mean, running_var, eps):
+    x, geom = geometry(x)
+    mean = _f64(running_mean).copy()
+    invstd = 1.0 / np.sqrt(_f64(running_var) + eps)
+    out = np.empty_like(x)
+    _k.bn_affine(x, out, geom, mean, _f64(gamma) * invstd, _f64(beta))
+    return out, mean, invstd
+
+
+def bn_backward(xp, dout, x, gamma, mean, invstd, train):
+    x, geom = geometry(x)
+    dout = _like(dout, x)
+    C = geom[2]
+    sum_dy = np.empty(C, np.float64)
+    sum_dyxm = np.empty(C, np.float64)
+    work = np.empty(_k.work_size(geom), np.float64)
+    _k.bn_bwd_reduce(dout, x, geom, mean, work, sum_dy, sum_dyxm)
+    dgamma = sum_dyxm * invstd
+    a = _f64(gamma) * invstd
+    if train:
+        m = x.size // C
+        e = -a * sum_dy / m
+        b = -a * invstd * dgamma / m
+    else:
+        b = e = np.zeros(C, np.float64)
+    dx = np.empty_like(x)
+    _k.bn_bwd_dx(dout, x, dx, geom, mean, a, b, e)
+    return dx, dgamma.astype(x.dtype), sum_dy.astype(x.dtype)
+
+
+def _threshold(p):
+    return math.floor(p * 4294967296.0)
+
+
+def dropout_train(xp, x, p, seed):
+    x = np.ascontiguousarray(_usable(x))
+    out = np.empty(x.shape, x.dtype)
+    bits = np.empty((x.size + 7) // 8, np.uint8)
+    _k.dropout_fwd(x, out, bits, seed, _threshold(p), 1.0 / p)
+    return out, bits
+
+
+def dropout_backward(xp, dout, bits, p):
+    dout = np.ascontiguousarray(_usable(dout))
+    dx = np.empty(dout.shape, dout.dtype)
+    _k.dropout_bwd(dout, bits, dx, 1.0 / p)
+    return dx
+
+
+def dropout_bits(n, p, seed):
+    """Packed keep bits of n values (uint8, ceil(n / 8) bytes)."""
+    bits = np.empty((n + 7) // 8, np.uint8)
+    _k.dropout_bits(bits, n, seed, _threshold(p))
+    return bits
+
+
+def dropout_mask(xp, shape, p, seed, device=None):
+    mask = np.empty(tuple(shape), np.bool_)
+    _k.dropout_mask(mask, seed, _threshold(p))
+    return mask

@@ -1,0 +1,204 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Thin Cython bindings of the C kernels in ``src_c/`` (see ``normdrop.h``).
+
+Every function here trusts its caller (``normdrop._cpu``): arrays are NumPy
+arrays of dtype float32 or float64 laid out as the geometry says, outputs and
+statistics arrays are allocated, and float64 per-channel arrays are
+C-contiguous.  The GIL is released around every kernel.  Geometry tuples are
+``(kind, n, c, s, sn, sc)`` in elements; ``kind`` 0 is rows, 1 is planes.
+"""
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uint64_t, uint8_t
+
+cnp.import_array()
+
+cdef extern from "normdrop.h" nogil:
+    ctypedef struct nd_geom:
+        int64_t kind
+        int64_t n
+        int64_t c
+        int64_t s
+        int64_t sn
+        int64_t sc
+    int64_t nd_bn_work_size(const nd_geom *g)
+    int nd_max_threads()
+    int nd_have_openmp()
+    void nd_bn_stats_f32(const float *x, const nd_geom *g, double *work, double *mean, double *var)
+    void nd_bn_stats_f64(const double *x, const nd_geom *g, double *work, double *mean, double *var)
+    void nd_bn_affine_f32(const float *x, float *out, const nd_geom *g, const double *mean,
+                          const double *scale, const double *shift)
+    void nd_bn_affine_f64(const double *x, double *out, const nd_geom *g, const double *mean,
+                          const double *scale, const double *shift)
+    void nd_bn_bwd_reduce_f32(const float *dout, const float *x, const nd_geom *g,
+                              const double *mean, double *work, double *sum_dy, double *sum_dyxm)
+    void nd_bn_bwd_reduce_f64(const double *dout, const double *x, const nd_geom *g,
+                              const double *mean, double *work, double *sum_dy, double *sum_dyxm)
+    void nd_bn_bwd_dx_f32(const float *dout, const float *x, float *dx, const nd_geom *g,
+                          const double *mean, const double *a, const double *b, const double *e)
+    void nd_bn_bwd_dx_f64(const double *dout, const double *x, double *dx, const nd_geom *g,
+                          const double *mean, const double *a, const double *b, const double *e)
+    void nd_dropout_fwd_f32(const float *x, float *out, uint8_t *bits, int64_t n,
+                            uint64_t seed, uint64_t threshold, float scale)
+    void nd_dropout_fwd_f64(const double *x, double *out, uint8_t *bits, int64_t n,
+                            uint64_t seed, uint64_t threshold, double scale)
+    void nd_dropout_bwd_f32(const float *dout, const uint8_t *bits, float *dx, int64_t n, float scale)
+    void nd_dropout_bwd_f64(const double *dout, const uint8_t *bits, double *dx, int64_t n, double scale)
+    void nd_dropout_bits(uint8_t *bits, int64_t n, uint64_t seed, uint64_t threshold)
+    void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, uint64_t threshold)
+
+
+cdef inline void _geom(tuple t, nd_geom *g):
+    g.kind = t[0]
+    g.n = t[1]
+    g.c = t[2]
+    g.s = t[3]
+    g.sn = t[4]
+    g.sc = t[5]
+
+
+cdef inline void *_ptr(cnp.ndarray a):
+    return cnp.PyArray_DATA(a)
+
+
+cdef inline double *_dptr(cnp.ndarray a):
+    return <double *>cnp.PyArray_DATA(a)
+
+
+cdef inline bint _is_f32(cnp.ndarray a):
+    return cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
+
+
+def have_openmp():
+    """True when the kernels were compiled with OpenMP."""
+    return bool(nd_have_openmp())
+
+
+def max_threads():
+    """Threads an OpenMP kernel would use now (1 without OpenMP)."""
+    return nd_max_threads()
+
+
+def work_size(tuple geom):
+    """Doubles of scratch space the statistics kernels need for ``geom``."""
+    cdef nd_geom g
+    _geom(geom, &g)
+    return nd_bn_work_size(&g)
+
+
+def bn_stats(cnp.ndarray x, tuple geom, cnp.ndarray work, cnp.ndarray mean, cnp.ndarray var):
+    """mean[c], var[c] (float64, biased) of x over all but the channel axis."""
+    cdef nd_geom g
+    _geom(geom, &g)
+    cdef void *xp = _ptr(x)
+    cdef double *wp = _dptr(work)
+    cdef double *mp = _dptr(mean)
+    cdef double *vp = _dptr(var)
+    if _is_f32(x):
+        with nogil:
+            nd_bn_stats_f32(<const float *>xp, &g, wp, mp, vp)
+    else:
+        with nogil:
+            nd_bn_stats_f64(<const double *>xp, &g, wp, mp, vp)
+
+
+def bn_affine(cnp.ndarray x, cnp.ndarray out, tuple geom, cnp.ndarray mean,
+              cnp.ndarray scale, cnp.ndarray shift):
+    """out = (x - mean[c]) * scale[c] + shift[c]."""
+    cdef nd_geom g
+    _geom(geom, &g)
+    cdef void *xp = _ptr(x)
+    cdef void *op = _ptr(out)
+    cdef double *mp = _dptr(mean)
+    cdef double *ap = _dptr(scale)
+    cdef double *bp = _dptr(shift)
+    if _is_f32(x):
+        with nogil:
+            nd_bn_affine_f32(<const float *>xp, <float *>op, &g, mp, ap, bp)
+    else:
+        with nogil:
+            nd_bn_affine_f64(<const double *>xp, <double *>op, &g, mp, ap, bp)
+
+
+def bn_bwd_reduce(cnp.ndarray dout, cnp.ndarray x, tuple geom, cnp.ndarray mean,
+                  cnp.ndarray work, cnp.ndarray sum_dy, cnp.ndarray sum_dyxm):
+    """sum_dy[c] = sum(dout), sum_dyxm[c] = sum(dout * (x - mean[c]))."""
+    cdef nd_geom g
+    _geom(geom, &g)
+    cdef void *dp = _ptr(dout)
+    cdef void *xp = _ptr(x)
+    cdef double *mp = _dptr(mean)
+    cdef double *wp = _dptr(work)
+    cdef double *ap = _dptr(sum_dy)
+    cdef double *bp = _dptr(sum_dyxm)
+    if _is_f32(x):
+        with nogil:
+            nd_bn_bwd_reduce_f32(<const float *>dp, <const float *>xp, &g, mp, wp, ap, bp)
+    else:
+        with nogil:
+            nd_bn_bwd_reduce_f64(<const double *>dp, <const double *>xp, &g, mp, wp, ap, bp)
+
+
+def bn_bwd_dx(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, cnp.ndarray mean,
+              cnp.ndarray a, cnp.ndarray b, cnp.ndarray e):
+    """dx = a[c] * dout + b[c] * (x - mean[c]) + e[c]."""
+    cdef nd_geom g
+    _geom(geom, &g)
+    cdef void *dp = _ptr(dout)
+    cdef void *xp = _ptr(x)
+    cdef void *op = _ptr(dx)
+    cdef double *mp = _dptr(mean)
+    cdef double *ap = _dptr(a)
+    cdef double *bp = _dptr(b)
+    cdef double *ep = _dptr(e)
+    if _is_f32(x):
+        with nogil:
+            nd_bn_bwd_dx_f32(<const float *>dp, <const float *>xp, <float *>op, &g, mp, ap, bp, ep)
+    else:
+        with nogil:
+            nd_bn_bwd_dx_f64(<const double *>dp, <const double *>xp, <double *>op, &g, mp, ap, bp, ep)
+
+
+def dropout_fwd(cnp.ndarray x, cnp.ndarray out, cnp.ndarray bits, uint64_t seed,
+                uint64_t threshold, double scale):
+    """out = keep ? x * scale : 0 and the packed keep bits (C-contiguous x, out)."""
+    cdef int64_t n = cnp.PyArray_SIZE(x)
+    cdef void *xp = _ptr(x)
+    cdef void *op = _ptr(out)
+    cdef uint8_t *bp = <uint8_t *>_ptr(bits)
+    cdef float s32 = <float>scale
+    if _is_f32(x):
+        with nogil:
+            nd_dropout_fwd_f32(<const float *>xp, <float *>op, bp, n, seed, threshold, s32)
+    else:
+        with nogil:
+            nd_dropout_fwd_f64(<const double *>xp, <double *>op, bp, n, seed, threshold, scale)
+
+
+def dropout_bwd(cnp.ndarray dout, cnp.ndarray bits, cnp.ndarray dx, double scale):
+    """dx = bit ? dout * scale : 0 (C-contiguous dout, dx)."""
+    cdef int64_t n = cnp.PyArray_SIZE(dout)
+    cdef void *dp = _ptr(dout)
+    cdef void *op = _ptr(dx)
+    cdef const uint8_t *bp = <const uint8_t *>_ptr(bits)
+    cdef float s32 = <float>scale
+    if _is_f32(dout):
+        with nogil:
+            nd_dropout_bwd_f32(<const float *>dp, bp, <float *>op, n, s32)
+    else:
+        with nogil:
+            nd_dropout_bwd_f64(<const double *>dp, bp, <double *>op, n, scale)
+
+
+def dropout_bits(cnp.ndarray bits, int64_t n, uint64_t seed, uint64_t threshold):
+    """Packed keep bits of n values into the uint8 array bits (ceil(n/8) bytes)."""
+    cdef uint8_t *bp = <uint8_t *>_ptr(bits)
+    with nogil:
+        nd_dropout_bits(bp, n, seed, threshold)
+
+
+def dropout_mask(cnp.ndarray mask, uint64_t seed, uint64_t threshold):
+    """Keep flags as bytes (0/1) into the C-contiguous bool/uint8 array mask."""
+    cdef int64_t n = cnp.PyArray_SIZE(mask)
+    cdef uint8_t *mp = <uint8_t *>_ptr(mask)
+    with nogil:
+        nd_dropout_mask(mp, n, seed, threshold)

@@ -1,0 +1,144 @@
+"""Every check of normdrop's public arguments, in one place (DESIGN section 5).
+
+The checks run before anything is computed or stored, so that a call that
+raises leaves ``bn_param`` exactly as it was.  Each function returns the
+normalized values the ops need.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import MutableMapping
+
+MODES = ("train", "test")
+_NO_SEED = object()
+
+
+def _type_name(obj) -> str:
+    t = type(obj)
+    mod = t.__module__.split(".")[0]
+    return t.__name__ if mod == "builtins" else f"{mod}.{t.__name__}"
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def param_dict(param, name: str) -> MutableMapping:
+    if not isinstance(param, MutableMapping):
+        raise TypeError(f"{name} must be a dict, got {_type_name(param)}")
+    return param
+
+
+def mode(param, name: str) -> str:
+    if "mode" not in param:
+        raise KeyError(f"{name}['mode'] is required: one of {MODES!r}")
+    m = param["mode"]
+    if not isinstance(m, str) or m not in MODES:
+        raise ValueError(f"{name}['mode'] must be one of {MODES!r}, got {m!r}")
+    return m
+
+
+def keep_probability(param) -> float:
+    if "p" not in param:
+        raise ValueError("dropout_param['p'] is required: the keep probability, in (0, 1]")
+    return p_value(param["p"])
+
+
+def p_value(p) -> float:
+    if not _is_number(p):
+        raise ValueError(f"p must be a real number in (0, 1] (the keep probability), got {p!r}")
+    p = float(p)
+    if not (0.0 < p <= 1.0):
+        raise ValueError(f"p must be in (0, 1] (the keep probability), got {p!r}")
+    return p
+
+
+def seed_value(seed) -> int:
+    """A seed as a Python int in [0, 2**64)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer in [0, 2**64), got {_type_name(seed)} {seed!r}")
+    s = int(seed)
+    if not (0 <= s < 2**64):
+        raise ValueError(f"seed must be in [0, 2**64), got {s}")
+    return s
+
+
+def optional_seed(param):
+    """The seed in param as an int, or _NO_SEED when absent (or None)."""
+    seed = param.get("seed")
+    return _NO_SEED if seed is None else seed_value(seed)
+
+
+def eps_value(param) -> float:
+    eps = param.get("eps", 1e-5)
+    if not _is_number(eps):
+        raise TypeError(f"bn_param['eps'] must be a real number > 0, got {_type_name(eps)}")
+    eps = float(eps)
+    if not (eps > 0.0 and math.isfinite(eps)):
+        raise ValueError(f"bn_param['eps'] must be a finite number > 0, got {eps!r}")
+    return eps
+
+
+def momentum_value(param) -> float:
+    m = param.get("momentum", 0.9)
+    if not _is_number(m):
+        raise TypeError(f"bn_param['momentum'] must be a real number in [0, 1], got {_type_name(m)}")
+    m = float(m)
+    if not (0.0 <= m <= 1.0):
+        raise ValueError(f"bn_param['momentum'] must be in [0, 1], got {m!r}")
+    return m
+
+
+def floating_x(x, name: str, supported: tuple, xp) -> None:
+    """TypeError unless x's dtype is one of the backend's floating dtypes."""
+    if any(x.dtype == d for d in supported):
+        return
+    names = ", ".join(str(d) for d in supported)
+    raise TypeError(f"{name} has dtype {x.dtype}; supported floating dtypes here: {names}")
+
+
+def real_dtype(a, name: str, xp) -> None:
+    """TypeError unless a has a real (integer or floating, not bool) dtype."""
+    dt = a.dtype
+    if xp.isdtype(dt, "bool") or not xp.isdtype(dt, ("integral", "real floating")):
+        raise TypeError(f"{name} has dtype {dt}; it must be a real (integer or floating) dtype")
+
+
+def ndim(x, expected: int, name: str, what: str) -> None:
+    if x.ndim != expected:
+        dims = "(N, D)" if expected == 2 else "(N, C, H, W)"
+        raise ValueError(f"{what} expects {name} of shape {dims}, got shape {tuple(x.shape)}")
+
+
+def channel_param(a, name: str, C: int, spatial: bool, xp):
+    """gamma/beta/running statistics: shape (C,), (1, C) or, for spatial ops,
+    (1, C, 1, 1); any real dtype.  Returns a (C,) view."""
+    real_dtype(a, name, xp)
+    shape = tuple(a.shape)
+    ok = shape == (C,) or shape == (1, C) or (spatial and shape == (1, C, 1, 1))
+    if not ok:
+        allowed = f"({C},) or (1, {C})" + (f" or (1, {C}, 1, 1)" if spatial else "")
+        raise ValueError(f"{name} must have shape {allowed}, got shape {shape}")
+    return a if a.ndim == 1 else xp.reshape(a, (C,))
+
+
+def train_count(x, spatial: bool) -> None:
+    shape = tuple(x.shape)
+    count = shape[0] * (shape[2] * shape[3] if spatial else 1)
+    if count <= 1:
+        raise ValueError(
+            "expected more than 1 value per channel when training, got input of shape "
+            f"{shape}")
+
+
+def dout_shape(dout, expected: tuple, op: str) -> None:
+    if tuple(dout.shape) != tuple(expected):
+        raise ValueError(f"{op}: dout has shape {tuple(dout.shape)}, but the forward "
+                         f"output had shape {tuple(expected)}")
+
+
+def cache_kind(cache, cls, op: str, forward: str) -> None:
+    if not isinstance(cache, cls) or getattr(cache, "op", None) != forward:
+        got = getattr(cache, "op", None) or _type_name(cache)
+        raise TypeError(f"{op} needs the cache returned by {forward}, got a cache of {got}")

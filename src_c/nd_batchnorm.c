@@ -1,0 +1,79 @@
+/*
+ * nd_batchnorm.c -- batchnorm kernels, float32 and float64.
+ *
+ * The statistics use a fixed partition of each channel into units:
+ *   ND_ROWS:   a unit is a block of ND_RB(c) rows x a tile of at most ND_CT
+ *              channels; the tile (at most 256 KiB) is read twice while it is
+ *              in cache (mean, then sum of squared deviations), so x is read
+ *              from memory once.
+ *   ND_PLANES: a unit is a segment of at most ND_SEG values of one plane,
+ *              likewise two passes in cache.
+ * Each unit yields (count, mean, M2) in double; units of a channel are merged in
+ * index order with Chan et al.'s pairwise update.  The partition depends only
+ * on the shape, so the result is the same for every thread count.
+ * Sums inside a segment use eight fixed accumulators (lane k takes values
+ * k, k+8, ...), which vectorizes without reassociating anything.
+ */
+#include "normdrop.h"
+#include "nd_common.h"
+
+#define ND_CT 256          /* channels per ND_ROWS tile */
+#define ND_TILE_VALUES 32768
+#define ND_SEG 16384       /* values per ND_PLANES segment */
+
+static int64_t nd_rows_ct(const nd_geom *g) { return g->c < ND_CT ? (g->c > 0 ? g->c : 1) : ND_CT; }
+static int64_t nd_rows_rb(const nd_geom *g)
+{
+    int64_t rb = ND_TILE_VALUES / nd_rows_ct(g);
+    return rb > 0 ? rb : 1;
+}
+static int64_t nd_planes_nseg(const nd_geom *g) { return g->s > 0 ? nd_cdiv(g->s, ND_SEG) : 1; }
+
+int64_t nd_bn_work_size(const nd_geom *g)
+{
+    if (g->kind == ND_ROWS)
+        return 2 * nd_cdiv(g->n > 0 ? g->n : 1, nd_rows_rb(g)) * (g->c > 0 ? g->c : 1);
+    return 2 * (g->c > 0 ? g->c : 1) * (g->n > 0 ? g->n : 1) * nd_planes_nseg(g);
+}
+
+int nd_max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int nd_have_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Chan et al.: merge (nb, mb, m2b) into (*na, *ma, *m2a). */
+static inline void nd_chan_merge(double *na, double *ma, double *m2a,
+                                 double nb, double mb, double m2b)
+{
+    if (nb <= 0.0) return;
+    double n = *na + nb;
+    double d = mb - *ma;
+    *ma += d * (nb / n);
+    *m2a += m2b + d * d * (*na * nb / n);
+    *na = n;
+}
+
+#define T float
+#define SUF f32
+#include "nd_batchnorm_impl.h"
+#undef T
+#undef SUF
+
+#define T double
+#define SUF f64
+#include "nd_batchnorm_impl.h"
+#undef T
+#undef SUF
