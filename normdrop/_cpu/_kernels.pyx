@@ -202,3 +202,18 @@ def dropout_mask(cnp.ndarray mask, uint64_t seed, uint64_t threshold):
     cdef uint8_t *mp = <uint8_t *>_ptr(mask)
     with nogil:
         nd_dropout_mask(mp, n, seed, threshold)
+
+
+cdef extern from "nd_philox.h" nogil:
+    void nd_philox4x32_10(const unsigned int *ctr, unsigned int k0, unsigned int k1, unsigned int *out)
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 of a 4-word counter under a 2-word key, computed by the
+    C header the kernels use (for known-answer tests)."""
+    cdef unsigned int c[4]
+    cdef unsigned int o[4]
+    for i in range(4):
+        c[i] = counter[i]
+    nd_philox4x32_10(c, key[0], key[1], o)
+    return (o[0], o[1], o[2], o[3])
