@@ -28,7 +28,8 @@ _LO32 = 0xFFFFFFFF
 
 
 def supported_dtypes(xp) -> tuple:
-    return (xp.float32, xp.float64)
+    half = getattr(xp, "float16", None)
+    return (xp.float32, xp.float64) + ((half,) if half is not None else ())
 
 
 def stats_dtype(xp, dtype):

@@ -20,6 +20,11 @@ def _type_name(obj) -> str:
     return t.__name__ if mod == "builtins" else f"{mod}.{t.__name__}"
 
 
+def _dtype_name(dt) -> str:
+    """'float32' for numpy.float32, array_api_strict.float32, torch.float32, ..."""
+    return str(dt).rsplit(".", 1)[-1]
+
+
 def _is_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
@@ -94,15 +99,17 @@ def floating_x(x, name: str, supported: tuple, xp) -> None:
     """TypeError unless x's dtype is one of the backend's floating dtypes."""
     if any(x.dtype == d for d in supported):
         return
-    names = ", ".join(str(d) for d in supported)
-    raise TypeError(f"{name} has dtype {x.dtype}; supported floating dtypes here: {names}")
+    names = ", ".join(_dtype_name(d) for d in supported)
+    raise TypeError(f"{name} has dtype {_dtype_name(x.dtype)}; supported floating dtypes "
+                    f"here: {names}")
 
 
 def real_dtype(a, name: str, xp) -> None:
     """TypeError unless a has a real (integer or floating, not bool) dtype."""
     dt = a.dtype
     if xp.isdtype(dt, "bool") or not xp.isdtype(dt, ("integral", "real floating")):
-        raise TypeError(f"{name} has dtype {dt}; it must be a real (integer or floating) dtype")
+        raise TypeError(f"{name} has dtype {_dtype_name(dt)}; it must be a real (integer or "
+                        "floating) dtype")
 
 
 def ndim(x, expected: int, name: str, what: str) -> None:

@@ -137,7 +137,20 @@ BACKENDS = _numpy_backends() + [_strict_backend(), _cupy_backend()]
 BACKEND_IDS = [b.name for b in BACKENDS]
 
 
-@pytest.fixture(params=BACKENDS, ids=BACKEND_IDS)
+def pytest_generate_tests(metafunc):
+    """Parametrize ``backend`` (and ``backend`` x ``dtype`` over the dtypes each
+    backend runs) for every test that asks for them."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    if "dtype" in metafunc.fixturenames:
+        combos = [(b, d) for b in BACKENDS for d in (b.dtypes or ("any",))]
+        metafunc.parametrize("backend,dtype", combos, indirect=["backend"],
+                             ids=[f"{b.name}-{d}" for b, d in combos])
+    else:
+        metafunc.parametrize("backend", BACKENDS, indirect=True, ids=BACKEND_IDS)
+
+
+@pytest.fixture
 def backend(request):
     """Each backend of the matrix, its context (e.g. forced reference) entered."""
     be = request.param
@@ -145,13 +158,6 @@ def backend(request):
         pytest.skip(be.skip)
     with be.context():
         yield be
-
-
-@pytest.fixture(params=["float32", "float64", "float16"])
-def dtype(request, backend):
-    if request.param not in backend.dtypes:
-        pytest.skip(f"{backend.name} does not run {request.param}")
-    return request.param
 
 
 def oracle(fn, *args, **kwargs):
