@@ -96,29 +96,46 @@ def bn_backward(xp, dout, x, gamma, mean, invstd, train):
 
 
 # ------------------------------------------------------------------- Philox
+def _mulhilo32(xp, c, m: int):
+    """(hi, lo) 32-bit halves of the 64-bit product of the 32-bit words c
+    (held in int64) and the 32-bit constant m.
+
+    The words are held in int64, not uint32/uint64: every array-API library has
+    full int64 arithmetic, while some (PyTorch) lack shifts on unsigned 64-bit
+    integers.  m is split into 16-bit halves so no partial product exceeds
+    2**48:  c * m = (c * m_hi) * 2**16 + c * m_lo.
+    """
+    t_lo = c * (m & 0xFFFF)                      # < 2**48
+    t_hi = c * (m >> 16)                         # < 2**48
+    s = t_lo + ((t_hi & 0xFFFF) << 16)           # < 2**49
+    return (t_hi >> 16) + (s >> 32), s & _LO32
+
+
 def philox4x32_10(xp, c0, c1, c2, c3, k0: int, k1: int):
-    """Philox4x32-10 of the counters (c0, c1, c2, c3) (uint32 arrays of one
-    shape) under the key (k0, k1).  Returns the four uint32 output words."""
-    u32, u64 = xp.uint32, xp.uint64
+    """Philox4x32-10 of the counters (c0, c1, c2, c3) under the key (k0, k1).
+
+    The counter words are integer arrays of one shape with values in
+    [0, 2**32) (any integer dtype that holds them; computed in int64).
+    Returns the four output words as int64 arrays with values in [0, 2**32).
+    """
+    c0, c1, c2, c3 = (xp.astype(c, xp.int64) for c in (c0, c1, c2, c3))
     for r in range(10):
         rk0 = (k0 + r * PHILOX_W0) & _LO32
         rk1 = (k1 + r * PHILOX_W1) & _LO32
-        p0 = xp.astype(c0, u64) * PHILOX_M0
-        p1 = xp.astype(c2, u64) * PHILOX_M1
-        hi0, lo0 = xp.astype(p0 >> 32, u32), xp.astype(p0 & _LO32, u32)
-        hi1, lo1 = xp.astype(p1 >> 32, u32), xp.astype(p1 & _LO32, u32)
+        hi0, lo0 = _mulhilo32(xp, c0, PHILOX_M0)
+        hi1, lo1 = _mulhilo32(xp, c2, PHILOX_M1)
         c0, c1, c2, c3 = hi1 ^ c1 ^ rk0, lo1, hi0 ^ c3 ^ rk1, lo0
     return c0, c1, c2, c3
 
 
 def dropout_words(xp, n: int, seed: int, device=None):
-    """The Philox word of each of the first n values (flat C order), uint32."""
+    """The Philox word of each of the first n values (flat C order), as int64
+    in [0, 2**32): value i takes lane i % 4 of block i // 4, whose counter is
+    (block mod 2**32, block // 2**32, 0, 0)."""
     nblocks = (n + 3) // 4
-    b = xp.arange(nblocks, dtype=xp.uint64, device=device)
-    c0 = xp.astype(b & _LO32, xp.uint32)
-    c1 = xp.astype(b >> 32, xp.uint32)
-    zero = xp.zeros_like(c0)
-    w = philox4x32_10(xp, c0, c1, zero, zero, seed & _LO32, seed >> 32)
+    b = xp.arange(nblocks, dtype=xp.int64, device=device)
+    zero = xp.zeros_like(b)
+    w = philox4x32_10(xp, b & _LO32, b >> 32, zero, zero, seed & _LO32, seed >> 32)
     return xp.reshape(xp.stack(w, axis=1), (-1,))[:n]
 
 
@@ -128,8 +145,7 @@ def keep_threshold(p: float) -> int:
 
 
 def _keep_flat(xp, n, p, seed, device=None):
-    words = dropout_words(xp, n, seed, device)
-    return xp.astype(words, xp.uint64) < keep_threshold(p)
+    return dropout_words(xp, n, seed, device) < keep_threshold(p)
 
 
 def pack_bits(xp, keep):
