@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _reference
 from . import _validate as V
 from ._dispatch import backend_for
 
@@ -195,11 +196,9 @@ def _bn_forward(op, spatial, x, gamma, beta, bn_param):
         b = xp.astype(b, dt)
     if mode == "train":
         out, mean, var, invstd = backend.bn_train(xp, x, g, b, eps)
-        sd = mean.dtype
-        old_m = xp.zeros_like(mean) if rm is None else xp.astype(rm, sd)
-        old_v = xp.zeros_like(var) if rv is None else xp.astype(rv, sd)
-        bn_param["running_mean"] = xp.astype(momentum * old_m + (1.0 - momentum) * mean, dt)
-        bn_param["running_var"] = xp.astype(momentum * old_v + (1.0 - momentum) * var, dt)
+        update = getattr(backend, "running_update", _reference.running_update)
+        bn_param["running_mean"] = update(xp, rm, mean, momentum, dt)
+        bn_param["running_var"] = update(xp, rv, var, momentum, dt)
     else:
         zeros = None
         if rm is None or rv is None:

@@ -73,6 +73,15 @@ def bn_test(xp, x, gamma, beta, running_mean, running_var, eps):
     return xp.astype(out, x.dtype), mean, invstd
 
 
+def running_update(xp, old, batch, momentum, dtype):
+    """momentum * old + (1 - momentum) * batch, in batch's dtype, rounded to
+    dtype (old None counts as zeros)."""
+    new = (1.0 - momentum) * batch
+    if old is not None:
+        new = new + momentum * xp.astype(old, batch.dtype)
+    return xp.astype(new, dtype)
+
+
 def bn_backward(xp, dout, x, gamma, mean, invstd, train):
     """Gradients of the forward that produced (mean, invstd).
 

@@ -26,11 +26,12 @@ def _dtype_name(dt) -> str:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    t = type(v)
+    return t is float or t is int or (isinstance(v, numbers.Real) and t is not bool)
 
 
 def param_dict(param, name: str) -> MutableMapping:
-    if not isinstance(param, MutableMapping):
+    if type(param) is not dict and not isinstance(param, MutableMapping):
         raise TypeError(f"{name} must be a dict, got {_type_name(param)}")
     return param
 
@@ -107,7 +108,12 @@ def floating_x(x, name: str, supported: tuple, xp) -> None:
 def real_dtype(a, name: str, xp) -> None:
     """TypeError unless a has a real (integer or floating, not bool) dtype."""
     dt = a.dtype
-    if xp.isdtype(dt, "bool") or not xp.isdtype(dt, ("integral", "real floating")):
+    kind = getattr(dt, "kind", None)        # NumPy dtypes: the fast path
+    if kind is not None and type(dt).__module__.startswith("numpy"):
+        real = kind in "iuf"
+    else:
+        real = not xp.isdtype(dt, "bool") and xp.isdtype(dt, ("integral", "real floating"))
+    if not real:
         raise TypeError(f"{name} has dtype {_dtype_name(dt)}; it must be a real (integer or "
                         "floating) dtype")
 

@@ -101,6 +101,14 @@ def bn_test(xp, x, gamma, beta, running_mean, running_var, eps):
     return out, mean, invstd
 
 
+def running_update(xp, old, batch, momentum, dtype):
+    """momentum * old + (1 - momentum) * batch in float64, rounded to dtype."""
+    new = batch * (1.0 - momentum)
+    if old is not None:
+        new += np.multiply(old, momentum, dtype=np.float64)
+    return new.astype(dtype, copy=False)
+
+
 def bn_backward(xp, dout, x, gamma, mean, invstd, train):
     x, geom = geometry(x)
     dout = _like(dout, x)
