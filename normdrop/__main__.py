@@ -1,4 +1,4 @@
-"""Command line: ``python -m normdrop info``."""
+"""Command line: ``python -m normdrop info`` and ``python -m normdrop bench``."""
 from __future__ import annotations
 
 import argparse
@@ -10,11 +10,21 @@ def main(argv=None) -> int:
                                      description="normdrop command line")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, backends, OpenMP and threads, CUDA")
+    bench = sub.add_parser(
+        "bench", help="timing table: normdrop, its reference backend, the cs231n NumPy code, "
+                      "PyTorch and the memory-bandwidth bound",
+        description="Times every op side by side (interleaved repetitions, the same thread "
+                    "count for everyone) and prints one row per op x shape x dtype.")
+    from ._bench import add_arguments
+    add_arguments(bench)
     args = parser.parse_args(argv)
     if args.command == "info":
         from ._info import show_config
         show_config()
         return 0
+    if args.command == "bench":
+        from ._bench import main as bench_main
+        return bench_main(args)
     return 2
 
 

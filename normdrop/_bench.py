@@ -1,0 +1,869 @@
+"""``python -m normdrop bench``: normdrop side by side with its reference
+backend, the cs231n NumPy code, PyTorch and the memory-bandwidth bound.
+
+One row per op x shape x dtype, each row measured in a fresh worker process
+(so that no row inherits another's memory-allocator state), everyone with the
+same thread count.  normdrop and PyTorch alternate in one loop (the order
+reversed every round); then the slow contenders (reference backend, seed
+code) run on their own until a time budget is spent, at least once.  The
+table shows medians.
+
+The bound is the time an op would take if it moved only the bytes it must
+move at the bandwidth of a streaming copy (``np.copyto`` of a 1 GiB array
+split over as many threads as the ops use, sampled before, between and after
+the rows; bytes read and written both count):
+
+==================  ================================================================
+op                  bytes that must move (n values of ``s`` bytes)
+==================  ================================================================
+(spatial) bn fwd    ``3 n s``: x read for the statistics, then x read and out written
+(spatial) bn bwd    ``5 n s``: dout and x read for the sums, then read again, dx written
+dropout forward     ``2 n s + n / 8``: x read, out written, the packed mask written
+dropout backward    ``2 n s + n / 8``: dout and the packed mask read, dx written
+bn small fwd+bwd    ``8 n s``; the data sit in cache, so this bound is only indicative
+==================  ================================================================
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+import normdrop as nd
+
+from . import _bench_seed
+
+COLUMNS = ("normdrop", "reference", "seed", "torch")
+FAST = ("normdrop", "torch")            # the A/B pair: alternated every round
+KEEP = 0.5                              # dropout keep probability (PyTorch: drop 0.5)
+EPS, MOMENTUM = 1e-5, 0.9
+
+
+# ------------------------------------------------------------------ settings
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How long each row may measure."""
+    reps: int            # at most this many samples per contender
+    min_reps: int        # at least this many samples of normdrop and torch
+    fast_budget: float   # seconds normdrop + torch may spend per row past min_reps
+    slow_budget: float   # seconds each slow contender may spend per row (at least 1 sample)
+    min_sample: float    # a sample lasts at least this long (small ops loop inside)
+    copy_bytes: int      # size of the streaming copy that measures the bandwidth
+    copy_reps: int       # copy samples before and after the rows (a third of it between rows)
+    first_counts: float  # quick mode: a warm-up call slower than this is kept as a sample
+
+
+DEFAULT = Settings(reps=21, min_reps=7, fast_budget=3.0, slow_budget=1.5, min_sample=2e-3,
+                   copy_bytes=1 << 30, copy_reps=7, first_counts=math.inf)
+QUICK = Settings(reps=5, min_reps=3, fast_budget=0.3, slow_budget=0.0, min_sample=1e-3,
+                 copy_bytes=1 << 30, copy_reps=3, first_counts=0.5)
+
+
+# ------------------------------------------------------------------ environment
+class Env:
+    """The arrays' library, the backend under test, synchronisation and the
+    optional PyTorch, for one run."""
+
+    def __init__(self, backend: str, torch_mod):
+        self.backend = backend
+        self.torch = torch_mod
+        self.torch_note = None if torch_mod is not None else "torch is not importable"
+        if backend == "cupy":
+            import cupy
+            self.xp = cupy
+            self.sync = cupy.cuda.get_current_stream().synchronize
+            self.seed = _bench_seed.on(cupy)
+            if torch_mod is not None and not torch_mod.cuda.is_available():
+                self.torch, self.torch_note = None, "torch has no CUDA device here"
+            self.torch_device = "cuda"
+        else:
+            self.xp = np
+            self.sync = None
+            self.seed = _bench_seed.on(np)
+            self.torch_device = "cpu"
+
+    def asarray(self, a):
+        return a if self.xp is np else self.xp.asarray(a)
+
+    def to_torch(self, a):
+        if self.torch_device == "cpu":
+            return self.torch.from_numpy(a)
+        return self.torch.from_dlpack(self.xp.asarray(a))
+
+    def torch_sync(self):
+        if self.torch_device != "cpu":
+            self.torch.cuda.synchronize()
+
+    def normdrop_call(self, fn: Callable, forced: bool) -> Callable:
+        """fn run on the backend under test (forced: on the reference backend),
+        waiting for the device where there is one."""
+        sync = self.sync
+        if forced:
+            def call():
+                with nd.force_reference():
+                    fn()
+                if sync is not None:
+                    sync()
+            return call
+        if sync is None:
+            return fn
+
+        def call_sync():
+            fn()
+            sync()
+        return call_sync
+
+    def seed_call(self, fn: Callable) -> Callable:
+        sync = self.sync
+        if sync is None:
+            return fn
+
+        def call():
+            fn()
+            sync()
+        return call
+
+    def torch_call(self, fn: Callable) -> Callable:
+        if self.torch_device == "cpu":
+            return fn
+
+        def call():
+            fn()
+            self.torch_sync()
+        return call
+
+
+# ------------------------------------------------------------------ the ops
+@dataclasses.dataclass(frozen=True)
+class Op:
+    key: str
+    title: str
+    shape: tuple
+    arrays: float        # value-sized arrays the op must move (see the module docstring)
+    mask_bits: bool      # plus one bit per value (the packed dropout mask)
+    build: Callable      # (env, op, dtype, columns) -> ({column: call}, {column: note})
+    in_cache: bool = False
+
+    def bytes(self, dtype) -> int:
+        n = math.prod(self.shape)
+        return int(self.arrays * n * np.dtype(dtype).itemsize + (n / 8 if self.mask_bits else 0))
+
+
+def _data(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    x = rng.standard_normal(shape, dtype=np.dtype(dtype))
+    dout = rng.standard_normal(shape, dtype=np.dtype(dtype))
+    gamma = 1.0 + 0.1 * rng.standard_normal(c, dtype=np.dtype(dtype))
+    beta = 0.1 * rng.standard_normal(c, dtype=np.dtype(dtype))
+    return x, dout, gamma, beta
+
+
+def _bn_builder(spatial: bool, part: str):
+    """part: 'fwd' (training forward), 'bwd' (backward of a training forward)
+    or 'both' (forward then backward)."""
+    fwd = nd.spatial_batchnorm_forward if spatial else nd.batchnorm_forward
+    bwd = nd.spatial_batchnorm_backward if spatial else nd.batchnorm_backward
+
+    def build(env: Env, op: Op, dtype, columns):
+        hx, hdout, hgamma, hbeta = _data(op.shape, dtype)
+        x, dout, gamma, beta = (env.asarray(a) for a in (hx, hdout, hgamma, hbeta))
+        calls, notes = {}, {}
+
+        def ours(forced):
+            ctx = nd.force_reference if forced else contextlib.nullcontext
+            param = {"mode": "train", "eps": EPS, "momentum": MOMENTUM}
+            if part == "fwd":
+                fn = lambda: fwd(x, gamma, beta, param)  # noqa: E731
+            elif part == "bwd":
+                with ctx():
+                    _, cache = fwd(x, gamma, beta, param)
+                fn = lambda: bwd(dout, cache)  # noqa: E731
+            else:
+                def fn():
+                    _, cache = fwd(x, gamma, beta, param)
+                    bwd(dout, cache)
+            return env.normdrop_call(fn, forced)
+
+        for col, forced in (("normdrop", env.backend == "reference"), ("reference", True)):
+            if col in columns:
+                calls[col] = ours(forced)
+
+        if "seed" in columns:
+            s = env.seed
+            sfwd = s.spatial_batchnorm_forward if spatial else s.batchnorm_forward
+            sbwd = s.spatial_batchnorm_backward if spatial else s.batchnorm_backward
+            sparam = {"mode": "train", "eps": EPS, "momentum": MOMENTUM}
+            if part == "fwd":
+                fn = lambda: sfwd(x, gamma, beta, sparam)  # noqa: E731
+            elif part == "bwd":
+                _, scache = sfwd(x, gamma, beta, sparam)
+                fn = lambda: sbwd(dout, scache)  # noqa: E731
+            else:
+                def fn():
+                    _, c = sfwd(x, gamma, beta, sparam)
+                    sbwd(dout, c)
+            calls["seed"] = env.seed_call(fn)
+
+        if "torch" in columns and env.torch is not None:
+            fn, notes["torch"] = _torch_bn(env, part, hx, hdout, hgamma, hbeta)
+            calls["torch"] = env.torch_call(fn)
+        return calls, notes
+
+    return build
+
+
+def _torch_bn(env: Env, part, hx, hdout, hgamma, hbeta):
+    """PyTorch's batch norm: F.batch_norm(training=True) forward; the backward
+    kernel that its autograd calls (aten.native_batch_norm_backward with the
+    saved mean and 1/std), or autograd itself where that op is missing."""
+    torch = env.torch
+    F = torch.nn.functional
+    x, dout, w, b = (env.to_torch(a) for a in (hx, hdout, hgamma, hbeta))
+    c = x.shape[1]
+    rm = torch.zeros(c, dtype=x.dtype, device=x.device)
+    rv = torch.ones(c, dtype=x.dtype, device=x.device)
+    # PyTorch's momentum is the weight of the new value: cs231n's 0.9 is 0.1 here.
+    tm = 1.0 - MOMENTUM
+    if part == "fwd":
+        return (lambda: F.batch_norm(x, rm, rv, w, b, training=True, momentum=tm, eps=EPS),
+                "F.batch_norm(training=True)")
+    aten = getattr(torch.ops, "aten", None)
+    try:
+        nbn, nbn_bwd = aten.native_batch_norm, aten.native_batch_norm_backward
+    except (AttributeError, RuntimeError):
+        nbn = nbn_bwd = None
+    if nbn_bwd is not None:
+        mask = [True, True, True]
+        if part == "bwd":
+            _, sm, si = nbn(x, w, b, rm, rv, True, tm, EPS)
+            return (lambda: nbn_bwd(dout, x, w, rm, rv, sm, si, True, EPS, mask),
+                    "aten.native_batch_norm_backward (autograd's kernel)")
+
+        def both():
+            _, sm, si = nbn(x, w, b, rm, rv, True, tm, EPS)
+            nbn_bwd(dout, x, w, rm, rv, sm, si, True, EPS, mask)
+        return both, "aten.native_batch_norm + native_batch_norm_backward"
+    xg, wg, bg = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    if part == "bwd":
+        out = F.batch_norm(xg, rm, rv, wg, bg, training=True, momentum=tm, eps=EPS)
+        return (lambda: torch.autograd.grad(out, (xg, wg, bg), dout, retain_graph=True),
+                "autograd backward of F.batch_norm")
+
+    def both_autograd():
+        out = F.batch_norm(xg, rm, rv, wg, bg, training=True, momentum=tm, eps=EPS)
+        torch.autograd.grad(out, (xg, wg, bg), dout)
+    return both_autograd, "F.batch_norm + autograd backward"
+
+
+def _dropout_builder(part: str):
+    def build(env: Env, op: Op, dtype, columns):
+        hx, hdout, _, _ = _data(op.shape, dtype)
+        x, dout = env.asarray(hx), env.asarray(hdout)
+        calls, notes = {}, {}
+
+        def ours(forced):
+            ctx = nd.force_reference if forced else contextlib.nullcontext
+            param = {"p": KEEP, "mode": "train", "seed": 1234}
+            if part == "fwd":
+                fn = lambda: nd.dropout_forward(x, param)  # noqa: E731
+            else:
+                with ctx():
+                    _, cache = nd.dropout_forward(x, param)
+                fn = lambda: nd.dropout_backward(dout, cache)  # noqa: E731
+            return env.normdrop_call(fn, forced)
+
+        for col, forced in (("normdrop", env.backend == "reference"), ("reference", True)):
+            if col in columns:
+                calls[col] = ours(forced)
+
+        if "seed" in columns:
+            s = env.seed
+            sparam = {"p": KEEP, "mode": "train", "seed": 1234}
+            if part == "fwd":
+                fn = lambda: s.dropout_forward(x, sparam)  # noqa: E731
+            else:
+                _, scache = s.dropout_forward(x, sparam)
+                fn = lambda: s.dropout_backward(dout, scache)  # noqa: E731
+            calls["seed"] = env.seed_call(fn)
+
+        if "torch" in columns and env.torch is not None:
+            torch = env.torch
+            torch.manual_seed(0)
+            tx, tdout = env.to_torch(hx), env.to_torch(hdout)
+            if part == "fwd":
+                fn = lambda: torch.nn.functional.dropout(tx, p=1.0 - KEEP, training=True)  # noqa: E731
+                notes["torch"] = "F.dropout(p=0.5, training=True)"
+            elif env.torch_device == "cpu":
+                # What autograd does for F.dropout on the CPU: grad times the
+                # saved noise (the keep mask scaled by 1/keep).
+                noise = torch.empty_like(tx).bernoulli_(KEEP).div_(KEEP)
+                fn = lambda: tdout.mul(noise)  # noqa: E731
+                notes["torch"] = "dout * noise (F.dropout's autograd backward)"
+            else:
+                # On a GPU, F.dropout is the fused native_dropout; its backward:
+                _, mask = torch.ops.aten.native_dropout(tx, 1.0 - KEEP, True)
+                fn = lambda: torch.ops.aten.native_dropout_backward(tdout, mask, 1.0 / KEEP)  # noqa: E731
+                notes["torch"] = "aten.native_dropout_backward (F.dropout's autograd backward)"
+            calls["torch"] = env.torch_call(fn)
+        return calls, notes
+
+    return build
+
+
+OPS = {op.key: op for op in (
+    Op("bn-fwd", "batchnorm forward (train)", (4096, 1024), 3, False, _bn_builder(False, "fwd")),
+    Op("bn-bwd", "batchnorm backward", (4096, 1024), 5, False, _bn_builder(False, "bwd")),
+    Op("spatial-fwd", "spatial batchnorm forward (train)", (32, 64, 56, 56), 3, False,
+       _bn_builder(True, "fwd")),
+    Op("spatial-bwd", "spatial batchnorm backward", (32, 64, 56, 56), 5, False,
+       _bn_builder(True, "bwd")),
+    Op("dropout-fwd", "dropout forward (p=0.5)", (4096, 4096), 2, True, _dropout_builder("fwd")),
+    Op("dropout-bwd", "dropout backward", (4096, 4096), 2, True, _dropout_builder("bwd")),
+    Op("bn-small", "batchnorm forward+backward, small", (64, 256), 8, False,
+       _bn_builder(False, "both"), in_cache=True),
+)}
+
+
+# ------------------------------------------------------------------ timing
+def _timed(fn, number: int) -> float:
+    """Seconds per call of fn over `number` back-to-back calls."""
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
+
+
+def interleave(calls: dict, reps: int, min_reps: int, budget: float, st: Settings):
+    """Interleaved repetitions of the contenders in `calls`.
+
+    Each contender is called once to warm up (and to size the inner loop of
+    very short calls); a contender whose warm-up raises is left out and its
+    error returned.  Then every round runs each contender once more, in the
+    order of `calls` on even rounds and reversed on odd ones (ABBA), until it
+    has `reps` samples or, past `min_reps`, the contenders together have spent
+    `budget` seconds.
+
+    Returns ``({column: {"median": s, "samples": [...], "number": k}}, {column: error})``.
+    """
+    number, samples, spent, errors = {}, {}, {}, {}
+    for key, fn in calls.items():
+        try:
+            t = _timed(fn, 1)
+        except Exception as exc:  # noqa: BLE001 - reported in the table's notes
+            errors[key] = f"failed: {type(exc).__name__}: {exc}"
+            continue
+        samples[key] = [t] if t > st.first_counts else []
+        spent[key] = t
+        number[key] = 1
+        if t < st.min_sample:  # short call: size the inner loop on warm calls
+            n = 1
+            while True:
+                t = _timed(fn, n)
+                spent[key] += t * n
+                if t * n >= st.min_sample / 4 or n >= 100_000:
+                    break
+                n *= 4
+            number[key] = max(1, min(100_000, math.ceil(st.min_sample / max(t, 1e-9))))
+    order = list(samples)
+    rnd = 0
+    while True:
+        ran = False
+        group_spent = sum(spent.values())
+        for key in (order if rnd % 2 == 0 else order[::-1]):
+            n = len(samples[key])
+            if n >= reps or (n >= min_reps and group_spent > budget):
+                continue
+            t = _timed(calls[key], number[key])
+            samples[key].append(t)
+            spent[key] += t * number[key]
+            ran = True
+        rnd += 1
+        if not ran:
+            break
+    return ({k: {"median": statistics.median(v), "quartiles": _quartiles(v), "samples": v,
+                 "number": number[k]} for k, v in samples.items()}, errors)
+
+
+def _quartiles(v):
+    if len(v) < 2:
+        return [v[0], v[0]]
+    q = statistics.quantiles(v, n=4)
+    return [q[0], q[2]]
+
+
+def measure(calls: dict, st: Settings):
+    """normdrop and torch interleaved in one loop (the A/B pair), then each
+    slow contender (reference backend, seed code) on its own, so that their
+    large temporaries do not disturb the pair's memory allocator."""
+    fast = {k: f for k, f in calls.items() if k in FAST}
+    res, errors = interleave(fast, st.reps, st.min_reps, st.fast_budget, st)
+    for key, fn in calls.items():
+        if key not in FAST:
+            r, e = interleave({key: fn}, st.reps, 1, st.slow_budget, st)
+            res.update(r)
+            errors.update(e)
+    return res, errors
+
+
+class CopyMeter:
+    """A streaming copy whose bandwidth is sampled through the run.
+
+    NumPy: ``np.copyto`` of an nbytes array split into `threads` chunks
+    copied by as many threads (NumPy releases the GIL); CuPy: a
+    device-to-device ``cupy.copyto``.  Bytes read and written both count.
+    """
+
+    def __init__(self, env: Env, threads: int, nbytes: int):
+        xp = env.xp
+        n = nbytes // 8
+        self.nbytes = n * 8
+        self.times = []
+        self.pool = None
+        src = xp.ones(n, dtype=xp.float64)
+        dst = xp.empty_like(src)
+        if xp is not np:
+            def run():
+                xp.copyto(dst, src)
+                env.sync()
+            self.method = f"cupy.copyto of {nbytes >> 20} MiB"
+        elif threads <= 1:
+            def run():
+                np.copyto(dst, src)
+            self.method = f"np.copyto of {nbytes >> 20} MiB in 1 thread"
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            edges = [n * i // threads // 512 * 512 for i in range(threads)] + [n]
+            parts = [(dst[a:b], src[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+            self.pool = ThreadPoolExecutor(threads)
+
+            def one(i):
+                np.copyto(*parts[i])
+
+            def run():
+                list(self.pool.map(one, range(threads)))
+            self.method = f"np.copyto of {nbytes >> 20} MiB in {threads} threads"
+        self.run = run
+        run()
+        run()
+
+    def sample(self, reps: int) -> float:
+        """Take `reps` samples; return their bandwidth (bytes/s, median)."""
+        t = [_timed(self.run, 1) for _ in range(reps)]
+        self.times += t
+        return 2 * self.nbytes / statistics.median(t)
+
+    def bandwidth(self) -> float:
+        return 2 * self.nbytes / statistics.median(self.times)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.run = None
+
+
+# ------------------------------------------------------------------ machine
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        import subprocess
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _import_torch():
+    try:
+        import torch
+    except Exception:  # noqa: BLE001 - any failure means no torch column
+        return None
+    return torch
+
+
+def set_threads(threads: int, torch_mod):
+    """Limit every OpenMP/BLAS pool loaded (normdrop's, NumPy's, PyTorch's)
+    and PyTorch's intra-op pool to `threads`; returns the threadpoolctl
+    limiter (None without threadpoolctl, where nothing can be limited and
+    the count must already be right)."""
+    from . import _cpu  # loads normdrop's OpenMP runtime before limiting it
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        if _cpu.have_openmp() and _cpu.max_threads() != threads:
+            raise SystemExit(f"bench: {threads} threads need threadpoolctl (pip install "
+                             f"'normdrop[bench]'), or OMP_NUM_THREADS={threads}") from None
+        limiter = None
+    else:
+        limiter = threadpool_limits(limits=threads)
+    if torch_mod is not None:
+        torch_mod.set_num_threads(threads)
+    return limiter
+
+
+def machine_info(threads: int) -> dict:
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cpus_available": _available_cpus(),
+        "threads": threads,
+        "platform": platform.platform(),
+    }
+
+
+def runtime_info(env: Env) -> dict:
+    """What a worker saw: the threads each library runs, the versions, the GPU."""
+    from . import _cpu
+    info = {"openmp": bool(_cpu.have_openmp()),
+            "normdrop_threads": _cpu.max_threads() if _cpu.have_openmp() else 1,
+            "versions": {"normdrop": nd.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()}}
+    if env.torch is not None:
+        info["versions"]["torch"] = env.torch.__version__
+        if env.torch_device == "cpu":
+            info["torch_threads"] = env.torch.get_num_threads()
+    if env.backend == "cupy":
+        info["versions"]["cupy"] = env.xp.__version__
+        dev = env.xp.cuda.Device()
+        name = env.xp.cuda.runtime.getDeviceProperties(dev.id)["name"]
+        info["gpu"] = name.decode() if isinstance(name, bytes) else name
+    return info
+
+
+# ------------------------------------------------------------------ the run
+def _ratio(a, b):
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def _paired(a: list, b: list):
+    """Median of the ratios of the i-th samples of a and b (interleaved pairs)."""
+    pairs = [x / y for x, y in zip(a, b) if y > 0]
+    return statistics.median(pairs) if pairs else None
+
+
+def run_row(env: Env, op: Op, dtype: str, columns, st: Settings) -> dict:
+    """Measure one op x dtype; the bound is filled in by :func:`run`."""
+    notes = {c: "skipped (--skip)" for c in COLUMNS if c not in columns}
+    if "torch" in columns and env.torch is None:
+        notes["torch"] = env.torch_note
+    calls, built_notes = op.build(env, op, dtype, columns)
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        res, errors = measure(calls, st)
+    finally:
+        if was_enabled:
+            gc.enable()
+    del calls
+    gc.collect()
+    notes.update(errors)
+    notes.update({k: v for k, v in built_notes.items() if k not in notes})
+    med = {c: (res[c]["median"] if c in res else None) for c in COLUMNS}
+    return {
+        "op": op.key,
+        "title": op.title,
+        "shape": list(op.shape),
+        "dtype": dtype,
+        "bytes": op.bytes(dtype),
+        **{f"{c}_s": med[c] for c in COLUMNS},
+        "bound_s": None,
+        "normdrop_over_torch": _ratio(med["normdrop"], med["torch"]),
+        "normdrop_over_torch_paired": (_paired(res["normdrop"]["samples"], res["torch"]["samples"])
+                                       if "normdrop" in res and "torch" in res else None),
+        "fraction_of_bound": None,
+        "seed_over_normdrop": _ratio(med["seed"], med["normdrop"]),
+        "reference_over_normdrop": _ratio(med["reference"], med["normdrop"]),
+        "bound_in_cache": op.in_cache,
+        "samples": {c: len(r["samples"]) for c, r in res.items()},
+        "calls_per_sample": {c: r["number"] for c, r in res.items()},
+        "quartiles_s": {c: r["quartiles"] for c, r in res.items()},
+        "notes": notes,
+    }
+
+
+def _fmt_time(s):
+    if s is None:
+        return "n/a"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1.0:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def _fmt(v, kind):
+    if v is None:
+        return "n/a"
+    if kind == "ratio":
+        return f"{v:.2f}"
+    if kind == "pct":
+        return f"{100 * v:.0f}%"
+    return f"{v:.1f}x"
+
+
+TABLE = (  # (header, row -> text)
+    ("op", lambda r: r["op"]),
+    ("shape", lambda r: "x".join(map(str, r["shape"]))),
+    ("dtype", lambda r: r["dtype"]),
+    ("normdrop", lambda r: _fmt_time(r["normdrop_s"])),
+    ("reference", lambda r: _fmt_time(r["reference_s"])),
+    ("seed", lambda r: _fmt_time(r["seed_s"])),
+    ("torch", lambda r: _fmt_time(r["torch_s"])),
+    ("bound", lambda r: _fmt_time(r["bound_s"]) + ("*" if r["bound_in_cache"] else "")),
+    ("nd/torch", lambda r: _fmt(r["normdrop_over_torch"], "ratio")),
+    ("of bound", lambda r: _fmt(r["fraction_of_bound"], "pct")),
+    ("seed/nd", lambda r: _fmt(r["seed_over_normdrop"], "x")),
+    ("ref/nd", lambda r: _fmt(r["reference_over_normdrop"], "x")),
+)
+
+
+def format_table(rows) -> str:
+    cells = [[h for h, _ in TABLE]] + [[f(r) for _, f in TABLE] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE))]
+    left = 3  # op, shape, dtype left-aligned; numbers right-aligned
+
+    def line(c):
+        return "  ".join(s.ljust(w) if i < left else s.rjust(w)
+                         for i, (s, w) in enumerate(zip(c, widths))).rstrip()
+    out = [line(cells[0]), line(["-" * w for w in widths])]
+    out += [line(c) for c in cells[1:]]
+    return "\n".join(out)
+
+
+def _count(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def header_lines(report) -> list:
+    m, rt = report["machine"], report["runtime"]
+    v = rt.get("versions", {})
+    bw = report["copy_bandwidth"]
+    used = []
+    if "normdrop_threads" in rt:
+        used.append(f"normdrop OpenMP {'on' if rt['openmp'] else 'off'}, "
+                    f"{_count(rt['normdrop_threads'], 'thread')}")
+    if "torch_threads" in rt:
+        used.append(f"torch {_count(rt['torch_threads'], 'thread')}")
+    return [
+        f"machine: {m['cpu']}, {_count(m['cores'], 'core')} ({m['cpus_available']} available), "
+        f"{_count(m['threads'], 'thread')} used" + (f" ({'; '.join(used)})" if used else "")
+        + (f", GPU {rt['gpu']}" if "gpu" in rt else ""),
+        f"date: {report['date']}; {m['platform']}",
+        "versions: " + ", ".join(f"{k} {val}" for k, val in v.items())
+        + ("" if "torch" in v else ", torch not installed"),
+        f"backend: {report['backend']}; streaming copy ({bw['method']}): "
+        f"{bw['bytes_per_s'] / 1e9:.1f} GB/s (start {bw['start'] / 1e9:.1f}, "
+        f"end {bw['end'] / 1e9:.1f}); times are medians of interleaved repetitions, "
+        "each row in a fresh process" + (" (quick)" if report["quick"] else ""),
+    ]
+
+
+def footer_lines(report) -> list:
+    lines = ["bound: minimum bytes the op moves / streaming-copy bandwidth "
+             "(* data fit in cache: shown for completeness); of bound = bound / normdrop; "
+             "seed = the cs231n NumPy code"]
+    groups = {}
+    for r in report["rows"]:
+        for col, note in r["notes"].items():
+            ops = groups.setdefault((col, note), [])
+            if r["op"] not in ops:
+                ops.append(r["op"])
+    for (col, note), ops in groups.items():
+        every = len(ops) == len({r["op"] for r in report["rows"]})
+        lines.append(f"{col}{'' if every else ' (' + ', '.join(ops) + ')'}: {note}")
+    return lines
+
+
+_RESULT = "normdrop-bench-result: "
+_WORKER = "import sys; from normdrop._bench import worker; sys.exit(worker(sys.argv[1]))"
+
+
+def worker(spec: str) -> int:
+    """One row in this process (run by :func:`run` in a fresh interpreter, so
+    that no row inherits another's memory-allocator state): the result as a
+    JSON line on stdout."""
+    spec = json.loads(spec)
+    columns = tuple(spec["columns"])
+    env = Env(spec["backend"], _import_torch() if "torch" in columns else None)
+    limiter = set_threads(spec["threads"], env.torch)
+    row = run_row(env, OPS[spec["op"]], spec["dtype"], columns,
+                  QUICK if spec["quick"] else DEFAULT)
+    result = {"row": row, "runtime": runtime_info(env)}
+    if limiter is not None:
+        limiter.restore_original_limits()
+    sys.stdout.write(_RESULT + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _run_worker(spec: dict):
+    """(result, None) from a worker process, or (None, error text)."""
+    import subprocess
+    env = dict(os.environ)
+    env.pop("NORMDROP_BACKEND", None)  # --backend decides
+    proc = subprocess.run([sys.executable, "-c", _WORKER, json.dumps(spec)], env=env,
+                          stdout=subprocess.PIPE, text=True, check=False)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RESULT):
+            return json.loads(line[len(_RESULT):]), None
+    return None, f"failed: the worker process exited with code {proc.returncode}"
+
+
+def _failed_row(op: Op, dtype: str, error: str) -> dict:
+    return {"op": op.key, "title": op.title, "shape": list(op.shape), "dtype": dtype,
+            "bytes": op.bytes(dtype), **{f"{c}_s": None for c in COLUMNS},
+            "bound_s": None, "normdrop_over_torch": None, "normdrop_over_torch_paired": None,
+            "fraction_of_bound": None, "seed_over_normdrop": None,
+            "reference_over_normdrop": None, "bound_in_cache": op.in_cache, "samples": {},
+            "calls_per_sample": {}, "quartiles_s": {}, "notes": {"normdrop": error}}
+
+
+def run(backend="cpu", dtypes=("float32", "float64"), threads=None, quick=False, ops=None,
+        skip=(), out=None, progress=None) -> dict:
+    """Run the benchmark, print the table to `out` (progress to `progress`)
+    and return the report (what ``--json`` writes).
+
+    Each row runs in a fresh worker process; this process samples the
+    streaming copy before, between and after them, so that the bound sees
+    the same machine as the ops.
+    """
+    out = sys.stdout if out is None else out
+    progress = sys.stderr if progress is None else progress
+    st = QUICK if quick else DEFAULT
+    columns = tuple(c for c in COLUMNS if c not in skip)
+    if backend == "cupy":
+        try:
+            import cupy
+            if not cupy.cuda.is_available():
+                raise RuntimeError("no GPU available")
+        except Exception as exc:  # noqa: BLE001
+            raise SystemExit(f"bench: --backend cupy needs CuPy and a GPU ({exc})") from None
+    if threads is None:
+        threads = _available_cpus()
+    limiter = set_threads(threads, None)  # fails early where threads cannot be set
+    if limiter is not None:
+        limiter.restore_original_limits()
+    report = {
+        "machine": machine_info(threads),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "backend": backend,
+        "quick": quick,
+        "threads": threads,
+        "columns": [f"{c}_s" for c in COLUMNS] + [
+            "bound_s", "normdrop_over_torch", "fraction_of_bound", "seed_over_normdrop",
+            "reference_over_normdrop"],
+        "runtime": {},
+    }
+    meter = CopyMeter(Env(backend, None), threads, st.copy_bytes)
+    try:
+        first = meter.sample(st.copy_reps)
+        print(f"bench: streaming copy {first / 1e9:.1f} GB/s", file=progress, flush=True)
+        rows = []
+        for key in ops or list(OPS):
+            for dtype in dtypes:
+                spec = {"backend": backend, "op": key, "dtype": dtype, "columns": columns,
+                        "quick": quick, "threads": threads}
+                result, error = _run_worker(spec)
+                if result is None:
+                    rows.append(_failed_row(OPS[key], dtype, error))
+                else:
+                    rows.append(result["row"])
+                    report["runtime"] = report["runtime"] or result["runtime"]
+                meter.sample(max(1, st.copy_reps // 3))
+                print(f"bench: {key} {dtype}: normdrop {_fmt_time(rows[-1]['normdrop_s'])}",
+                      file=progress, flush=True)
+        last = meter.sample(st.copy_reps)
+    finally:
+        meter.close()
+    bw = meter.bandwidth()
+    for r in rows:
+        r["bound_s"] = r["bytes"] / bw
+        r["fraction_of_bound"] = _ratio(r["bound_s"], r["normdrop_s"])
+    report["copy_bandwidth"] = {"method": meter.method, "bytes": meter.nbytes,
+                                "bytes_per_s": bw, "start": first, "end": last,
+                                "samples": len(meter.times)}
+    report["rows"] = rows
+    print("\n".join(header_lines(report)), file=out)
+    print(format_table(rows), file=out)
+    print("\n".join(footer_lines(report)), file=out, flush=True)
+    return report
+
+
+# ------------------------------------------------------------------ command line
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("cpu", "reference", "cupy"), default="cpu",
+                   help="what the normdrop column runs: the C kernels on NumPy arrays (cpu), "
+                        "the reference backend on NumPy arrays, or the CUDA kernels on CuPy "
+                        "arrays (default: cpu)")
+    p.add_argument("--dtype", choices=("float32", "float64", "all"), default="all",
+                   help="dtype of the rows (default: all)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for everyone: OpenMP/BLAS via threadpoolctl and "
+                        "torch.set_num_threads (default: the CPUs available)")
+    p.add_argument("--quick", action="store_true",
+                   help="few repetitions, for a smoke test; the numbers are rough")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    p.add_argument("--ops", default="all", metavar="LIST",
+                   help="comma-separated ops (default all): " + ", ".join(OPS))
+    p.add_argument("--skip", default="", metavar="LIST",
+                   help="comma-separated columns not to measure: reference, seed, torch")
+
+
+def _split(text: str) -> list:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def main(args) -> int:
+    ops = list(OPS) if args.ops.strip() in ("", "all") else _split(args.ops)
+    bad = [o for o in ops if o not in OPS]
+    if bad:
+        print(f"bench: unknown op(s) {', '.join(bad)}; known: {', '.join(OPS)}", file=sys.stderr)
+        return 2
+    skip = _split(args.skip)
+    bad = [c for c in skip if c not in COLUMNS[1:]]
+    if bad:
+        print(f"bench: --skip takes reference, seed, torch; got {', '.join(bad)}",
+              file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        print("bench: --threads must be at least 1", file=sys.stderr)
+        return 2
+    dtypes = ("float32", "float64") if args.dtype == "all" else (args.dtype,)
+    report = run(backend=args.backend, dtypes=dtypes, threads=args.threads, quick=args.quick,
+                 ops=ops, skip=skip)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    failed = [f"{r['op']} {r['dtype']}" for r in report["rows"] if r["normdrop_s"] is None]
+    if failed:
+        print(f"bench: normdrop failed on {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,138 @@
+"""`python -m normdrop bench` and its seed baseline.
+
+The bench is run for real on a tiny selection in quick mode: the test checks
+that the table and the JSON report carry every column with positive times.
+It never compares timings.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import normdrop as nd
+from normdrop import _bench, _bench_seed
+
+
+
+def _importable(name):
+    try:
+        __import__(name)
+    except Exception:  # noqa: BLE001 - the bench treats any failure as "not installed"
+        return False
+    return True
+
+
+HAVE_TORCH = _importable("torch")
+HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "normdrop", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "report.json"
+    args = ["bench", "--quick", "--ops", "bn-small,dropout-bwd", "--dtype", "float32",
+            "--json", str(path)]
+    if HAVE_THREADPOOLCTL:
+        args += ["--threads", "1"]
+    proc = _cli(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, json.loads(path.read_text())
+
+
+def test_bench_json_has_every_column(quick_report):
+    _, report = quick_report
+    rows = report["rows"]
+    assert [(r["op"], r["dtype"]) for r in rows] == [("bn-small", "float32"),
+                                                     ("dropout-bwd", "float32")]
+    assert {"normdrop_s", "reference_s", "seed_s", "torch_s", "bound_s", "normdrop_over_torch",
+            "fraction_of_bound"} <= set(report["columns"])
+    for r in rows:
+        for col in report["columns"]:
+            assert col in r, (r["op"], col)
+        for col in ("normdrop_s", "reference_s", "seed_s", "bound_s", "fraction_of_bound",
+                    "seed_over_normdrop", "reference_over_normdrop"):
+            assert isinstance(r[col], float) and r[col] > 0, (r["op"], col, r[col])
+        if HAVE_TORCH:
+            assert r["torch_s"] > 0 and r["normdrop_over_torch"] > 0, r
+        else:
+            assert r["torch_s"] is None and "torch" in r["notes"], r
+        assert r["bytes"] > 0 and r["samples"]["normdrop"] >= _bench.QUICK.min_reps
+
+
+def test_bench_report_describes_the_run(quick_report):
+    _, report = quick_report
+    if HAVE_THREADPOOLCTL:
+        assert report["threads"] == 1
+        assert report["runtime"]["normdrop_threads"] == 1
+        if HAVE_TORCH:
+            assert report["runtime"]["torch_threads"] == 1
+    assert report["machine"]["cpu"] and report["date"]
+    assert report["runtime"]["versions"]["normdrop"] == nd.__version__
+    assert report["copy_bandwidth"]["bytes_per_s"] > 0
+
+
+def test_bench_prints_the_table(quick_report):
+    out, _ = quick_report
+    lines = out.splitlines()
+    assert lines[0].startswith("machine: ") and " used" in lines[0]
+    header = next(line for line in lines if line.startswith("op "))
+    for name in ("normdrop", "reference", "seed", "torch", "bound", "nd/torch", "of bound"):
+        assert name in header
+    assert any(line.startswith("bn-small ") for line in lines)
+    assert any(line.startswith("dropout-bwd ") for line in lines)
+
+
+def test_bench_rejects_unknown_ops():
+    proc = _cli("bench", "--ops", "no-such-op")
+    assert proc.returncode == 2 and "no-such-op" in proc.stderr
+
+
+def test_info_still_works():
+    proc = _cli("info", timeout=60)
+    assert proc.returncode == 0 and nd.__version__ in proc.stdout
+
+
+# -------------------------------------------------- the seed baseline computes the same
+def test_seed_batchnorm_matches_normdrop():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((50, 7)) * 3 + 1
+    gamma, beta = rng.standard_normal(7), rng.standard_normal(7)
+    dout = rng.standard_normal((50, 7))
+    out_s, cache_s = _bench_seed.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    out_n, cache_n = nd.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    np.testing.assert_allclose(out_s, out_n, rtol=1e-10, atol=1e-12)
+    for a, b in zip(_bench_seed.batchnorm_backward(dout, cache_s),
+                    nd.batchnorm_backward(dout, cache_n)):
+        np.testing.assert_allclose(np.reshape(a, np.shape(b)), b, rtol=1e-9, atol=1e-11)
+
+
+def test_seed_spatial_batchnorm_matches_normdrop():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4, 5, 6))
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    dout = rng.standard_normal(x.shape)
+    out_s, cache_s = _bench_seed.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    out_n, cache_n = nd.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    np.testing.assert_allclose(out_s, out_n, rtol=1e-10, atol=1e-12)
+    for a, b in zip(_bench_seed.spatial_batchnorm_backward(dout, cache_s),
+                    nd.spatial_batchnorm_backward(dout, cache_n)):
+        np.testing.assert_allclose(np.reshape(a, np.shape(b)), b, rtol=1e-9, atol=1e-11)
+
+
+def test_seed_dropout_is_inverted_dropout():
+    x = np.random.default_rng(5).standard_normal((200, 50)).astype(np.float32)
+    out, cache = _bench_seed.dropout_forward(x, {"p": 0.25, "mode": "train", "seed": 1})
+    kept = out != 0
+    assert out.dtype == np.float32 and 0.15 < kept.mean() < 0.35
+    np.testing.assert_allclose(out[kept], x[kept] / 0.25, rtol=1e-6)
+    dx = _bench_seed.dropout_backward(np.ones_like(x), cache)
+    np.testing.assert_array_equal(dx != 0, kept)
