@@ -22,7 +22,7 @@
 #define ND_CT 256          /* channels per ND_ROWS tile */
 #define ND_TILE_VALUES 32768
 #define ND_SEG 16384       /* values per ND_PLANES segment */
-#define ND_LANES 8         /* fixed accumulators of a segment sum */
+#define ND_LANES 32        /* fixed accumulators of a segment sum */
 #define ND_AFFINE_ROWS 16  /* rows per work item of the elementwise ND_ROWS passes */
 /* An ND_PLANES channel whose operands take at most this many bytes is finished
  * (statistics, then the elementwise pass) by one thread while it is in cache. */
@@ -63,10 +63,15 @@ int nd_have_openmp(void)
 #endif
 }
 
-/* Sum of the ND_LANES accumulators, pairwise in a fixed order. */
+/* Sum of the ND_LANES accumulators, pairwise in a fixed order (a tree of
+ * halves: lane k + h is added to lane k, h = ND_LANES/2, ..., 1). */
 static inline double nd_lanes_sum(const double *a)
 {
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    double t[ND_LANES];
+    for (int k = 0; k < ND_LANES; ++k) t[k] = a[k];
+    for (int h = ND_LANES / 2; h > 0; h /= 2)
+        for (int k = 0; k < h; ++k) t[k] += t[k + h];
+    return t[0];
 }
 
 /* Chan et al.: merge (nb, mb, m2b) into (*na, *ma, *m2a). */
