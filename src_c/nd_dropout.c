@@ -93,21 +93,14 @@ static int nd_isa_level(void)
 #if defined(ND_FORCE_ISA_LEVEL)   /* testing: pin one variant */
     return ND_FORCE_ISA_LEVEL;
 #elif ND_X86_SIMD
-    static int level = -1;
-    int l = level;
-    if (l < 0) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-            __builtin_cpu_supports("bmi2"))
-            l = 2;
-        else if (__builtin_cpu_supports("avx2"))
-            l = 1;
-        else
-            l = 0;
-        level = l;  /* benign race: every thread computes the same value */
-    }
-    return l;
+    /* a few loads of the CPU model data filled in at startup: no caching, so
+     * no shared state between threads */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("bmi2"))
+        return 2;
+    return __builtin_cpu_supports("avx2") ? 1 : 0;
 #else
     return 0;
 #endif
