@@ -14,12 +14,21 @@
  * Sums inside a segment use eight fixed accumulators (lane k takes values
  * k, k+8, ...), which vectorizes without reassociating anything.
  */
+#include <math.h>
+
 #include "normdrop.h"
 #include "nd_common.h"
 
 #define ND_CT 256          /* channels per ND_ROWS tile */
 #define ND_TILE_VALUES 32768
 #define ND_SEG 16384       /* values per ND_PLANES segment */
+#define ND_LANES 32        /* fixed accumulators of a segment sum */
+#define ND_AFFINE_ROWS 16  /* rows per work item of the elementwise ND_ROWS passes */
+/* An ND_PLANES channel whose operands take at most this many bytes is finished
+ * (statistics, then the elementwise pass) by one thread while it is in cache. */
+#define ND_FUSE_BYTES (1 << 20)
+/* Channels needed to split the work by channel rather than by unit. */
+#define ND_FUSE_MIN_C 8
 
 static int64_t nd_rows_ct(const nd_geom *g) { return g->c < ND_CT ? (g->c > 0 ? g->c : 1) : ND_CT; }
 static int64_t nd_rows_rb(const nd_geom *g)
@@ -52,6 +61,17 @@ int nd_have_openmp(void)
 #else
     return 0;
 #endif
+}
+
+/* Sum of the ND_LANES accumulators, pairwise in a fixed order (a tree of
+ * halves: lane k + h is added to lane k, h = ND_LANES/2, ..., 1). */
+static inline double nd_lanes_sum(const double *a)
+{
+    double t[ND_LANES];
+    for (int k = 0; k < ND_LANES; ++k) t[k] = a[k];
+    for (int h = ND_LANES / 2; h > 0; h /= 2)
+        for (int k = 0; k < h; ++k) t[k] += t[k + h];
+    return t[0];
 }
 
 /* Chan et al.: merge (nb, mb, m2b) into (*na, *ma, *m2a). */

@@ -1,39 +1,155 @@
 /* nd_batchnorm_impl.h -- body of the batchnorm kernels for one data type.
- * Included by nd_batchnorm.c with T (the C type) and SUF (its suffix) defined. */
+ * Included by nd_batchnorm.c with T (the C type) and SUF (its suffix) defined.
+ *
+ * The inner loops are separate functions compiled for several instruction
+ * sets (ND_CLONES); each computes the same IEEE operations in the same order
+ * in every variant (no contraction, fixed accumulator lanes), so the variant
+ * that runs does not change any bit. */
 
 #define FN(name) ND_CAT(name, SUF)
 
-/* Sum of p[0..len) with eight fixed accumulators. */
-static inline double FN(nd_seg_sum)(const T *p, int64_t len)
+/* ------------------------------------------------------------ inner loops */
+
+/* (mean, M2) of one ND_ROWS unit: rows [r0, r1) of channels [c0, c0 + w),
+ * w <= ND_CT; into wk[2 j] (mean) and wk[2 j + 1] (M2).  Each channel's sums run
+ * over the rows in order; four rows are added per load of the accumulator. */
+ND_CLONES
+static void FN(nd_rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r1,
+                                   int64_t c0, int64_t w, double *wk)
 {
-    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double acc[ND_CT], m[ND_CT];
+    const T *base = x + c0;
+    for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const T *p0 = base + r * sn, *p1 = p0 + sn, *p2 = p1 + sn, *p3 = p2 + sn;
+        for (int64_t j = 0; j < w; ++j) {
+            double a = acc[j];
+            a += (double)p0[j];
+            a += (double)p1[j];
+            a += (double)p2[j];
+            a += (double)p3[j];
+            acc[j] = a;
+        }
+    }
+    for (; r < r1; ++r) {
+        const T *p = base + r * sn;
+        for (int64_t j = 0; j < w; ++j) acc[j] += (double)p[j];
+    }
+    const double cnt = (double)(r1 - r0);
+    for (int64_t j = 0; j < w; ++j) { m[j] = acc[j] / cnt; acc[j] = 0.0; }
+    r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const T *p0 = base + r * sn, *p1 = p0 + sn, *p2 = p1 + sn, *p3 = p2 + sn;
+        for (int64_t j = 0; j < w; ++j) {
+            const double mj = m[j];
+            double a = acc[j], d;
+            d = (double)p0[j] - mj; a += d * d;
+            d = (double)p1[j] - mj; a += d * d;
+            d = (double)p2[j] - mj; a += d * d;
+            d = (double)p3[j] - mj; a += d * d;
+            acc[j] = a;
+        }
+    }
+    for (; r < r1; ++r) {
+        const T *p = base + r * sn;
+        for (int64_t j = 0; j < w; ++j) { double d = (double)p[j] - m[j]; acc[j] += d * d; }
+    }
+    for (int64_t j = 0; j < w; ++j) { wk[2 * j] = m[j]; wk[2 * j + 1] = acc[j]; }
+}
+
+/* (sum dout, sum dout * (x - mean)) of one ND_ROWS unit, into wk pairs. */
+ND_CLONES
+static void FN(nd_rows_reduce_unit)(const T *dout, const T *x, int64_t sn, int64_t r0,
+                                    int64_t r1, int64_t c0, int64_t w, const double *mean,
+                                    double *wk)
+{
+    double a[ND_CT], b[ND_CT];
+    const double *m = mean + c0;
+    for (int64_t j = 0; j < w; ++j) { a[j] = 0.0; b[j] = 0.0; }
+    int64_t r = r0;
+    for (; r + 2 <= r1; r += 2) {
+        const T *d0 = dout + r * sn + c0, *d1 = d0 + sn;
+        const T *x0 = x + r * sn + c0, *x1 = x0 + sn;
+        for (int64_t j = 0; j < w; ++j) {
+            const double mj = m[j];
+            double sa = a[j], sb = b[j], g;
+            g = (double)d0[j]; sa += g; sb += g * ((double)x0[j] - mj);
+            g = (double)d1[j]; sa += g; sb += g * ((double)x1[j] - mj);
+            a[j] = sa; b[j] = sb;
+        }
+    }
+    for (; r < r1; ++r) {
+        const T *dr = dout + r * sn + c0, *xr = x + r * sn + c0;
+        for (int64_t j = 0; j < w; ++j) {
+            double g = (double)dr[j];
+            a[j] += g;
+            b[j] += g * ((double)xr[j] - m[j]);
+        }
+    }
+    for (int64_t j = 0; j < w; ++j) { wk[2 * j] = a[j]; wk[2 * j + 1] = b[j]; }
+}
+
+/* out = (x - mean) * scale + shift on rows [r0, r1), channels [c0, c0 + w). */
+ND_CLONES
+static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
+                               int64_t c0, int64_t w, const double *mean, const double *scale,
+                               const double *shift)
+{
+    const double *m = mean + c0, *a = scale + c0, *b = shift + c0;
+    for (int64_t r = r0; r < r1; ++r) {
+        const T *xr = x + r * sn + c0;
+        T *o = out + r * sn + c0;
+        for (int64_t j = 0; j < w; ++j) o[j] = (T)(((double)xr[j] - m[j]) * a[j] + b[j]);
+    }
+}
+
+/* dx = a * dout + b * (x - mean) + e on rows [r0, r1), channels [c0, c0 + w). */
+ND_CLONES
+static void FN(nd_rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t r0, int64_t r1,
+                           int64_t c0, int64_t w, const double *mean, const double *a,
+                           const double *b, const double *e)
+{
+    const double *m = mean + c0, *ac = a + c0, *bc = b + c0, *ec = e + c0;
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t off = r * sn + c0;
+        const T *dr = dout + off, *xr = x + off;
+        T *o = dx + off;
+        for (int64_t j = 0; j < w; ++j)
+            o[j] = (T)(ac[j] * (double)dr[j] + bc[j] * ((double)xr[j] - m[j]) + ec[j]);
+    }
+}
+
+/* (mean, M2) of one segment p[0..len), len > 0: sums with ND_LANES fixed
+ * accumulators (lane k takes values k, k + ND_LANES, ...), combined pairwise. */
+ND_CLONES
+static void FN(nd_seg_stats)(const T *p, int64_t len, double *mean, double *m2)
+{
+    double a[ND_LANES];
+    for (int k = 0; k < ND_LANES; ++k) a[k] = 0.0;
     int64_t i = 0;
-    for (; i + 8 <= len; i += 8)
-        for (int k = 0; k < 8; ++k) a[k] += (double)p[i + k];
+    for (; i + ND_LANES <= len; i += ND_LANES)
+        for (int k = 0; k < ND_LANES; ++k) a[k] += (double)p[i + k];
     for (int k = 0; i + k < len; ++k) a[k] += (double)p[i + k];
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-
-/* Sum of (p - m)^2 over p[0..len) with eight fixed accumulators. */
-static inline double FN(nd_seg_ssd)(const T *p, int64_t len, double m)
-{
-    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = 0;
-    for (; i + 8 <= len; i += 8)
-        for (int k = 0; k < 8; ++k) { double d = (double)p[i + k] - m; a[k] += d * d; }
+    const double m = nd_lanes_sum(a) / (double)len;
+    for (int k = 0; k < ND_LANES; ++k) a[k] = 0.0;
+    for (i = 0; i + ND_LANES <= len; i += ND_LANES)
+        for (int k = 0; k < ND_LANES; ++k) { double d = (double)p[i + k] - m; a[k] += d * d; }
     for (int k = 0; i + k < len; ++k) { double d = (double)p[i + k] - m; a[k] += d * d; }
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    *mean = m;
+    *m2 = nd_lanes_sum(a);
 }
 
-/* Sums of dy and dy * (x - m) over a segment, eight fixed accumulators each. */
-static inline void FN(nd_seg_dsum)(const T *dy, const T *x, int64_t len, double m,
-                                   double *sdy, double *sdyxm)
+/* Sums of dy and dy * (x - m) over a segment, ND_LANES fixed accumulators each. */
+ND_CLONES
+static void FN(nd_seg_dsum)(const T *dy, const T *x, int64_t len, double m,
+                            double *sdy, double *sdyxm)
 {
-    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    double b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double a[ND_LANES], b[ND_LANES];
+    for (int k = 0; k < ND_LANES; ++k) { a[k] = 0.0; b[k] = 0.0; }
     int64_t i = 0;
-    for (; i + 8 <= len; i += 8)
-        for (int k = 0; k < 8; ++k) {
+    for (; i + ND_LANES <= len; i += ND_LANES)
+        for (int k = 0; k < ND_LANES; ++k) {
             double g = (double)dy[i + k];
             a[k] += g;
             b[k] += g * ((double)x[i + k] - m);
@@ -43,9 +159,64 @@ static inline void FN(nd_seg_dsum)(const T *dy, const T *x, int64_t len, double 
         a[k] += g;
         b[k] += g * ((double)x[i + k] - m);
     }
-    *sdy = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    *sdyxm = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+    *sdy = nd_lanes_sum(a);
+    *sdyxm = nd_lanes_sum(b);
 }
+
+/* op[s] = (xp[s] - m) * a + b, s < S. */
+ND_CLONES
+static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a, double b)
+{
+    for (int64_t s = 0; s < S; ++s) op[s] = (T)(((double)xp[s] - m) * a + b);
+}
+
+/* o[s] = ac * dp[s] + bc * (xp[s] - m) + ec, s < S. */
+ND_CLONES
+static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m, double ac,
+                            double bc, double ec)
+{
+    for (int64_t s = 0; s < S; ++s) o[s] = (T)(ac * (double)dp[s] + bc * ((double)xp[s] - m) + ec);
+}
+
+/* ------------------------------------------------------ per-channel pieces */
+
+/* (mean, M2) of every unit of ND_PLANES channel c, merged in index order. */
+static void FN(nd_planes_channel_stats)(const T *x, const nd_geom *g, int64_t c,
+                                        double *mean, double *var)
+{
+    const int64_t S = g->s, nseg = nd_planes_nseg(g);
+    double n = 0.0, mu = 0.0, m2 = 0.0;
+    for (int64_t k = 0; k < g->n * nseg; ++k) {
+        const int64_t pn = k / nseg, seg = k % nseg;
+        const int64_t s0 = seg * ND_SEG, len = nd_min64(ND_SEG, S - s0);
+        double um = 0.0, um2 = 0.0;
+        if (len > 0) FN(nd_seg_stats)(x + pn * g->sn + c * g->sc + s0, len, &um, &um2);
+        nd_chan_merge(&n, &mu, &m2, (double)(len > 0 ? len : 0), um, um2);
+    }
+    *mean = mu;
+    *var = n > 0.0 ? m2 / n : 0.0;
+}
+
+/* sum dout and sum dout * (x - m) of ND_PLANES channel c, units in index order. */
+static void FN(nd_planes_channel_reduce)(const T *dout, const T *x, const nd_geom *g, int64_t c,
+                                         double m, double *sum_dy, double *sum_dyxm)
+{
+    const int64_t S = g->s, nseg = nd_planes_nseg(g);
+    double a = 0.0, b = 0.0;
+    for (int64_t k = 0; k < g->n * nseg; ++k) {
+        const int64_t pn = k / nseg, seg = k % nseg;
+        const int64_t s0 = seg * ND_SEG, len = nd_min64(ND_SEG, S - s0);
+        const int64_t off = pn * g->sn + c * g->sc + s0;
+        double ua = 0.0, ub = 0.0;
+        if (len > 0) FN(nd_seg_dsum)(dout + off, x + off, len, m, &ua, &ub);
+        a += ua;
+        b += ub;
+    }
+    *sum_dy = a;
+    *sum_dyxm = b;
+}
+
+/* ------------------------------------------------------------- the kernels */
 
 /*
  * nd_bn_stats: mean[c] = sum x / (N S);  var[c] = sum (x - mean)^2 / (N S).
@@ -63,20 +234,7 @@ void FN(nd_bn_stats)(const T *x, const nd_geom *g, double *work, double *mean, d
         for (int64_t u = 0; u < units; ++u) {
             const int64_t r0 = (u / ntile) * rb, r1 = nd_min64(r0 + rb, N);
             const int64_t c0 = (u % ntile) * ct, w = nd_min64(ct, C - c0);
-            double acc[ND_CT], m[ND_CT];
-            for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
-            for (int64_t r = r0; r < r1; ++r) {
-                const T *row = x + r * g->sn + c0;
-                for (int64_t j = 0; j < w; ++j) acc[j] += (double)row[j];
-            }
-            const double cnt = (double)(r1 - r0);
-            for (int64_t j = 0; j < w; ++j) { m[j] = acc[j] / cnt; acc[j] = 0.0; }
-            for (int64_t r = r0; r < r1; ++r) {
-                const T *row = x + r * g->sn + c0;
-                for (int64_t j = 0; j < w; ++j) { double d = (double)row[j] - m[j]; acc[j] += d * d; }
-            }
-            double *wk = work + 2 * ((u / ntile) * C + c0);
-            for (int64_t j = 0; j < w; ++j) { wk[2 * j] = m[j]; wk[2 * j + 1] = acc[j]; }
+            FN(nd_rows_stats_unit)(x, g->sn, r0, r1, c0, w, work + 2 * ((u / ntile) * C + c0));
         }
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
@@ -88,29 +246,29 @@ void FN(nd_bn_stats)(const T *x, const nd_geom *g, double *work, double *mean, d
             mean[c] = mu;
             var[c] = n > 0.0 ? m2 / n : 0.0;
         }
+    } else if (C >= ND_FUSE_MIN_C) {
+        ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
+        for (int64_t c = 0; c < C; ++c)
+            FN(nd_planes_channel_stats)(x, g, c, &mean[c], &var[c]);
     } else {
+        /* few channels: the units of all channels in parallel, then the merge */
         const int64_t S = g->s, nseg = nd_planes_nseg(g);
         const int64_t units = C * N * nseg;
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < units; ++u) {
             const int64_t seg = u % nseg, n = (u / nseg) % N, c = u / (nseg * N);
             const int64_t s0 = seg * ND_SEG, len = nd_min64(ND_SEG, S - s0);
-            const T *p = x + n * g->sn + c * g->sc + s0;
             double m = 0.0, m2 = 0.0;
-            if (len > 0) {
-                m = FN(nd_seg_sum)(p, len) / (double)len;
-                m2 = FN(nd_seg_ssd)(p, len, m);
-            }
+            if (len > 0) FN(nd_seg_stats)(x + n * g->sn + c * g->sc + s0, len, &m, &m2);
             work[2 * u] = m;
             work[2 * u + 1] = m2;
         }
-        ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
             double n = 0.0, mu = 0.0, m2 = 0.0;
             for (int64_t k = 0; k < N * nseg; ++k) {
                 const int64_t seg = k % nseg, u = c * N * nseg + k;
-                const double cnt = (double)nd_min64(ND_SEG, S - seg * ND_SEG);
-                nd_chan_merge(&n, &mu, &m2, cnt, work[2 * u], work[2 * u + 1]);
+                const int64_t len = nd_min64(ND_SEG, S - seg * ND_SEG);
+                nd_chan_merge(&n, &mu, &m2, (double)(len > 0 ? len : 0), work[2 * u], work[2 * u + 1]);
             }
             mean[c] = mu;
             var[c] = n > 0.0 ? m2 / n : 0.0;
@@ -128,24 +286,54 @@ void FN(nd_bn_affine)(const T *x, T *out, const nd_geom *g, const double *mean,
 {
     const int64_t C = g->c, N = g->n;
     if (g->kind == ND_ROWS) {
+        const int64_t rb = ND_AFFINE_ROWS;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
-        for (int64_t r = 0; r < N; ++r) {
-            const T *xr = x + r * g->sn;
-            T *orow = out + r * g->sn;
-            for (int64_t j = 0; j < C; ++j)
-                orow[j] = (T)(((double)xr[j] - mean[j]) * scale[j] + shift[j]);
-        }
+        for (int64_t b = 0; b < nd_cdiv(N, rb); ++b)
+            FN(nd_rows_affine)(x, out, g->sn, b * rb, nd_min64(b * rb + rb, N), 0, C,
+                               mean, scale, shift);
     } else {
         const int64_t S = g->s;
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < N * C; ++u) {
             const int64_t n = u / C, c = u % C, off = n * g->sn + c * g->sc;
-            const T *xp = x + off;
-            T *op = out + off;
-            const double m = mean[c], a = scale[c], b = shift[c];
-            for (int64_t s = 0; s < S; ++s) op[s] = (T)(((double)xp[s] - m) * a + b);
+            FN(nd_plane_affine)(x + off, out + off, S, mean[c], scale[c], shift[c]);
         }
     }
+}
+
+/*
+ * nd_bn_train_fwd: the training forward in one call.  mean, var as
+ * nd_bn_stats; invstd = 1 / sqrt(var + eps); out = (x - mean) * (gamma *
+ * invstd) + beta.  An ND_PLANES channel whose values fit in ND_FUSE_BYTES is
+ * normalized right after its statistics, while it is still in cache.
+ * IN x, g, gamma, beta (c doubles), eps; SCRATCH work; OUT out, mean, var,
+ * invstd, scale (c doubles each).
+ */
+void FN(nd_bn_train_fwd)(const T *x, T *out, const nd_geom *g, const double *gamma,
+                         const double *beta, double eps, double *work, double *mean,
+                         double *var, double *invstd, double *scale)
+{
+    const int64_t C = g->c, N = g->n, S = g->s;
+    if (C <= 0) return;
+    if (g->kind == ND_PLANES && C >= ND_FUSE_MIN_C && N * S * (int64_t)sizeof(T) <= ND_FUSE_BYTES) {
+        ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
+        for (int64_t c = 0; c < C; ++c) {
+            FN(nd_planes_channel_stats)(x, g, c, &mean[c], &var[c]);
+            invstd[c] = 1.0 / sqrt(var[c] + eps);
+            scale[c] = gamma[c] * invstd[c];
+            for (int64_t n = 0; n < N; ++n) {
+                const int64_t off = n * g->sn + c * g->sc;
+                FN(nd_plane_affine)(x + off, out + off, S, mean[c], scale[c], beta[c]);
+            }
+        }
+        return;
+    }
+    FN(nd_bn_stats)(x, g, work, mean, var);
+    for (int64_t c = 0; c < C; ++c) {
+        invstd[c] = 1.0 / sqrt(var[c] + eps);
+        scale[c] = gamma[c] * invstd[c];
+    }
+    FN(nd_bn_affine)(x, out, g, mean, scale, beta);
 }
 
 /*
@@ -165,20 +353,8 @@ void FN(nd_bn_bwd_reduce)(const T *dout, const T *x, const nd_geom *g, const dou
         for (int64_t u = 0; u < units; ++u) {
             const int64_t r0 = (u / ntile) * rb, r1 = nd_min64(r0 + rb, N);
             const int64_t c0 = (u % ntile) * ct, w = nd_min64(ct, C - c0);
-            double a[ND_CT], b[ND_CT];
-            const double *m = mean + c0;
-            for (int64_t j = 0; j < w; ++j) { a[j] = 0.0; b[j] = 0.0; }
-            for (int64_t r = r0; r < r1; ++r) {
-                const T *dr = dout + r * g->sn + c0;
-                const T *xr = x + r * g->sn + c0;
-                for (int64_t j = 0; j < w; ++j) {
-                    double d = (double)dr[j];
-                    a[j] += d;
-                    b[j] += d * ((double)xr[j] - m[j]);
-                }
-            }
-            double *wk = work + 2 * ((u / ntile) * C + c0);
-            for (int64_t j = 0; j < w; ++j) { wk[2 * j] = a[j]; wk[2 * j + 1] = b[j]; }
+            FN(nd_rows_reduce_unit)(dout, x, g->sn, r0, r1, c0, w, mean,
+                                    work + 2 * ((u / ntile) * C + c0));
         }
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
@@ -187,6 +363,10 @@ void FN(nd_bn_bwd_reduce)(const T *dout, const T *x, const nd_geom *g, const dou
             sum_dy[c] = a;
             sum_dyxm[c] = b;
         }
+    } else if (C >= ND_FUSE_MIN_C) {
+        ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
+        for (int64_t c = 0; c < C; ++c)
+            FN(nd_planes_channel_reduce)(dout, x, g, c, mean[c], &sum_dy[c], &sum_dyxm[c]);
     } else {
         const int64_t S = g->s, nseg = nd_planes_nseg(g);
         const int64_t units = C * N * nseg;
@@ -200,7 +380,6 @@ void FN(nd_bn_bwd_reduce)(const T *dout, const T *x, const nd_geom *g, const dou
             work[2 * u] = a;
             work[2 * u + 1] = b;
         }
-        ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
             double a = 0.0, b = 0.0;
             for (int64_t k = 0; k < N * nseg; ++k) {
@@ -224,26 +403,70 @@ void FN(nd_bn_bwd_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, const 
 {
     const int64_t C = g->c, N = g->n;
     if (g->kind == ND_ROWS) {
+        const int64_t rb = ND_AFFINE_ROWS;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
-        for (int64_t r = 0; r < N; ++r) {
-            const int64_t off = r * g->sn;
-            const T *dr = dout + off, *xr = x + off;
-            T *o = dx + off;
-            for (int64_t j = 0; j < C; ++j)
-                o[j] = (T)(a[j] * (double)dr[j] + b[j] * ((double)xr[j] - mean[j]) + e[j]);
-        }
+        for (int64_t k = 0; k < nd_cdiv(N, rb); ++k)
+            FN(nd_rows_dx)(dout, x, dx, g->sn, k * rb, nd_min64(k * rb + rb, N), 0, C,
+                           mean, a, b, e);
     } else {
         const int64_t S = g->s;
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < N * C; ++u) {
             const int64_t n = u / C, c = u % C, off = n * g->sn + c * g->sc;
-            const T *dp = dout + off, *xp = x + off;
-            T *o = dx + off;
-            const double ac = a[c], bc = b[c], ec = e[c], m = mean[c];
-            for (int64_t s = 0; s < S; ++s)
-                o[s] = (T)(ac * (double)dp[s] + bc * ((double)xp[s] - m) + ec);
+            FN(nd_plane_dx)(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c]);
         }
     }
+}
+
+/*
+ * nd_bn_backward: the whole backward in one call.
+ *   sum_dy, sum_dyxm as nd_bn_bwd_reduce; dgamma = sum_dyxm * invstd;
+ *   a = gamma * invstd; training: e = -a * sum_dy / M, b = -a * invstd * dgamma / M
+ *   (M = values per channel); test: b = e = 0;  dx as nd_bn_bwd_dx.
+ * An ND_PLANES channel whose dout and x fit in ND_FUSE_BYTES gets its dx right
+ * after its sums, while both are in cache.
+ * IN dout, x, g, gamma, mean, invstd, train; SCRATCH work, coef (3 c doubles);
+ * OUT dx, dgamma, dbeta (= sum_dy) (c doubles).
+ */
+void FN(nd_bn_backward)(const T *dout, const T *x, T *dx, const nd_geom *g, const double *gamma,
+                        const double *mean, const double *invstd, int train, double *work,
+                        double *coef, double *dgamma, double *dbeta)
+{
+    const int64_t C = g->c, N = g->n, S = g->s;
+    if (C <= 0) return;
+    const double M = (double)(N * S);
+    double *a = coef, *b = coef + C, *e = coef + 2 * C;
+#define ND_COEF(c, sdyxm)                                                 \
+    do {                                                                  \
+        dgamma[c] = (sdyxm) * invstd[c];                                  \
+        a[c] = gamma[c] * invstd[c];                                      \
+        if (train) {                                                      \
+            e[c] = -a[c] * dbeta[c] / M;                                  \
+            b[c] = -a[c] * invstd[c] * dgamma[c] / M;                     \
+        } else {                                                          \
+            b[c] = 0.0;                                                   \
+            e[c] = 0.0;                                                   \
+        }                                                                 \
+    } while (0)
+    if (g->kind == ND_PLANES && C >= ND_FUSE_MIN_C &&
+        2 * N * S * (int64_t)sizeof(T) <= ND_FUSE_BYTES) {
+        ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
+        for (int64_t c = 0; c < C; ++c) {
+            double sdyxm;
+            FN(nd_planes_channel_reduce)(dout, x, g, c, mean[c], &dbeta[c], &sdyxm);
+            ND_COEF(c, sdyxm);
+            for (int64_t n = 0; n < N; ++n) {
+                const int64_t off = n * g->sn + c * g->sc;
+                FN(nd_plane_dx)(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c]);
+            }
+        }
+        return;
+    }
+    /* dgamma holds sum_dyxm until ND_COEF turns it into the gradient */
+    FN(nd_bn_bwd_reduce)(dout, x, g, mean, work, dbeta, dgamma);
+    for (int64_t c = 0; c < C; ++c) ND_COEF(c, dgamma[c]);
+#undef ND_COEF
+    FN(nd_bn_bwd_dx)(dout, x, dx, g, mean, a, b, e);
 }
 
 #undef FN

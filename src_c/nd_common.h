@@ -31,6 +31,15 @@
 #define ND_CLONES
 #endif
 
+/* Hand-written x86-64 vector variants selected at run time (the dropout
+ * loops): GCC or Clang on x86-64, unless ND_NO_CLONES is defined. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(ND_NO_CLONES) && \
+    (defined(__clang__) || __GNUC__ >= 7)
+#define ND_X86_SIMD 1
+#else
+#define ND_X86_SIMD 0
+#endif
+
 static inline int64_t nd_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t nd_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

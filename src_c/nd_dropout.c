@@ -1,14 +1,25 @@
 /*
  * nd_dropout.c -- dropout kernels (Philox4x32-10, see nd_philox.h).
  *
- * Values are processed in groups of 64 (16 Philox blocks, 8 mask bytes); a
- * group's keep bits are computed for 16 counters at once in structure-of-arrays
- * form so the rounds vectorize.  Each value's fate depends only on (seed, i, p),
- * so any partition over threads gives the same bits.  Packed bits: value i is
- * bit i % 8 of byte i / 8.
+ * Values are processed in groups of 64 (16 Philox blocks, 8 mask bytes).  A
+ * group's 64 keep bits are computed as one uint64_t (bit k = value 64 g + k)
+ * from 16 counters held in structure-of-arrays form, and then drive the output
+ * directly: no per-value temporary.  Each value's fate depends only on
+ * (seed, i, p), so any partition over threads gives the same bits; and the
+ * arithmetic on kept values (one IEEE multiply by scale) is the same in every
+ * instruction-set variant, so every variant writes the same bits.
+ *
+ * Variants, chosen at run time on x86-64 with GCC/Clang (nd_dropout_isa.h):
+ *   avx512: 16 counters per zmm, vpmuludq for the 32x32->64 products, keep
+ *           masks straight from unsigned compares (k-registers, pdep);
+ *   avx2:   8 counters per ymm;
+ *   generic: portable C (the only variant on other compilers and targets).
+ * Packed bits: value i is bit i % 8 of byte i / 8.
  *   forward:  out[i] = keep(i) ? x[i] * scale : 0      (scale = 1/p in T)
  *   backward: dx[i]  = bit(i)  ? dout[i] * scale : 0
  */
+#include <string.h>
+
 #include "normdrop.h"
 #include "nd_common.h"
 #include "nd_philox.h"
@@ -17,83 +28,121 @@
 #define ND_GROUP_BLOCKS 16         /* Philox blocks per group */
 #define ND_GROUPS_PER_TASK 256     /* groups per parallel work item */
 
-/* Keep flags (0/1) of the 64 values of group gi, into keep[64]. */
-static inline void nd_group_keep(uint64_t gi, uint32_t k0, uint32_t k1, uint64_t thr,
-                                 uint8_t keep[ND_GROUP])
+/* Keep rule in 32-bit form: with threshold T in [1, 2**32], all values are
+ * kept when T == 2**32, else value r is kept iff r < (uint32_t)T. */
+typedef struct {
+    uint32_t k0, k1;   /* key */
+    uint32_t t;        /* threshold when !all */
+    int all;           /* T == 2**32: keep everything (no Philox needed) */
+} nd_keep_rule;
+
+static nd_keep_rule nd_rule(uint64_t seed, uint64_t thr)
 {
-    nd_u32 c0[ND_GROUP_BLOCKS], c1[ND_GROUP_BLOCKS], c2[ND_GROUP_BLOCKS], c3[ND_GROUP_BLOCKS];
-    const nd_u64 b0 = gi * ND_GROUP_BLOCKS;
-    for (int j = 0; j < ND_GROUP_BLOCKS; ++j) {
-        nd_u64 b = b0 + (nd_u64)j;
-        c0[j] = (nd_u32)b; c1[j] = (nd_u32)(b >> 32); c2[j] = 0u; c3[j] = 0u;
-    }
-    for (int r = 0; r < ND_PHILOX_ROUNDS; ++r) {
-        const nd_u32 rk0 = nd_philox_key0(k0, r), rk1 = nd_philox_key1(k1, r);
-        for (int j = 0; j < ND_GROUP_BLOCKS; ++j)
-            nd_philox_round(&c0[j], &c1[j], &c2[j], &c3[j], rk0, rk1);
-    }
-    for (int j = 0; j < ND_GROUP_BLOCKS; ++j) {
-        keep[4 * j + 0] = (uint8_t)nd_dropout_keep(c0[j], thr);
-        keep[4 * j + 1] = (uint8_t)nd_dropout_keep(c1[j], thr);
-        keep[4 * j + 2] = (uint8_t)nd_dropout_keep(c2[j], thr);
-        keep[4 * j + 3] = (uint8_t)nd_dropout_keep(c3[j], thr);
-    }
+    nd_keep_rule r;
+    r.k0 = (uint32_t)seed;
+    r.k1 = (uint32_t)(seed >> 32);
+    r.all = thr >= ((uint64_t)1 << 32);
+    r.t = r.all ? 0u : (uint32_t)thr;
+    return r;
 }
 
-/* Keep flags of values [i0, i1) (a partial group), one block at a time. */
-static void nd_tail_keep(int64_t i0, int64_t i1, uint32_t k0, uint32_t k1, uint64_t thr,
-                         uint8_t *keep)
+static inline uint64_t nd_load_bits64(const uint8_t *p)
 {
-    for (int64_t i = i0; i < i1; ++i) {
-        nd_u32 w[4];
-        nd_dropout_block((nd_u64)i >> 2, k0, k1, w);
-        keep[i - i0] = (uint8_t)nd_dropout_keep(w[i & 3], thr);
-    }
+    uint64_t m = 0;
+    for (int k = 0; k < 8; ++k) m |= (uint64_t)p[k] << (8 * k);
+    return m;
 }
 
-static inline uint8_t nd_pack8(const uint8_t *k)
+static inline void nd_store_bits64(uint8_t *p, uint64_t m)
 {
-    return (uint8_t)(k[0] | (k[1] << 1) | (k[2] << 2) | (k[3] << 3) |
-                     (k[4] << 4) | (k[5] << 5) | (k[6] << 6) | (k[7] << 7));
+    for (int k = 0; k < 8; ++k) p[k] = (uint8_t)(m >> (8 * k));
 }
 
-/* Bits (and optionally 0/1 bytes) of whole groups [g0, g1). */
-ND_CLONES
-static void nd_bits_range(uint8_t *bits, uint8_t *mask, int64_t g0, int64_t g1,
-                          uint32_t k0, uint32_t k1, uint64_t thr)
+/* ---------------------------------------------------------------- variants */
+#define ND_ISA generic
+#define ND_ISA_GENERIC 1
+#define ND_ISA_ATTR
+#include "nd_dropout_isa.h"
+#undef ND_ISA
+#undef ND_ISA_GENERIC
+#undef ND_ISA_ATTR
+
+#if ND_X86_SIMD
+#include <immintrin.h>
+
+#define ND_ISA avx2
+#define ND_ISA_AVX2 1
+#define ND_ISA_ATTR __attribute__((target("avx2")))
+#include "nd_dropout_isa.h"
+#undef ND_ISA
+#undef ND_ISA_AVX2
+#undef ND_ISA_ATTR
+
+#define ND_ISA avx512
+#define ND_ISA_AVX512 1
+#define ND_ISA_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi2")))
+#include "nd_dropout_isa.h"
+#undef ND_ISA
+#undef ND_ISA_AVX512
+#undef ND_ISA_ATTR
+#endif
+
+/* Which variant this processor runs: 2 avx512, 1 avx2, 0 generic. */
+static int nd_isa_level(void)
 {
-    uint8_t keep[ND_GROUP];
-    for (int64_t gi = g0; gi < g1; ++gi) {
-        nd_group_keep((uint64_t)gi, k0, k1, thr, keep);
-        if (bits)
-            for (int k = 0; k < 8; ++k) bits[gi * 8 + k] = nd_pack8(keep + 8 * k);
-        if (mask)
-            for (int k = 0; k < ND_GROUP; ++k) mask[gi * ND_GROUP + k] = keep[k];
-    }
+#if defined(ND_FORCE_ISA_LEVEL)   /* testing: pin one variant */
+    return ND_FORCE_ISA_LEVEL;
+#elif ND_X86_SIMD
+    /* a few loads of the CPU model data filled in at startup: no caching, so
+     * no shared state between threads */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("bmi2"))
+        return 2;
+    return __builtin_cpu_supports("avx2") ? 1 : 0;
+#else
+    return 0;
+#endif
 }
 
-static void nd_bits_tail(uint8_t *bits, uint8_t *mask, int64_t n, uint32_t k0, uint32_t k1,
-                         uint64_t thr)
+#if ND_X86_SIMD
+#define ND_PICK(name) (lvl == 2 ? ND_CAT(name, avx512) : lvl == 1 ? ND_CAT(name, avx2) \
+                                                                : ND_CAT(name, generic))
+#else
+#define ND_PICK(name) ND_CAT(name, generic)
+#endif
+
+/* Keep bits of the group that holds values [i0, n) (i0 a multiple of 64),
+ * bits at and above n - i0 cleared. */
+static uint64_t nd_tail_bits(int64_t i0, int64_t n, const nd_keep_rule *r)
 {
-    const int64_t i0 = (n / ND_GROUP) * ND_GROUP;
-    uint8_t keep[ND_GROUP] = {0};
-    if (i0 == n) return;
-    nd_tail_keep(i0, n, k0, k1, thr, keep);
-    if (bits)
-        for (int64_t k = 0; 8 * k < n - i0; ++k) bits[i0 / 8 + k] = nd_pack8(keep + 8 * k);
-    if (mask)
-        for (int64_t i = i0; i < n; ++i) mask[i] = keep[i - i0];
+    uint64_t m = nd_group_bits_generic((uint64_t)(i0 / ND_GROUP), r);
+    const int64_t len = n - i0;
+    return len >= 64 ? m : (m & (((uint64_t)1 << len) - 1));
 }
+
+typedef void (*nd_bits_fn)(uint8_t *bits, uint8_t *mask, int64_t g0, int64_t g1,
+                           const nd_keep_rule *r);
 
 static void nd_bits_or_mask(uint8_t *bits, uint8_t *mask, int64_t n, uint64_t seed, uint64_t thr)
 {
-    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    const nd_keep_rule r = nd_rule(seed, thr);
     const int64_t ng = n / ND_GROUP, ntask = nd_cdiv(ng, ND_GROUPS_PER_TASK);
+    const int lvl = nd_isa_level();
+    (void)lvl;
+    const nd_bits_fn fn = ND_PICK(nd_bits_range);
     ND_OMP_FOR(n >= ND_PARALLEL_MIN)
     for (int64_t t = 0; t < ntask; ++t)
-        nd_bits_range(bits, mask, t * ND_GROUPS_PER_TASK,
-                      nd_min64((t + 1) * ND_GROUPS_PER_TASK, ng), k0, k1, thr);
-    nd_bits_tail(bits, mask, n, k0, k1, thr);
+        fn(bits, mask, t * ND_GROUPS_PER_TASK, nd_min64((t + 1) * ND_GROUPS_PER_TASK, ng), &r);
+    const int64_t i0 = ng * ND_GROUP;
+    if (i0 < n) {
+        const uint64_t m = nd_tail_bits(i0, n, &r);
+        if (bits)
+            for (int64_t k = 0; 8 * k < n - i0; ++k) bits[i0 / 8 + k] = (uint8_t)(m >> (8 * k));
+        if (mask)
+            for (int64_t i = i0; i < n; ++i) mask[i] = (uint8_t)((m >> (i - i0)) & 1);
+    }
 }
 
 void nd_dropout_bits(uint8_t *bits, int64_t n, uint64_t seed, uint64_t threshold)

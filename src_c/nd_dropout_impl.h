@@ -1,52 +1,46 @@
-/* nd_dropout_impl.h -- dropout forward/backward for one data type (T, SUF). */
+/* nd_dropout_impl.h -- dropout forward/backward for one data type (T, SUF).
+ * The per-variant loops are in nd_dropout_isa.h; this file cuts the work into
+ * tasks and finishes the partial last group. */
 
 #define FN(name) ND_CAT(name, SUF)
 
-/* Forward over whole groups [g0, g1): out and packed bits. */
-ND_CLONES
-static void FN(nd_dropout_fwd_range)(const T *x, T *out, uint8_t *bits, int64_t g0, int64_t g1,
-                                     uint32_t k0, uint32_t k1, uint64_t thr, T scale)
-{
-    uint8_t keep[ND_GROUP];
-    for (int64_t gi = g0; gi < g1; ++gi) {
-        nd_group_keep((uint64_t)gi, k0, k1, thr, keep);
-        const T *xp = x + gi * ND_GROUP;
-        T *op = out + gi * ND_GROUP;
-        for (int k = 0; k < ND_GROUP; ++k) op[k] = keep[k] ? xp[k] * scale : (T)0;
-        for (int k = 0; k < 8; ++k) bits[gi * 8 + k] = nd_pack8(keep + 8 * k);
-    }
-}
+typedef void (*FN(nd_fwd_fn))(const T *x, T *out, uint8_t *bits, int64_t g0, int64_t g1,
+                              const nd_keep_rule *r, T scale);
+typedef void (*FN(nd_bwd_fn))(const T *dout, const uint8_t *bits, T *dx, int64_t g0,
+                              int64_t g1, T scale);
 
 void FN(nd_dropout_fwd)(const T *x, T *out, uint8_t *bits, int64_t n, uint64_t seed,
                         uint64_t threshold, T scale)
 {
-    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    const nd_keep_rule r = nd_rule(seed, threshold);
     const int64_t ng = n / ND_GROUP, ntask = nd_cdiv(ng, ND_GROUPS_PER_TASK);
+    const int lvl = nd_isa_level();
+    (void)lvl;
+    const FN(nd_fwd_fn) fn = ND_PICK(FN(nd_fwd_range));
     ND_OMP_FOR(n >= ND_PARALLEL_MIN)
     for (int64_t t = 0; t < ntask; ++t)
-        FN(nd_dropout_fwd_range)(x, out, bits, t * ND_GROUPS_PER_TASK,
-                                 nd_min64((t + 1) * ND_GROUPS_PER_TASK, ng), k0, k1,
-                                 threshold, scale);
+        fn(x, out, bits, t * ND_GROUPS_PER_TASK, nd_min64((t + 1) * ND_GROUPS_PER_TASK, ng),
+           &r, scale);
     const int64_t i0 = ng * ND_GROUP;
     if (i0 < n) {
-        uint8_t keep[ND_GROUP] = {0};
-        nd_tail_keep(i0, n, k0, k1, threshold, keep);
-        for (int64_t i = i0; i < n; ++i) out[i] = keep[i - i0] ? x[i] * scale : (T)0;
-        for (int64_t k = 0; 8 * k < n - i0; ++k) bits[i0 / 8 + k] = nd_pack8(keep + 8 * k);
+        const uint64_t m = nd_tail_bits(i0, n, &r);
+        for (int64_t i = i0; i < n; ++i) out[i] = ((m >> (i - i0)) & 1) ? x[i] * scale : (T)0;
+        for (int64_t k = 0; 8 * k < n - i0; ++k) bits[i0 / 8 + k] = (uint8_t)(m >> (8 * k));
     }
 }
 
 /* Backward: dx[i] = bit(i) ? dout[i] * scale : 0. */
 void FN(nd_dropout_bwd)(const T *dout, const uint8_t *bits, T *dx, int64_t n, T scale)
 {
-    const int64_t nb = n / 8;
+    const int64_t ng = n / ND_GROUP, ntask = nd_cdiv(ng, ND_GROUPS_PER_TASK);
+    const int lvl = nd_isa_level();
+    (void)lvl;
+    const FN(nd_bwd_fn) fn = ND_PICK(FN(nd_bwd_range));
     ND_OMP_FOR(n >= ND_PARALLEL_MIN)
-    for (int64_t k = 0; k < nb; ++k) {
-        const uint8_t byte = bits[k];
-        for (int e = 0; e < 8; ++e)
-            dx[8 * k + e] = ((byte >> e) & 1) ? dout[8 * k + e] * scale : (T)0;
-    }
-    for (int64_t i = nb * 8; i < n; ++i)
+    for (int64_t t = 0; t < ntask; ++t)
+        fn(dout, bits, dx, t * ND_GROUPS_PER_TASK, nd_min64((t + 1) * ND_GROUPS_PER_TASK, ng),
+           scale);
+    for (int64_t i = ng * ND_GROUP; i < n; ++i)
         dx[i] = ((bits[i >> 3] >> (i & 7)) & 1) ? dout[i] * scale : (T)0;
 }
 

@@ -52,6 +52,18 @@ int nd_have_openmp(void);
     void nd_bn_affine_##SUF(const T *x, T *out, const nd_geom *g,                   \
                             const double *mean, const double *scale,                \
                             const double *shift);                                   \
+    /* Training forward in one call: stats, invstd = 1/sqrt(var + eps),         \
+     * scale = gamma * invstd, out = (x - mean) * scale + beta. */                  \
+    void nd_bn_train_fwd_##SUF(const T *x, T *out, const nd_geom *g,                \
+                               const double *gamma, const double *beta, double eps, \
+                               double *work, double *mean, double *var,             \
+                               double *invstd, double *scale);                      \
+    /* Backward in one call: dx, dgamma = sum(dout*(x-mean))*invstd,                \
+     * dbeta = sum(dout); coef is scratch of 3 c doubles. */                        \
+    void nd_bn_backward_##SUF(const T *dout, const T *x, T *dx, const nd_geom *g,   \
+                              const double *gamma, const double *mean,              \
+                              const double *invstd, int train, double *work,        \
+                              double *coef, double *dgamma, double *dbeta);         \
     /* sum_dy[c] <- sum(dout), sum_dyxm[c] <- sum(dout * (x - mean[c])). */         \
     void nd_bn_bwd_reduce_##SUF(const T *dout, const T *x, const nd_geom *g,        \
                                 const double *mean, double *work,                   \

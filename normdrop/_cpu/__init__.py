@@ -76,20 +76,18 @@ def _like(dout, x):
 
 
 def _f64(a):
-    return np.asarray(a, dtype=np.float64)
+    """a as a C-contiguous float64 array (a copy only when needed)."""
+    return np.ascontiguousarray(a, dtype=np.float64)
 
 
 def bn_train(xp, x, gamma, beta, eps):
     x, geom = geometry(x)
     C = geom[2]
-    mean = np.empty(C, np.float64)
-    var = np.empty(C, np.float64)
+    stats = np.empty((4, C), np.float64)   # mean, var, invstd, scale
     work = np.empty(_k.work_size(geom), np.float64)
-    _k.bn_stats(x, geom, work, mean, var)
-    invstd = 1.0 / np.sqrt(var + eps)
     out = np.empty_like(x)
-    _k.bn_affine(x, out, geom, mean, _f64(gamma) * invstd, _f64(beta))
-    return out, mean, var, invstd
+    _k.bn_train_fwd(x, out, geom, _f64(gamma), _f64(beta), eps, work, stats)
+    return out, stats[0], stats[1], stats[2]
 
 
 def bn_test(xp, x, gamma, beta, running_mean, running_var, eps):
@@ -113,21 +111,11 @@ def bn_backward(xp, dout, x, gamma, mean, invstd, train):
     x, geom = geometry(x)
     dout = _like(dout, x)
     C = geom[2]
-    sum_dy = np.empty(C, np.float64)
-    sum_dyxm = np.empty(C, np.float64)
+    sums = np.empty((5, C), np.float64)    # scratch a, b, e; dgamma, dbeta
     work = np.empty(_k.work_size(geom), np.float64)
-    _k.bn_bwd_reduce(dout, x, geom, mean, work, sum_dy, sum_dyxm)
-    dgamma = sum_dyxm * invstd
-    a = _f64(gamma) * invstd
-    if train:
-        m = x.size // C
-        e = -a * sum_dy / m
-        b = -a * invstd * dgamma / m
-    else:
-        b = e = np.zeros(C, np.float64)
     dx = np.empty_like(x)
-    _k.bn_bwd_dx(dout, x, dx, geom, mean, a, b, e)
-    return dx, dgamma.astype(x.dtype), sum_dy.astype(x.dtype)
+    _k.bn_backward(dout, x, dx, geom, _f64(gamma), _f64(mean), _f64(invstd), train, work, sums)
+    return dx, sums[3].astype(x.dtype), sums[4].astype(x.dtype)
 
 
 def _threshold(p):

@@ -29,6 +29,18 @@ cdef extern from "normdrop.h" nogil:
                           const double *scale, const double *shift)
     void nd_bn_affine_f64(const double *x, double *out, const nd_geom *g, const double *mean,
                           const double *scale, const double *shift)
+    void nd_bn_train_fwd_f32(const float *x, float *out, const nd_geom *g, const double *gamma,
+                             const double *beta, double eps, double *work, double *mean,
+                             double *var, double *invstd, double *scale)
+    void nd_bn_train_fwd_f64(const double *x, double *out, const nd_geom *g, const double *gamma,
+                             const double *beta, double eps, double *work, double *mean,
+                             double *var, double *invstd, double *scale)
+    void nd_bn_backward_f32(const float *dout, const float *x, float *dx, const nd_geom *g,
+                            const double *gamma, const double *mean, const double *invstd,
+                            int train, double *work, double *coef, double *dgamma, double *dbeta)
+    void nd_bn_backward_f64(const double *dout, const double *x, double *dx, const nd_geom *g,
+                            const double *gamma, const double *mean, const double *invstd,
+                            int train, double *work, double *coef, double *dgamma, double *dbeta)
     void nd_bn_bwd_reduce_f32(const float *dout, const float *x, const nd_geom *g,
                               const double *mean, double *work, double *sum_dy, double *sum_dyxm)
     void nd_bn_bwd_reduce_f64(const double *dout, const double *x, const nd_geom *g,
@@ -117,6 +129,56 @@ def bn_affine(cnp.ndarray x, cnp.ndarray out, tuple geom, cnp.ndarray mean,
     else:
         with nogil:
             nd_bn_affine_f64(<const double *>xp, <double *>op, &g, mp, ap, bp)
+
+
+def bn_train_fwd(cnp.ndarray x, cnp.ndarray out, tuple geom, cnp.ndarray gamma,
+                 cnp.ndarray beta, double eps, cnp.ndarray work, cnp.ndarray stats):
+    """Training forward: stats rows 0..3 <- mean, var, invstd, gamma * invstd
+    (float64, stats is (4, C) C-contiguous); out = (x - mean) * scale + beta."""
+    cdef nd_geom g
+    _geom(geom, &g)
+    cdef void *xp = _ptr(x)
+    cdef void *op = _ptr(out)
+    cdef double *gp = _dptr(gamma)
+    cdef double *bp = _dptr(beta)
+    cdef double *wp = _dptr(work)
+    cdef double *sp = _dptr(stats)
+    cdef int64_t C = g.c
+    if _is_f32(x):
+        with nogil:
+            nd_bn_train_fwd_f32(<const float *>xp, <float *>op, &g, gp, bp, eps, wp,
+                                sp, sp + C, sp + 2 * C, sp + 3 * C)
+    else:
+        with nogil:
+            nd_bn_train_fwd_f64(<const double *>xp, <double *>op, &g, gp, bp, eps, wp,
+                                sp, sp + C, sp + 2 * C, sp + 3 * C)
+
+
+def bn_backward(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, cnp.ndarray gamma,
+                cnp.ndarray mean, cnp.ndarray invstd, bint train, cnp.ndarray work,
+                cnp.ndarray sums):
+    """Backward: dx, and sums rows 3, 4 <- dgamma, dbeta (float64, sums is (5, C)
+    C-contiguous; rows 0..2 are scratch)."""
+    cdef nd_geom g
+    _geom(geom, &g)
+    cdef void *dp = _ptr(dout)
+    cdef void *xp = _ptr(x)
+    cdef void *op = _ptr(dx)
+    cdef double *gp = _dptr(gamma)
+    cdef double *mp = _dptr(mean)
+    cdef double *ip = _dptr(invstd)
+    cdef double *wp = _dptr(work)
+    cdef double *sp = _dptr(sums)
+    cdef int64_t C = g.c
+    cdef int tr = train
+    if _is_f32(x):
+        with nogil:
+            nd_bn_backward_f32(<const float *>dp, <const float *>xp, <float *>op, &g, gp, mp, ip,
+                               tr, wp, sp, sp + 3 * C, sp + 4 * C)
+    else:
+        with nogil:
+            nd_bn_backward_f64(<const double *>dp, <const double *>xp, <double *>op, &g, gp, mp,
+                               ip, tr, wp, sp, sp + 3 * C, sp + 4 * C)
 
 
 def bn_bwd_reduce(cnp.ndarray dout, cnp.ndarray x, tuple geom, cnp.ndarray mean,
