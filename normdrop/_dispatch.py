@@ -21,15 +21,19 @@ _force = contextvars.ContextVar(
     "normdrop_force_reference",
     default=os.environ.get("NORMDROP_BACKEND", "").strip().lower() == "reference")
 
-_cpu_backend = None
+# The C extension is loaded at import, so that its OpenMP runtime is there for
+# threadpoolctl limits entered before the first call.
+try:
+    from . import _cpu as _cpu_backend
+except ImportError:          # a broken build: report it when NumPy arrays come
+    _cpu_backend = None
 _cuda_backend = None
 
 
 def _cpu():
-    global _cpu_backend
     if _cpu_backend is None:
-        from . import _cpu as mod
-        _cpu_backend = mod
+        from . import _cpu as mod    # raises the extension's ImportError
+        return mod
     return _cpu_backend
 
 

@@ -154,9 +154,6 @@ def test_serial_build_uses_one_thread():
 
 
 @needs_openmp
-@pytest.mark.xfail(strict=True, reason=(
-    "normdrop loads its C extension (and with it the OpenMP runtime) on the first "
-    "NumPy call, so threadpool_limits entered before that call finds no runtime to limit"))
 def test_limit_entered_before_the_first_call_reaches_the_kernels():
     r = _probe(omp_num_threads=3, script=(
         "import json, numpy as np, normdrop\n"
