@@ -54,7 +54,7 @@ def rel_error(x, y):
 def _layout(a: np.ndarray, layout: str) -> np.ndarray:
     """a (C order) re-laid in memory; the values and logical shape are kept."""
     if layout == "contiguous":
-        return np.ascontiguousarray(a)
+        return np.array(a, order="C")          # (ascontiguousarray makes 0-d arrays 1-d)
     if layout == "fortran":
         return np.asfortranarray(a)
     if layout == "channels_last":
@@ -117,10 +117,14 @@ def _cupy_backend():
     except Exception as exc:  # noqa: BLE001
         return Backend("cupy", (), True, None, None,
                        skip=f"CUDA backend not testable here: {type(exc).__name__}: {exc}")
+    try:                                # the array-API namespace (cupy.astype etc. on any CuPy)
+        import array_api_compat.cupy as xp
+    except ImportError:
+        xp = cupy
     return Backend("cupy", ("float16", "float32", "float64"), True,
                    lambda a: cupy.asarray(a, order="K") if a.flags.c_contiguous or a.flags.f_contiguous
                    else _cupy_strided(cupy, a),
-                   lambda a: cupy.asnumpy(a), xp=cupy)
+                   lambda a: cupy.asnumpy(a), xp=xp)
 
 
 def _cupy_strided(cupy, a):

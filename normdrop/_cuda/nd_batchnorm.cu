@@ -1,0 +1,509 @@
+/*
+ * nd_batchnorm.cu -- batchnorm kernels of the CUDA backend (CuPy arrays).
+ *
+ * Same operations, formulas and names as the C kernels (src_c/nd_batchnorm.c):
+ * nd_bn_stats, nd_bn_affine, nd_bn_bwd_reduce, nd_bn_bwd_dx; T is nd_half,
+ * float or double.  Every kernel runs ND_THREADS threads per block.
+ *
+ * Geometry of an operand (see nd_common.cu): C channels of N * S values,
+ *   ND_ROWS   value (m, c) at m * sn + c  (S == 1): a C-contiguous (N, D)
+ *             matrix, an NCHW array with H * W == 1, or an NHWC array seen
+ *             as (N*H*W, C) rows;
+ *   ND_PLANES value (n, c, j) at n * sn + c * sc + j: a C-contiguous NCHW
+ *             array (S = H * W), or a Fortran-ordered (N, D) matrix (one
+ *             plane of S = N values per channel).
+ * ND_ROWS thread mapping: a block covers a tile of ct = min(C, 32)
+ *   consecutive channels and rt = ND_THREADS / ct rows at a time; thread tid
+ *   has channel tile_start + tid % ct and row slot tid / ct, so a warp reads
+ *   consecutive addresses.
+ * ND_PLANES thread mapping: a block covers npb = ND_THREADS / st planes of
+ *   one channel at a time, st = min(S, ND_THREADS) threads per plane reading
+ *   consecutive values.
+ *
+ * Reductions are deterministic and use no atomics: the values of each
+ * channel are cut into G parts that depend on the shape only (the launch
+ * geometry computed in normdrop/_cuda/__init__.py); one block reduces one
+ * part of one channel (ND_PLANES) or of a tile of channels (ND_ROWS) with a
+ * fixed pairwise tree in shared memory and writes the part's result to
+ * `part`; a second kernel merges the G parts of each channel in a fixed
+ * order (each thread a fixed strided subset in index order, then the same
+ * fixed tree).  Results are identical from run to run; the partition does
+ * not depend on the GPU either (only the compiled code of each architecture,
+ * e.g. its use of fused multiply-adds, may differ in the last bit).
+ *
+ * Precision (DESIGN section 4): float32 and float64 data are accumulated
+ * and computed in double; float16 data per thread in float, merged in
+ * double.  Per-channel statistics and coefficients are double.
+ *
+ * `part` layout: width arrays of C * G doubles, value k of part g of
+ * channel c at part[k * C * G + c * G + g].
+ */
+#ifndef ND_COMMON_CU
+#include "nd_common.cu"
+#endif
+
+/* Chan et al.: merge (nb, mb, qb) into (*na, *ma, *qa): counts, means and
+ * sums of squared deviations (M2) of two disjoint sets (src_c: nd_chan_merge). */
+ND_DEV void nd_chan_merge(double *na, double *ma, double *qa, double nb, double mb, double qb)
+{
+    if (nb <= 0.0) return;
+    const double n = *na + nb;
+    const double d = mb - *ma;
+    *ma += d * (nb / n);
+    *qa += qb + d * d * (*na * nb / n);
+    *na = n;
+}
+
+/* Combiners of the block trees: slot dst <- slot dst (+) slot src. */
+struct nd_chan_comb {           /* (count, mean, M2) by nd_chan_merge */
+    enum { width = 3 };
+    ND_DEVM static void combine(double (*sh)[ND_THREADS], int dst, int src)
+    {
+        double n = sh[0][dst], m = sh[1][dst], q = sh[2][dst];
+        nd_chan_merge(&n, &m, &q, sh[0][src], sh[1][src], sh[2][src]);
+        sh[0][dst] = n;
+        sh[1][dst] = m;
+        sh[2][dst] = q;
+    }
+};
+
+struct nd_sum2_comb {           /* two plain sums */
+    enum { width = 2 };
+    ND_DEVM static void combine(double (*sh)[ND_THREADS], int dst, int src)
+    {
+        sh[0][dst] += sh[0][src];
+        sh[1][dst] += sh[1][src];
+    }
+};
+
+/* Fixed pairwise tree over the slots of one group of a block: slot
+ * tid = ty * ct + lane holds the group member ty (0 <= ty < rt); after the
+ * call, slot lane (ty == 0) holds the combination of the group's rt slots.
+ * Must be called by every thread of the block. */
+template <typename Comb>
+ND_DEV void nd_block_tree(double (*sh)[ND_THREADS], int tid, int ty, int ct, int rt)
+{
+    for (int step = 1; step < rt; step *= 2) {
+        __syncthreads();
+        if (ty < rt && ty % (2 * step) == 0 && ty + step < rt)
+            Comb::combine(sh, tid, tid + step * ct);
+    }
+    __syncthreads();
+}
+
+/* Per-thread statistics of x over the values a thread visits in one
+ * channel: shifted sums s1 = sum(v - k0), s2 = sum((v - k0)^2) with k0 the
+ * thread's first value, turned into (count, mean, M2) at the end:
+ * mean = k0 + s1 / n, M2 = s2 - s1^2 / n.  Since k0 is one of the values,
+ * (mean - k0)^2 <= M2, so the cancellation costs at most a factor n (the
+ * thread's count, ~64) of the accumulation precision. */
+template <typename T>
+struct nd_stats_acc {
+    typedef typename nd_type<T>::acc A;
+    typedef nd_chan_comb comb;
+    const T *x;
+    nd_i64 cnt;
+    A k0, s1, s2;
+    ND_DEVM void channel(nd_i64)
+    {
+        cnt = 0;
+        k0 = s1 = s2 = (A)0;
+    }
+    ND_DEVM void add(nd_i64 off)
+    {
+        const A v = nd_type<T>::to_acc(x[off]);
+        if (cnt == 0) k0 = v;
+        const A d = v - k0;
+        s1 += d;
+        s2 += d * d;
+        ++cnt;
+    }
+    ND_DEVM void result(double (*sh)[ND_THREADS], int tid) const
+    {
+        double n = 0.0, m = 0.0, q = 0.0;
+        if (cnt > 0) {
+            const double a = nd_acc_f64(s1), b = nd_acc_f64(s2);
+            n = (double)cnt;
+            m = nd_acc_f64(k0) + a / n;
+            q = b - a * (a / n);
+            if (q < 0.0) q = 0.0;          /* (NaN stays NaN) */
+        }
+        sh[0][tid] = n;
+        sh[1][tid] = m;
+        sh[2][tid] = q;
+    }
+};
+
+/* Per-thread sums of dout and dout * (x - mean[c]) over one channel. */
+template <typename T>
+struct nd_bwd_acc {
+    typedef typename nd_type<T>::acc A;
+    typedef nd_sum2_comb comb;
+    const T *dout;
+    const T *x;
+    const double *mean;
+    A m, sdy, sdyxm;
+    ND_DEVM void channel(nd_i64 c)
+    {
+        nd_set_acc(&m, mean[c]);
+        sdy = sdyxm = (A)0;
+    }
+    ND_DEVM void add(nd_i64 off)
+    {
+        const A g = nd_type<T>::to_acc(dout[off]);
+        sdy += g;
+        sdyxm += g * (nd_type<T>::to_acc(x[off]) - m);
+    }
+    ND_DEVM void result(double (*sh)[ND_THREADS], int tid) const
+    {
+        sh[0][tid] = nd_acc_f64(sdy);
+        sh[1][tid] = nd_acc_f64(sdyxm);
+    }
+};
+
+/*
+ * One block's part of a per-channel reduction, written to `part`.
+ * ND_ROWS:   grid (ceil(C / ct), G); part g = blockIdx.y is rows
+ *            [g * pn, min(N, (g + 1) * pn)) of the channel tile blockIdx.x.
+ * ND_PLANES: grid (G, <= 65535); part g = blockIdx.x is planes
+ *            [gp * pn, ...) x values [gs * ps, ...) of a plane, with
+ *            g = gp * nseg + gs, nseg = ceil(S / ps); channels blockIdx.y,
+ *            blockIdx.y + gridDim.y, ... (grid-stride).
+ */
+template <typename Acc>
+ND_DEV void nd_bn_reduce_part(Acc &acc, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
+                              nd_i64 sc, nd_i64 pn, nd_i64 ps, nd_i64 G, double *part,
+                              double (*sh)[ND_THREADS])
+{
+    typedef typename Acc::comb Comb;
+    const int tid = (int)threadIdx.x;
+    const nd_i64 CG = C * G;
+    if (kind == ND_ROWS) {
+        const int ct = C < 32 ? (int)C : 32;
+        const int rt = ND_THREADS / ct;
+        const int ty = tid / ct;
+        const nd_i64 col = (nd_i64)blockIdx.x * ct + (tid - ty * ct);
+        const bool active = ty < rt && col < C;
+        const nd_i64 g = blockIdx.y;
+        const nd_i64 r0 = g * pn, r1 = nd_min_i64(N, r0 + pn);
+        acc.channel(active ? col : 0);
+        if (active) {
+            const nd_i64 step = rt;
+#pragma unroll 4
+            for (nd_i64 r = r0 + ty; r < r1; r += step) acc.add(r * sn + col);
+        }
+        acc.result(sh, tid);
+        nd_block_tree<Comb>(sh, tid, ty, ct, rt);
+        if (active && ty == 0)
+            for (int k = 0; k < (int)Comb::width; ++k) part[k * CG + col * G + g] = sh[k][tid];
+    } else {
+        const int st = S < ND_THREADS ? (int)S : ND_THREADS;
+        const int npb = ND_THREADS / st;
+        const int py = tid / st, sx = tid - py * st;
+        const nd_i64 nseg = (S + ps - 1) / ps;
+        const nd_i64 g = blockIdx.x, gp = g / nseg, gs = g - gp * nseg;
+        const nd_i64 p0 = gp * pn, p1 = nd_min_i64(N, p0 + pn);
+        const nd_i64 s0 = gs * ps, s1 = nd_min_i64(S, s0 + ps);
+        for (nd_i64 ch = blockIdx.y; ch < C; ch += gridDim.y) {
+            acc.channel(ch);
+            if (py < npb) {
+                for (nd_i64 p = p0 + py; p < p1; p += npb) {
+                    const nd_i64 base = p * sn + ch * sc;
+#pragma unroll 4
+                    for (nd_i64 j = s0 + sx; j < s1; j += st) acc.add(base + j);
+                }
+            }
+            acc.result(sh, tid);
+            nd_block_tree<Comb>(sh, tid, tid, 1, ND_THREADS);
+            if (tid == 0)
+                for (int k = 0; k < (int)Comb::width; ++k) part[k * CG + ch * G + g] = sh[k][0];
+            __syncthreads();
+        }
+    }
+}
+
+/*
+ * nd_bn_stats: partial (count, mean, M2) of x per channel and part:
+ *   count = #values, mean = sum x / count, M2 = sum (x - mean)^2
+ * over the values of part g (see nd_bn_reduce_part; per-thread shifted sums,
+ * then a fixed Chan-merge tree).  Layout: x in geometry (kind, N, C, S, sn,
+ * sc); part as in the file comment, width 3.
+ * IN x, geometry, pn, ps, G; OUT part (3 * C * G doubles).
+ */
+template <typename T>
+__global__ void __launch_bounds__(ND_THREADS)
+nd_bn_stats(const T *__restrict__ x, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
+            nd_i64 sc, nd_i64 pn, nd_i64 ps, nd_i64 G, double *__restrict__ part)
+{
+    __shared__ double sh[3][ND_THREADS];
+    nd_stats_acc<T> acc;
+    acc.x = x;
+    nd_bn_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
+}
+
+/*
+ * nd_bn_stats_merge: per channel c, the G partials of nd_bn_stats merged in
+ * a fixed order (Chan et al.):
+ *   mean[c] = batch mean, var[c] = M2 / count (biased),
+ *   invstd[c] = 1 / sqrt(var[c] + eps).
+ * Grid: any (grid-stride over channels), one block per channel at a time.
+ * IN part, C, G, eps; OUT mean, var, invstd (C doubles each).
+ */
+__global__ void __launch_bounds__(ND_THREADS)
+nd_bn_stats_merge(const double *__restrict__ part, nd_i64 C, nd_i64 G, double eps,
+                  double *__restrict__ mean, double *__restrict__ var,
+                  double *__restrict__ invstd)
+{
+    __shared__ double sh[3][ND_THREADS];
+    const int tid = (int)threadIdx.x;
+    const nd_i64 CG = C * G;
+    for (nd_i64 ch = blockIdx.x; ch < C; ch += gridDim.x) {
+        double n = 0.0, m = 0.0, q = 0.0;
+        for (nd_i64 g = tid; g < G; g += ND_THREADS) {
+            const nd_i64 u = ch * G + g;
+            nd_chan_merge(&n, &m, &q, part[u], part[CG + u], part[2 * CG + u]);
+        }
+        sh[0][tid] = n;
+        sh[1][tid] = m;
+        sh[2][tid] = q;
+        nd_block_tree<nd_chan_comb>(sh, tid, tid, 1, ND_THREADS);
+        if (tid == 0) {
+            const double cnt = sh[0][0];
+            const double v = cnt > 0.0 ? sh[2][0] / cnt : 0.0;
+            mean[ch] = sh[1][0];
+            var[ch] = v;
+            invstd[ch] = 1.0 / sqrt(v + eps);
+        }
+        __syncthreads();
+    }
+}
+
+/*
+ * nd_bn_test_stats: test-mode statistics from the running ones:
+ *   mean[c] = running_mean[c],  invstd[c] = 1 / sqrt(running_var[c] + eps).
+ * IN running_mean, running_var (C values of T, contiguous), C, eps;
+ * OUT mean, invstd (C doubles).
+ */
+template <typename T>
+__global__ void __launch_bounds__(ND_THREADS)
+nd_bn_test_stats(const T *__restrict__ running_mean, const T *__restrict__ running_var,
+                 nd_i64 C, double eps, double *__restrict__ mean, double *__restrict__ invstd)
+{
+    const nd_i64 stride = (nd_i64)gridDim.x * ND_THREADS;
+    for (nd_i64 c = (nd_i64)blockIdx.x * ND_THREADS + threadIdx.x; c < C; c += stride) {
+        mean[c] = nd_type<T>::to_f64(running_mean[c]);
+        invstd[c] = 1.0 / sqrt(nd_type<T>::to_f64(running_var[c]) + eps);
+    }
+}
+
+/*
+ * Elementwise driver: op.channel(c) once per channel a thread meets, then
+ * op.apply(offset) for each of the thread's values of that channel.
+ * ND_ROWS:   grid (ceil(C / ct), any); rows blockIdx.y * rt + row slot,
+ *            grid-stride over rows.
+ * ND_PLANES: grid (any); planes u = n * C + c, blockIdx.x * npb + plane
+ *            slot, grid-stride over planes; st threads along each plane.
+ */
+template <typename Op>
+ND_DEV void nd_bn_elementwise(Op &op, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
+                              nd_i64 sc)
+{
+    const int tid = (int)threadIdx.x;
+    if (kind == ND_ROWS) {
+        const int ct = C < 32 ? (int)C : 32;
+        const int rt = ND_THREADS / ct;
+        const int ty = tid / ct;
+        const nd_i64 col = (nd_i64)blockIdx.x * ct + (tid - ty * ct);
+        if (ty < rt && col < C) {
+            op.channel(col);
+            const nd_i64 step = (nd_i64)gridDim.y * rt;
+#pragma unroll 4
+            for (nd_i64 r = (nd_i64)blockIdx.y * rt + ty; r < N; r += step) op.apply(r * sn + col);
+        }
+    } else {
+        const int st = S < ND_THREADS ? (int)S : ND_THREADS;
+        const int npb = ND_THREADS / st;
+        const int py = tid / st, sx = tid - py * st;
+        if (py < npb) {
+            const nd_i64 planes = N * C;
+            const nd_i64 step = (nd_i64)gridDim.x * npb;
+            for (nd_i64 u = (nd_i64)blockIdx.x * npb + py; u < planes; u += step) {
+                const nd_i64 n = u / C, ch = u - n * C;
+                const nd_i64 base = n * sn + ch * sc;
+                op.channel(ch);
+#pragma unroll 4
+                for (nd_i64 j = sx; j < S; j += st) op.apply(base + j);
+            }
+        }
+    }
+}
+
+template <typename T>
+struct nd_affine_op {
+    typedef typename nd_type<T>::acc A;
+    const T *x;
+    T *out;
+    const double *mean, *invstd;
+    const T *gamma, *beta;
+    A m, a, b;
+    ND_DEVM void channel(nd_i64 c)
+    {
+        nd_set_acc(&m, mean[c]);
+        nd_set_acc(&a, nd_type<T>::to_f64(gamma[c]) * invstd[c]);
+        nd_set_acc(&b, nd_type<T>::to_f64(beta[c]));
+    }
+    ND_DEVM void apply(nd_i64 off)
+    {
+        out[off] = nd_type<T>::from_acc((nd_type<T>::to_acc(x[off]) - m) * a + b);
+    }
+};
+
+/*
+ * nd_bn_affine: out = (x - mean[c]) * (gamma[c] * invstd[c]) + beta[c],
+ * computed in nd_type<T>::acc and rounded once (src_c: nd_bn_affine with
+ * scale = gamma * invstd, shift = beta).  Forward in training (batch
+ * statistics) and in test mode (running statistics).
+ * Layout: x and out share the geometry (kind, N, C, S, sn, sc); mean,
+ * invstd C doubles; gamma, beta C values of T, contiguous.
+ * IN x, geometry, mean, invstd, gamma, beta; OUT out.
+ */
+template <typename T>
+__global__ void __launch_bounds__(ND_THREADS)
+nd_bn_affine(const T *__restrict__ x, T *__restrict__ out, int kind, nd_i64 N, nd_i64 C,
+             nd_i64 S, nd_i64 sn, nd_i64 sc, const double *__restrict__ mean,
+             const double *__restrict__ invstd, const T *__restrict__ gamma,
+             const T *__restrict__ beta)
+{
+    nd_affine_op<T> op;
+    op.x = x;
+    op.out = out;
+    op.mean = mean;
+    op.invstd = invstd;
+    op.gamma = gamma;
+    op.beta = beta;
+    nd_bn_elementwise(op, kind, N, C, S, sn, sc);
+}
+
+/*
+ * nd_bn_bwd_reduce: partial sums per channel and part (see
+ * nd_bn_reduce_part):  sum dout  and  sum dout * (x - mean[c]).
+ * Layout: dout and x share the geometry; part width 2.
+ * IN dout, x, geometry, pn, ps, G, mean (C doubles); OUT part (2 * C * G).
+ */
+template <typename T>
+__global__ void __launch_bounds__(ND_THREADS)
+nd_bn_bwd_reduce(const T *__restrict__ dout, const T *__restrict__ x, int kind, nd_i64 N,
+                 nd_i64 C, nd_i64 S, nd_i64 sn, nd_i64 sc, nd_i64 pn, nd_i64 ps, nd_i64 G,
+                 const double *__restrict__ mean, double *__restrict__ part)
+{
+    __shared__ double sh[3][ND_THREADS];
+    nd_bwd_acc<T> acc;
+    acc.dout = dout;
+    acc.x = x;
+    acc.mean = mean;
+    nd_bn_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
+}
+
+/*
+ * nd_bn_bwd_merge: per channel c, the G partials of nd_bn_bwd_reduce summed
+ * in a fixed order:
+ *   sum_dy[c] = sum dout,  sum_dyxm[c] = sum dout * (x - mean[c]),
+ *   dbeta[c] = sum_dy[c],  dgamma[c] = sum_dyxm[c] * invstd[c]  (rounded to T).
+ * Grid: any (grid-stride over channels).
+ * IN part, C, G, invstd; OUT sum_dy, sum_dyxm (C doubles), dgamma, dbeta
+ * (C values of T).
+ */
+template <typename T>
+__global__ void __launch_bounds__(ND_THREADS)
+nd_bn_bwd_merge(const double *__restrict__ part, nd_i64 C, nd_i64 G,
+                const double *__restrict__ invstd, double *__restrict__ sum_dy,
+                double *__restrict__ sum_dyxm, T *__restrict__ dgamma, T *__restrict__ dbeta)
+{
+    __shared__ double sh[3][ND_THREADS];
+    const int tid = (int)threadIdx.x;
+    const nd_i64 CG = C * G;
+    for (nd_i64 ch = blockIdx.x; ch < C; ch += gridDim.x) {
+        double a = 0.0, b = 0.0;
+        for (nd_i64 g = tid; g < G; g += ND_THREADS) {
+            a += part[ch * G + g];
+            b += part[CG + ch * G + g];
+        }
+        sh[0][tid] = a;
+        sh[1][tid] = b;
+        nd_block_tree<nd_sum2_comb>(sh, tid, tid, 1, ND_THREADS);
+        if (tid == 0) {
+            sum_dy[ch] = sh[0][0];
+            sum_dyxm[ch] = sh[1][0];
+            dbeta[ch] = nd_type<T>::from_f64(sh[0][0]);
+            dgamma[ch] = nd_type<T>::from_f64(sh[1][0] * invstd[ch]);
+        }
+        __syncthreads();
+    }
+}
+
+template <typename T>
+struct nd_bwd_dx_op {
+    typedef typename nd_type<T>::acc A;
+    const T *dout, *x;
+    T *dx;
+    const double *mean, *invstd, *sum_dy, *sum_dyxm;
+    const T *gamma;
+    double M;
+    int train;
+    A m, a, b, e;
+    ND_DEVM void channel(nd_i64 c)
+    {
+        const double iv = invstd[c];
+        const double ad = nd_type<T>::to_f64(gamma[c]) * iv;
+        nd_set_acc(&a, ad);
+        if (train) {
+            const double dg = sum_dyxm[c] * iv;
+            nd_set_acc(&m, mean[c]);
+            nd_set_acc(&b, -ad * iv * dg / M);
+            nd_set_acc(&e, -ad * sum_dy[c] / M);
+        }
+    }
+    ND_DEVM void apply(nd_i64 off)
+    {
+        const A g = nd_type<T>::to_acc(dout[off]);
+        if (train)
+            dx[off] = nd_type<T>::from_acc(a * g + b * (nd_type<T>::to_acc(x[off]) - m) + e);
+        else
+            dx[off] = nd_type<T>::from_acc(a * g);
+    }
+};
+
+/*
+ * nd_bn_bwd_dx: with a = gamma[c] * invstd[c] and M values per channel,
+ *   training:  dx = a * dout + b * (x - mean[c]) + e,
+ *              b = -a * invstd[c] * dgamma / M,  e = -a * sum_dy[c] / M,
+ *              dgamma = sum_dyxm[c] * invstd[c];
+ *   test mode: dx = a * dout  (x is not read);
+ * computed in nd_type<T>::acc, rounded once (src_c: nd_bn_bwd_dx).  This is
+ * gamma * invstd / M * (M * dout - dbeta - x_hat * dgamma).
+ * Layout: dout, x, dx share the geometry; per-channel arrays contiguous.
+ * IN dout, x, geometry, mean, invstd, gamma, sum_dy, sum_dyxm, M, train;
+ * OUT dx.
+ */
+template <typename T>
+__global__ void __launch_bounds__(ND_THREADS)
+nd_bn_bwd_dx(const T *__restrict__ dout, const T *__restrict__ x, T *__restrict__ dx, int kind,
+             nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn, nd_i64 sc,
+             const double *__restrict__ mean, const double *__restrict__ invstd,
+             const T *__restrict__ gamma, const double *__restrict__ sum_dy,
+             const double *__restrict__ sum_dyxm, double M, int train)
+{
+    nd_bwd_dx_op<T> op;
+    op.dout = dout;
+    op.x = x;
+    op.dx = dx;
+    op.mean = mean;
+    op.invstd = invstd;
+    op.sum_dy = sum_dy;
+    op.sum_dyxm = sum_dyxm;
+    op.gamma = gamma;
+    op.M = M;
+    op.train = train;
+    op.m = op.b = op.e = 0;
+    nd_bn_elementwise(op, kind, N, C, S, sn, sc);
+}
