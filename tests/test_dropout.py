@@ -37,7 +37,7 @@ def test_philox_known_answers_reference(backend, counter, key, expected):
     xp = backend.xp
     arrs = [xp.asarray([c], dtype=xp.int64) for c in counter]
     out = _reference.philox4x32_10(xp, *arrs, key[0], key[1])
-    assert tuple(int(np.asarray(o)[0]) for o in out) == expected
+    assert tuple(int(backend.to_numpy(o)[0]) for o in out) == expected
 
 
 def test_keep_threshold():
@@ -147,6 +147,15 @@ def test_cs231n_zero_fraction_and_mean(backend, p):
     assert abs(float(o.mean()) - float(x.mean())) < 6 * se
     test_out, _ = nd.dropout_forward(be.asarray(x), {"p": p, "mode": "test"})
     np.testing.assert_array_equal(be.to_numpy(test_out), x)
+
+
+def test_zero_dimensional_input(backend):
+    be = backend
+    x = be.asarray(np.asarray(2.5))
+    out, cache = nd.dropout_forward(x, {"p": 1.0, "mode": "train", "seed": 0})
+    assert tuple(out.shape) == ()
+    assert float(be.to_numpy(out)) == 2.5
+    assert tuple(nd.dropout_backward(x, cache).shape) == ()
 
 
 def test_test_mode_passes_through(backend):

@@ -10,8 +10,13 @@ import pytest
 import normdrop as nd
 
 
+def _np(a):
+    """A host copy of any backend's array (CuPy refuses np.asarray)."""
+    return a.get() if type(a).__module__.startswith("cupy") else np.array(a, copy=True)
+
+
 def _snapshot(d):
-    return {k: (v, copy.deepcopy(np.asarray(v)) if hasattr(v, "shape") else copy.deepcopy(v))
+    return {k: (v, _np(v) if hasattr(v, "shape") else copy.deepcopy(v))
             for k, v in d.items()}
 
 
@@ -20,7 +25,7 @@ def _assert_unchanged(d, snap):
     for k, (obj, val) in snap.items():
         assert d[k] is obj, f"bn_param[{k!r}] was replaced"
         if hasattr(obj, "shape"):
-            np.testing.assert_array_equal(np.asarray(obj), val)
+            np.testing.assert_array_equal(_np(obj), val)
         elif val == val:                    # (NaN is only checked by identity)
             assert d[k] == val
 

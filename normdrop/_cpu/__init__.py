@@ -75,6 +75,12 @@ def _like(dout, x):
     return d
 
 
+def _c_order(a):
+    """a in C order (a copy only when needed; 0-d arrays stay 0-d, unlike
+    np.ascontiguousarray)."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 def _f64(a):
     """a as a C-contiguous float64 array (a copy only when needed)."""
     return np.ascontiguousarray(a, dtype=np.float64)
@@ -123,7 +129,7 @@ def _threshold(p):
 
 
 def dropout_train(xp, x, p, seed):
-    x = np.ascontiguousarray(_usable(x))
+    x = _c_order(_usable(x))
     out = np.empty(x.shape, x.dtype)
     bits = np.empty((x.size + 7) // 8, np.uint8)
     _k.dropout_fwd(x, out, bits, seed, _threshold(p), 1.0 / p)
@@ -131,7 +137,7 @@ def dropout_train(xp, x, p, seed):
 
 
 def dropout_backward(xp, dout, bits, p):
-    dout = np.ascontiguousarray(_usable(dout))
+    dout = _c_order(_usable(dout))
     dx = np.empty(dout.shape, dout.dtype)
     _k.dropout_bwd(dout, bits, dx, 1.0 / p)
     return dx
