@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import operator
+
 from . import _reference
 from . import _validate as V
 from ._dispatch import backend_for
@@ -118,7 +120,8 @@ def dropout_backward(dout, cache):
         Training: ``dout * s`` where kept, 0 elsewhere; test mode: ``dout``.
     """
     V.cache_kind(cache, DropoutCache, "dropout_backward", "dropout_forward")
-    backend_for((("dout", dout), ("the cached mask", cache.bits)))
+    backend_for((("dout", dout),) if cache.bits is None
+                else (("dout", dout), ("the cached mask", cache.bits)))
     backend, xp = cache.backend, cache.xp
     V.dout_shape(dout, cache.shape, "dropout_backward")
     V.floating_x(dout, "dout", backend.supported_dtypes(xp), xp)
@@ -149,7 +152,7 @@ def dropout_mask(shape, p, seed, like=None):
     p = V.p_value(p)
     seed = V.seed_value(seed)
     try:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(operator.index(s) for s in shape)
     except TypeError:
         raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
     if any(s < 0 for s in shape):

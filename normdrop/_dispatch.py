@@ -69,12 +69,12 @@ def reference_forced() -> bool:
 
 def backend_for(named):
     """(backend module, namespace) for the arrays in ``named``, a sequence of
-    ``(name, array_or_None)``; ``None`` entries are skipped.
+    ``(name, array)``.
 
     Raises TypeError naming the arrays involved when one is not an array, when
     they come from different libraries, or when they live on different devices.
     """
-    arrays = [(n, a) for n, a in named if a is not None]
+    arrays = list(named)
     if all(type(a) is np.ndarray for _, a in arrays):
         if _force.get():
             import array_api_compat.numpy as npx

@@ -98,7 +98,10 @@ def momentum_value(param) -> float:
 
 def floating_x(x, name: str, supported: tuple, xp) -> None:
     """TypeError unless x's dtype is one of the backend's floating dtypes."""
-    if any(x.dtype == d for d in supported):
+    dt = x.dtype
+    if getattr(dt, "isnative", True) is False:     # NumPy big-endian data: same type
+        dt = dt.newbyteorder("=")
+    if any(dt == d for d in supported):
         return
     names = ", ".join(_dtype_name(d) for d in supported)
     raise TypeError(f"{name} has dtype {_dtype_name(x.dtype)}; supported floating dtypes "

@@ -305,6 +305,19 @@ def test_inputs_not_modified():
     assert bp["running_mean"] is not rm
 
 
+def test_big_endian_input():
+    x, gamma, beta, dout = _data((7, 5), "float64")
+    out, cache = nd.batchnorm_forward(x.astype(">f8"), gamma, beta, {"mode": "train"})
+    exp, ecache = nd.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    np.testing.assert_array_equal(out, exp)
+    for u, v in zip(nd.batchnorm_backward(dout.astype(">f8"), cache),
+                    nd.batchnorm_backward(dout, ecache)):
+        np.testing.assert_array_equal(u, v)
+    d, _ = nd.dropout_forward(x.astype(">f4"), {"p": 0.5, "mode": "train", "seed": 2})
+    np.testing.assert_array_equal(
+        d, nd.dropout_forward(x.astype("f4"), {"p": 0.5, "mode": "train", "seed": 2})[0])
+
+
 def test_nan_and_inf_propagate():
     x, gamma, beta, dout = _data((8, 3), "float64")
     x[2, 1] = np.nan

@@ -158,6 +158,13 @@ def test_zero_dimensional_input(backend):
     assert tuple(nd.dropout_backward(x, cache).shape) == ()
 
 
+def test_numpy_scalars_are_accepted():
+    x = np.float64(2.5)
+    out, cache = nd.dropout_forward(x, {"p": 1.0, "mode": "train", "seed": 0})
+    assert out.shape == () and float(out) == 2.5
+    assert float(nd.dropout_backward(out * 1.0, cache)) == 2.5
+
+
 def test_test_mode_passes_through(backend):
     be = backend
     x = be.asarray(np.arange(12.0).reshape(3, 4))

@@ -62,6 +62,22 @@ def test_not_an_array(backend):
         nd.dropout_forward("abc", {"p": 0.5, "mode": "train"})
 
 
+def test_none_instead_of_an_array(backend):
+    x, g, b, bp = _bn_case(backend)
+    _raises_untouched(TypeError, "x must be an array", nd.batchnorm_forward, None, g, b, bp)
+    _raises_untouched(TypeError, "gamma must be an array", nd.batchnorm_forward, x, None, b, bp)
+    _raises_untouched(TypeError, "beta must be an array", nd.batchnorm_forward, x, g, None, bp)
+    with pytest.raises(TypeError, match="x must be an array"):
+        nd.dropout_forward(None, {"p": 0.5, "mode": "train"})
+    _, cache = nd.batchnorm_forward(x, g, b, bp)
+    with pytest.raises(TypeError, match="dout must be an array"):
+        nd.batchnorm_backward(None, cache)
+    for mode in ("train", "test"):
+        _, dcache = nd.dropout_forward(x, {"p": 0.5, "mode": mode, "seed": 1})
+        with pytest.raises(TypeError, match="dout must be an array"):
+            nd.dropout_backward(None, dcache)
+
+
 def test_mixed_libraries():
     xps = pytest.importorskip("array_api_strict")
     x = np.ones((4, 3))
@@ -172,6 +188,8 @@ def test_dropout_mask_bad_arguments():
         nd.dropout_mask((3, -1), 0.5, 1)
     with pytest.raises(TypeError, match="shape"):
         nd.dropout_mask(3, 0.5, 1)
+    with pytest.raises(TypeError, match="shape"):
+        nd.dropout_mask((2.7, 3), 0.5, 1)
 
 
 @pytest.mark.parametrize("seed,exc", [(-1, ValueError), (2**64, ValueError), (2**70, ValueError),

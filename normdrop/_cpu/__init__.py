@@ -7,10 +7,9 @@ layout.  Any other strided input is copied once to C order.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from .._reference import keep_threshold as _threshold
 from . import _kernels as _k
 
 NAME = "cpu"
@@ -35,7 +34,9 @@ def max_threads() -> int:
 
 
 def _usable(a) -> np.ndarray:
-    """a as an aligned, native-byte-order array (a copy only when needed)."""
+    """a as an aligned, native-byte-order ndarray (a copy only when needed;
+    NumPy scalars become 0-d arrays)."""
+    a = np.asarray(a)
     if not (a.flags.aligned and a.dtype.isnative):
         a = np.array(a, dtype=a.dtype.newbyteorder("="), order="K")
     return a
@@ -124,8 +125,6 @@ def bn_backward(xp, dout, x, gamma, mean, invstd, train):
     return dx, sums[3].astype(x.dtype), sums[4].astype(x.dtype)
 
 
-def _threshold(p):
-    return math.floor(p * 4294967296.0)
 
 
 def dropout_train(xp, x, p, seed):
@@ -143,11 +142,6 @@ def dropout_backward(xp, dout, bits, p):
     return dx
 
 
-def dropout_bits(n, p, seed):
-    """Packed keep bits of n values (uint8, ceil(n / 8) bytes)."""
-    bits = np.empty((n + 7) // 8, np.uint8)
-    _k.dropout_bits(bits, n, seed, _threshold(p))
-    return bits
 
 
 def dropout_mask(xp, shape, p, seed, device=None):

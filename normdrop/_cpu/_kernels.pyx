@@ -97,21 +97,6 @@ def work_size(tuple geom):
     return nd_bn_work_size(&g)
 
 
-def bn_stats(cnp.ndarray x, tuple geom, cnp.ndarray work, cnp.ndarray mean, cnp.ndarray var):
-    """mean[c], var[c] (float64, biased) of x over all but the channel axis."""
-    cdef nd_geom g
-    _geom(geom, &g)
-    cdef void *xp = _ptr(x)
-    cdef double *wp = _dptr(work)
-    cdef double *mp = _dptr(mean)
-    cdef double *vp = _dptr(var)
-    if _is_f32(x):
-        with nogil:
-            nd_bn_stats_f32(<const float *>xp, &g, wp, mp, vp)
-    else:
-        with nogil:
-            nd_bn_stats_f64(<const double *>xp, &g, wp, mp, vp)
-
 
 def bn_affine(cnp.ndarray x, cnp.ndarray out, tuple geom, cnp.ndarray mean,
               cnp.ndarray scale, cnp.ndarray shift):
@@ -181,43 +166,6 @@ def bn_backward(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, cnp
                                ip, tr, wp, sp, sp + 3 * C, sp + 4 * C)
 
 
-def bn_bwd_reduce(cnp.ndarray dout, cnp.ndarray x, tuple geom, cnp.ndarray mean,
-                  cnp.ndarray work, cnp.ndarray sum_dy, cnp.ndarray sum_dyxm):
-    """sum_dy[c] = sum(dout), sum_dyxm[c] = sum(dout * (x - mean[c]))."""
-    cdef nd_geom g
-    _geom(geom, &g)
-    cdef void *dp = _ptr(dout)
-    cdef void *xp = _ptr(x)
-    cdef double *mp = _dptr(mean)
-    cdef double *wp = _dptr(work)
-    cdef double *ap = _dptr(sum_dy)
-    cdef double *bp = _dptr(sum_dyxm)
-    if _is_f32(x):
-        with nogil:
-            nd_bn_bwd_reduce_f32(<const float *>dp, <const float *>xp, &g, mp, wp, ap, bp)
-    else:
-        with nogil:
-            nd_bn_bwd_reduce_f64(<const double *>dp, <const double *>xp, &g, mp, wp, ap, bp)
-
-
-def bn_bwd_dx(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, cnp.ndarray mean,
-              cnp.ndarray a, cnp.ndarray b, cnp.ndarray e):
-    """dx = a[c] * dout + b[c] * (x - mean[c]) + e[c]."""
-    cdef nd_geom g
-    _geom(geom, &g)
-    cdef void *dp = _ptr(dout)
-    cdef void *xp = _ptr(x)
-    cdef void *op = _ptr(dx)
-    cdef double *mp = _dptr(mean)
-    cdef double *ap = _dptr(a)
-    cdef double *bp = _dptr(b)
-    cdef double *ep = _dptr(e)
-    if _is_f32(x):
-        with nogil:
-            nd_bn_bwd_dx_f32(<const float *>dp, <const float *>xp, <float *>op, &g, mp, ap, bp, ep)
-    else:
-        with nogil:
-            nd_bn_bwd_dx_f64(<const double *>dp, <const double *>xp, <double *>op, &g, mp, ap, bp, ep)
 
 
 def dropout_fwd(cnp.ndarray x, cnp.ndarray out, cnp.ndarray bits, uint64_t seed,
@@ -250,12 +198,6 @@ def dropout_bwd(cnp.ndarray dout, cnp.ndarray bits, cnp.ndarray dx, double scale
         with nogil:
             nd_dropout_bwd_f64(<const double *>dp, bp, <double *>op, n, scale)
 
-
-def dropout_bits(cnp.ndarray bits, int64_t n, uint64_t seed, uint64_t threshold):
-    """Packed keep bits of n values into the uint8 array bits (ceil(n/8) bytes)."""
-    cdef uint8_t *bp = <uint8_t *>_ptr(bits)
-    with nogil:
-        nd_dropout_bits(bp, n, seed, threshold)
 
 
 def dropout_mask(cnp.ndarray mask, uint64_t seed, uint64_t threshold):

@@ -17,10 +17,9 @@ imported where CuPy is not installed.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from .._reference import keep_threshold as _threshold
 from . import _loader
 
 NAME = "cuda"
@@ -284,10 +283,6 @@ def bn_backward(xp, dout, x, gamma, mean, invstd, train):
 
 
 # ------------------------------------------------------------------ dropout
-def _threshold(p):
-    return math.floor(p * 4294967296.0)
-
-
 def _scale(p, dtype):
     """1/p rounded to dtype, as the float64 value the kernels convert back."""
     return np.float64(np.asarray(1.0 / p, dtype=dtype))
