@@ -51,6 +51,17 @@ KEEP = 0.5                              # dropout keep probability (PyTorch: dro
 EPS, MOMENTUM = 1e-5, 0.9
 
 
+def _then(fn: Callable, sync) -> Callable:
+    """fn followed by sync() (the device wait), or fn itself when sync is None."""
+    if sync is None:
+        return fn
+
+    def call():
+        fn()
+        sync()
+    return call
+
+
 # ------------------------------------------------------------------ settings
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -117,32 +128,13 @@ class Env:
                 if sync is not None:
                     sync()
             return call
-        if sync is None:
-            return fn
-
-        def call_sync():
-            fn()
-            sync()
-        return call_sync
+        return _then(fn, sync)
 
     def seed_call(self, fn: Callable) -> Callable:
-        sync = self.sync
-        if sync is None:
-            return fn
-
-        def call():
-            fn()
-            sync()
-        return call
+        return _then(fn, self.sync)
 
     def torch_call(self, fn: Callable) -> Callable:
-        if self.torch_device == "cpu":
-            return fn
-
-        def call():
-            fn()
-            self.torch_sync()
-        return call
+        return fn if self.torch_device == "cpu" else _then(fn, self.torch_sync)
 
 
 # ------------------------------------------------------------------ the ops
