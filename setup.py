@@ -15,7 +15,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-C_SOURCES = ["src_c/nd_batchnorm.c", "src_c/nd_dropout.c"]
+C_SOURCES = ["src_c/nd_batchnorm.c", "src_c/nd_dropout.c", "src_c/nd_common.c", "src_c/nd_pool.c"]
 INCLUDE_DIRS = ["src_c", "normdrop/include", np.get_include()]
 
 

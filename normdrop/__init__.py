@@ -13,16 +13,20 @@ from ._api import (
 )
 from ._dispatch import force_reference
 from ._info import show_config
+from ._memory import cache_info, empty_cache, set_cache_limit
 
 __all__ = [
     "__version__",
     "batchnorm_backward",
     "batchnorm_backward_alt",
     "batchnorm_forward",
+    "cache_info",
     "dropout_backward",
     "dropout_forward",
     "dropout_mask",
+    "empty_cache",
     "force_reference",
+    "set_cache_limit",
     "show_config",
     "spatial_batchnorm_backward",
     "spatial_batchnorm_forward",

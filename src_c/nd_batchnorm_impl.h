@@ -90,34 +90,71 @@ static void FN(nd_rows_reduce_unit)(const T *dout, const T *x, int64_t sn, int64
     for (int64_t j = 0; j < w; ++j) { wk[2 * j] = a[j]; wk[2 * j + 1] = b[j]; }
 }
 
-/* out = (x - mean) * scale + shift on rows [r0, r1), channels [c0, c0 + w). */
+/* Values per chunk of a streamed output (see nd_stream_copy). */
+#define ND_SCH ((int64_t)(ND_STREAM_CHUNK / sizeof(T)))
+
+/* out = (x - mean) * scale + shift on rows [r0, r1), channels [c0, c0 + w);
+ * st: stream the rows out (the same values, through an L1 buffer). */
 ND_CLONES
 static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
                                int64_t c0, int64_t w, const double *mean, const double *scale,
-                               const double *shift)
+                               const double *shift, int st)
 {
     const double *m = mean + c0, *a = scale + c0, *b = shift + c0;
+    if (!st) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const T *xr = x + r * sn + c0;
+            T *o = out + r * sn + c0;
+            for (int64_t j = 0; j < w; ++j) o[j] = (T)(((double)xr[j] - m[j]) * a[j] + b[j]);
+        }
+        return;
+    }
+    T buf[ND_SCH];
     for (int64_t r = r0; r < r1; ++r) {
         const T *xr = x + r * sn + c0;
         T *o = out + r * sn + c0;
-        for (int64_t j = 0; j < w; ++j) o[j] = (T)(((double)xr[j] - m[j]) * a[j] + b[j]);
+        for (int64_t j0 = 0; j0 < w; j0 += ND_SCH) {
+            const int64_t len = nd_min64(ND_SCH, w - j0);
+            for (int64_t j = 0; j < len; ++j)
+                buf[j] = (T)(((double)xr[j0 + j] - m[j0 + j]) * a[j0 + j] + b[j0 + j]);
+            nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
+        }
     }
+    nd_stream_fence();
 }
 
 /* dx = a * dout + b * (x - mean) + e on rows [r0, r1), channels [c0, c0 + w). */
 ND_CLONES
 static void FN(nd_rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t r0, int64_t r1,
                            int64_t c0, int64_t w, const double *mean, const double *a,
-                           const double *b, const double *e)
+                           const double *b, const double *e, int st)
 {
     const double *m = mean + c0, *ac = a + c0, *bc = b + c0, *ec = e + c0;
+    if (!st) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t off = r * sn + c0;
+            const T *dr = dout + off, *xr = x + off;
+            T *o = dx + off;
+            for (int64_t j = 0; j < w; ++j)
+                o[j] = (T)(ac[j] * (double)dr[j] + bc[j] * ((double)xr[j] - m[j]) + ec[j]);
+        }
+        return;
+    }
+    T buf[ND_SCH];
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t off = r * sn + c0;
         const T *dr = dout + off, *xr = x + off;
         T *o = dx + off;
-        for (int64_t j = 0; j < w; ++j)
-            o[j] = (T)(ac[j] * (double)dr[j] + bc[j] * ((double)xr[j] - m[j]) + ec[j]);
+        for (int64_t j0 = 0; j0 < w; j0 += ND_SCH) {
+            const int64_t len = nd_min64(ND_SCH, w - j0);
+            for (int64_t j = 0; j < len; ++j) {
+                const int64_t k = j0 + j;
+                buf[j] = (T)(ac[k] * (double)dr[k] + bc[k] * ((double)xr[k] - m[k]) + ec[k]);
+            }
+            nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
+        }
     }
+    nd_stream_fence();
 }
 
 /* (mean, M2) of one segment p[0..len), len > 0: sums with ND_LANES fixed
@@ -165,17 +202,40 @@ static void FN(nd_seg_dsum)(const T *dy, const T *x, int64_t len, double m,
 
 /* op[s] = (xp[s] - m) * a + b, s < S. */
 ND_CLONES
-static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a, double b)
+static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a, double b,
+                                int st)
 {
-    for (int64_t s = 0; s < S; ++s) op[s] = (T)(((double)xp[s] - m) * a + b);
+    if (!st) {
+        for (int64_t s = 0; s < S; ++s) op[s] = (T)(((double)xp[s] - m) * a + b);
+        return;
+    }
+    T buf[ND_SCH];
+    for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
+        const int64_t len = nd_min64(ND_SCH, S - s0);
+        for (int64_t k = 0; k < len; ++k) buf[k] = (T)(((double)xp[s0 + k] - m) * a + b);
+        nd_stream_copy(op + s0, buf, (size_t)len * sizeof(T));
+    }
+    nd_stream_fence();
 }
 
 /* o[s] = ac * dp[s] + bc * (xp[s] - m) + ec, s < S. */
 ND_CLONES
 static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m, double ac,
-                            double bc, double ec)
+                            double bc, double ec, int st)
 {
-    for (int64_t s = 0; s < S; ++s) o[s] = (T)(ac * (double)dp[s] + bc * ((double)xp[s] - m) + ec);
+    if (!st) {
+        for (int64_t s = 0; s < S; ++s)
+            o[s] = (T)(ac * (double)dp[s] + bc * ((double)xp[s] - m) + ec);
+        return;
+    }
+    T buf[ND_SCH];
+    for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
+        const int64_t len = nd_min64(ND_SCH, S - s0);
+        for (int64_t k = 0; k < len; ++k)
+            buf[k] = (T)(ac * (double)dp[s0 + k] + bc * ((double)xp[s0 + k] - m) + ec);
+        nd_stream_copy(o + s0, buf, (size_t)len * sizeof(T));
+    }
+    nd_stream_fence();
 }
 
 /* ------------------------------------------------------ per-channel pieces */
@@ -285,18 +345,19 @@ void FN(nd_bn_affine)(const T *x, T *out, const nd_geom *g, const double *mean,
                       const double *scale, const double *shift)
 {
     const int64_t C = g->c, N = g->n;
+    const int st = nd_stream_ok(N * C * g->s * (int64_t)sizeof(T));
     if (g->kind == ND_ROWS) {
         const int64_t rb = ND_AFFINE_ROWS;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t b = 0; b < nd_cdiv(N, rb); ++b)
             FN(nd_rows_affine)(x, out, g->sn, b * rb, nd_min64(b * rb + rb, N), 0, C,
-                               mean, scale, shift);
+                               mean, scale, shift, st);
     } else {
         const int64_t S = g->s;
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < N * C; ++u) {
             const int64_t n = u / C, c = u % C, off = n * g->sn + c * g->sc;
-            FN(nd_plane_affine)(x + off, out + off, S, mean[c], scale[c], shift[c]);
+            FN(nd_plane_affine)(x + off, out + off, S, mean[c], scale[c], shift[c], st);
         }
     }
 }
@@ -316,6 +377,7 @@ void FN(nd_bn_train_fwd)(const T *x, T *out, const nd_geom *g, const double *gam
     const int64_t C = g->c, N = g->n, S = g->s;
     if (C <= 0) return;
     if (g->kind == ND_PLANES && C >= ND_FUSE_MIN_C && N * S * (int64_t)sizeof(T) <= ND_FUSE_BYTES) {
+        const int st = nd_stream_ok(N * C * S * (int64_t)sizeof(T));
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
             FN(nd_planes_channel_stats)(x, g, c, &mean[c], &var[c]);
@@ -323,7 +385,7 @@ void FN(nd_bn_train_fwd)(const T *x, T *out, const nd_geom *g, const double *gam
             scale[c] = gamma[c] * invstd[c];
             for (int64_t n = 0; n < N; ++n) {
                 const int64_t off = n * g->sn + c * g->sc;
-                FN(nd_plane_affine)(x + off, out + off, S, mean[c], scale[c], beta[c]);
+                FN(nd_plane_affine)(x + off, out + off, S, mean[c], scale[c], beta[c], st);
             }
         }
         return;
@@ -402,18 +464,19 @@ void FN(nd_bn_bwd_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, const 
                       const double *a, const double *b, const double *e)
 {
     const int64_t C = g->c, N = g->n;
+    const int st = nd_stream_ok(N * C * g->s * (int64_t)sizeof(T));
     if (g->kind == ND_ROWS) {
         const int64_t rb = ND_AFFINE_ROWS;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t k = 0; k < nd_cdiv(N, rb); ++k)
             FN(nd_rows_dx)(dout, x, dx, g->sn, k * rb, nd_min64(k * rb + rb, N), 0, C,
-                           mean, a, b, e);
+                           mean, a, b, e, st);
     } else {
         const int64_t S = g->s;
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < N * C; ++u) {
             const int64_t n = u / C, c = u % C, off = n * g->sn + c * g->sc;
-            FN(nd_plane_dx)(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c]);
+            FN(nd_plane_dx)(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c], st);
         }
     }
 }
@@ -450,6 +513,7 @@ void FN(nd_bn_backward)(const T *dout, const T *x, T *dx, const nd_geom *g, cons
     } while (0)
     if (g->kind == ND_PLANES && C >= ND_FUSE_MIN_C &&
         2 * N * S * (int64_t)sizeof(T) <= ND_FUSE_BYTES) {
+        const int st = nd_stream_ok(N * C * S * (int64_t)sizeof(T));
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
             double sdyxm;
@@ -457,7 +521,7 @@ void FN(nd_bn_backward)(const T *dout, const T *x, T *dx, const nd_geom *g, cons
             ND_COEF(c, sdyxm);
             for (int64_t n = 0; n < N; ++n) {
                 const int64_t off = n * g->sn + c * g->sc;
-                FN(nd_plane_dx)(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c]);
+                FN(nd_plane_dx)(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c], st);
             }
         }
         return;
@@ -469,4 +533,5 @@ void FN(nd_bn_backward)(const T *dout, const T *x, T *dx, const nd_geom *g, cons
     FN(nd_bn_bwd_dx)(dout, x, dx, g, mean, a, b, e);
 }
 
+#undef ND_SCH
 #undef FN

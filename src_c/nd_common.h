@@ -3,6 +3,7 @@
 #define ND_COMMON_H
 
 #include <stdint.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -39,6 +40,64 @@
 #else
 #define ND_X86_SIMD 0
 #endif
+
+/* ------------------------------------------------------- streaming stores
+ * Outputs of at least nd_stream_bytes bytes (nd_common.c, set from Python) are
+ * written with non-temporal stores: SSE2's, which every x86-64 has.  Kernels
+ * compute a chunk into a small buffer that stays in L1 and stream it out with
+ * nd_stream_copy; one nd_stream_fence per work item makes the stores visible
+ * in order.  Elsewhere nd_stream_ok is always false. */
+extern int64_t nd_stream_bytes;
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>
+#define ND_HAVE_STREAM 1
+#else
+#define ND_HAVE_STREAM 0
+#endif
+
+#define ND_STREAM_CHUNK 1024   /* bytes of a kernel's L1 buffer: 1 KiB per chunk */
+
+static inline int nd_stream_ok(int64_t out_bytes)
+{
+    return ND_HAVE_STREAM && out_bytes >= nd_stream_bytes;
+}
+
+/* dst[0, bytes) <- src[0, bytes); dst and src do not overlap. */
+static inline void nd_stream_copy(void *dst, const void *src, size_t bytes)
+{
+#if ND_HAVE_STREAM
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    size_t head = (size_t)((16 - ((uintptr_t)d & 15)) & 15);
+    if (head > bytes) head = bytes;
+    memcpy(d, s, head);
+    size_t i = head;
+    for (; i + 16 <= bytes; i += 16)
+        _mm_stream_si128((__m128i *)(d + i), _mm_loadu_si128((const __m128i *)(s + i)));
+    memcpy(d + i, s + i, bytes - i);
+#else
+    memcpy(dst, src, bytes);
+#endif
+}
+
+/* Software prefetch of [p, p + bytes) into L1 (a hint: never faults). */
+#if ND_HAVE_STREAM
+#define ND_PREFETCH(p, bytes)                                                        \
+    do {                                                                             \
+        for (size_t nd_pf_ = 0; nd_pf_ < (size_t)(bytes); nd_pf_ += 64)              \
+            _mm_prefetch((const char *)(p) + nd_pf_, _MM_HINT_T0);                   \
+    } while (0)
+#else
+#define ND_PREFETCH(p, bytes) ((void)0)
+#endif
+
+static inline void nd_stream_fence(void)
+{
+#if ND_HAVE_STREAM
+    _mm_sfence();
+#endif
+}
 
 static inline int64_t nd_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t nd_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -122,6 +122,14 @@ static uint64_t nd_tail_bits(int64_t i0, int64_t n, const nd_keep_rule *r)
     return len >= 64 ? m : (m & (((uint64_t)1 << len) - 1));
 }
 
+/* Streaming stores for this output: large enough, and aligned for the
+ * vector stores of every variant (64 bytes; each group is 256 or 512 bytes, so
+ * every group stays aligned). */
+static int nd_dropout_stream(const void *out, int64_t bytes)
+{
+    return ((uintptr_t)out & 63) == 0 && nd_stream_ok(bytes);
+}
+
 typedef void (*nd_bits_fn)(uint8_t *bits, uint8_t *mask, int64_t g0, int64_t g1,
                            const nd_keep_rule *r);
 

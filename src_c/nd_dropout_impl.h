@@ -16,7 +16,8 @@ void FN(nd_dropout_fwd)(const T *x, T *out, uint8_t *bits, int64_t n, uint64_t s
     const int64_t ng = n / ND_GROUP, ntask = nd_cdiv(ng, ND_GROUPS_PER_TASK);
     const int lvl = nd_isa_level();
     (void)lvl;
-    const FN(nd_fwd_fn) fn = ND_PICK(FN(nd_fwd_range));
+    const FN(nd_fwd_fn) fn = nd_dropout_stream(out, n * (int64_t)sizeof(T))
+                                 ? ND_PICK(FN(nd_fwd_range_nt)) : ND_PICK(FN(nd_fwd_range));
     ND_OMP_FOR(n >= ND_PARALLEL_MIN)
     for (int64_t t = 0; t < ntask; ++t)
         fn(x, out, bits, t * ND_GROUPS_PER_TASK, nd_min64((t + 1) * ND_GROUPS_PER_TASK, ng),
@@ -35,7 +36,8 @@ void FN(nd_dropout_bwd)(const T *dout, const uint8_t *bits, T *dx, int64_t n, T 
     const int64_t ng = n / ND_GROUP, ntask = nd_cdiv(ng, ND_GROUPS_PER_TASK);
     const int lvl = nd_isa_level();
     (void)lvl;
-    const FN(nd_bwd_fn) fn = ND_PICK(FN(nd_bwd_range));
+    const FN(nd_bwd_fn) fn = nd_dropout_stream(dx, n * (int64_t)sizeof(T))
+                                 ? ND_PICK(FN(nd_bwd_range_nt)) : ND_PICK(FN(nd_bwd_range));
     ND_OMP_FOR(n >= ND_PARALLEL_MIN)
     for (int64_t t = 0; t < ntask; ++t)
         fn(dout, bits, dx, t * ND_GROUPS_PER_TASK, nd_min64((t + 1) * ND_GROUPS_PER_TASK, ng),

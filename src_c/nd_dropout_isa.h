@@ -47,6 +47,9 @@ static inline void ISA(nd_apply_f64)(const double *x, double *out, uint64_t m, d
     ND_APPLY_BODY(double)
 }
 #undef ND_APPLY_BODY
+/* no streaming stores in portable C */
+#define nd_apply_nt_f32_generic nd_apply_f32_generic
+#define nd_apply_nt_f64_generic nd_apply_f64_generic
 
 static inline void ISA(nd_mask_bytes)(uint8_t *mask, uint64_t m)
 {
@@ -109,29 +112,37 @@ ND_ISA_ATTR static inline uint64_t ISA(nd_group_bits)(uint64_t g, const nd_keep_
     return (uint64_t)a | ((uint64_t)b << 32);
 }
 
-ND_ISA_ATTR static inline void ISA(nd_apply_f32)(const float *x, float *out, uint64_t m, float s)
-{
-    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256 sv = _mm256_set1_ps(s);
-    for (int q = 0; q < 8; ++q) {
-        const __m256i b = _mm256_and_si256(_mm256_set1_epi32((int)((m >> (8 * q)) & 0xff)), sel);
-        const __m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, sel));
-        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * q), sv);
-        _mm256_storeu_ps(out + 8 * q, _mm256_and_ps(v, keep));
+/* ST is the store: _mm256_storeu_* or, for 32-byte aligned out, _mm256_stream_*. */
+#define ND_AVX2_APPLY(NAME, STPS, STPD)                                                      \
+    ND_ISA_ATTR static inline void ISA(ND_CAT(NAME, f32))(const float *x, float *out,       \
+                                                         uint64_t m, float s)               \
+    {                                                                                        \
+        const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);                  \
+        const __m256 sv = _mm256_set1_ps(s);                                                 \
+        for (int q = 0; q < 8; ++q) {                                                        \
+            const __m256i b =                                                                \
+                _mm256_and_si256(_mm256_set1_epi32((int)((m >> (8 * q)) & 0xff)), sel);      \
+            const __m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, sel));             \
+            const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * q), sv);                  \
+            STPS(out + 8 * q, _mm256_and_ps(v, keep));                                       \
+        }                                                                                    \
+    }                                                                                        \
+    ND_ISA_ATTR static inline void ISA(ND_CAT(NAME, f64))(const double *x, double *out,     \
+                                                         uint64_t m, double s)              \
+    {                                                                                        \
+        const __m256i sel = _mm256_setr_epi64x(1, 2, 4, 8);                                  \
+        const __m256d sv = _mm256_set1_pd(s);                                                \
+        for (int q = 0; q < 16; ++q) {                                                       \
+            const __m256i b = _mm256_and_si256(                                              \
+                _mm256_set1_epi64x((long long)((m >> (4 * q)) & 0xf)), sel);                 \
+            const __m256d keep = _mm256_castsi256_pd(_mm256_cmpeq_epi64(b, sel));            \
+            const __m256d v = _mm256_mul_pd(_mm256_loadu_pd(x + 4 * q), sv);                 \
+            STPD(out + 4 * q, _mm256_and_pd(v, keep));                                       \
+        }                                                                                    \
     }
-}
-
-ND_ISA_ATTR static inline void ISA(nd_apply_f64)(const double *x, double *out, uint64_t m, double s)
-{
-    const __m256i sel = _mm256_setr_epi64x(1, 2, 4, 8);
-    const __m256d sv = _mm256_set1_pd(s);
-    for (int q = 0; q < 16; ++q) {
-        const __m256i b = _mm256_and_si256(_mm256_set1_epi64x((long long)((m >> (4 * q)) & 0xf)), sel);
-        const __m256d keep = _mm256_castsi256_pd(_mm256_cmpeq_epi64(b, sel));
-        const __m256d v = _mm256_mul_pd(_mm256_loadu_pd(x + 4 * q), sv);
-        _mm256_storeu_pd(out + 4 * q, _mm256_and_pd(v, keep));
-    }
-}
+ND_AVX2_APPLY(nd_apply, _mm256_storeu_ps, _mm256_storeu_pd)
+ND_AVX2_APPLY(nd_apply_nt, _mm256_stream_ps, _mm256_stream_pd)
+#undef ND_AVX2_APPLY
 
 ND_ISA_ATTR static inline void ISA(nd_mask_bytes)(uint8_t *mask, uint64_t m)
 {
@@ -176,21 +187,27 @@ ND_ISA_ATTR static inline uint64_t ISA(nd_group_bits)(uint64_t g, const nd_keep_
            _pdep_u64(q2, 0x4444444444444444ull) | _pdep_u64(q3, 0x8888888888888888ull);
 }
 
-ND_ISA_ATTR static inline void ISA(nd_apply_f32)(const float *x, float *out, uint64_t m, float s)
-{
-    const __m512 sv = _mm512_set1_ps(s);
-    for (int q = 0; q < 4; ++q)
-        _mm512_storeu_ps(out + 16 * q, _mm512_maskz_mul_ps((__mmask16)(m >> (16 * q)),
-                                                           _mm512_loadu_ps(x + 16 * q), sv));
-}
-
-ND_ISA_ATTR static inline void ISA(nd_apply_f64)(const double *x, double *out, uint64_t m, double s)
-{
-    const __m512d sv = _mm512_set1_pd(s);
-    for (int q = 0; q < 8; ++q)
-        _mm512_storeu_pd(out + 8 * q, _mm512_maskz_mul_pd((__mmask8)(m >> (8 * q)),
-                                                          _mm512_loadu_pd(x + 8 * q), sv));
-}
+/* STPS/STPD: _mm512_storeu_* or, for 64-byte aligned out, _mm512_stream_*. */
+#define ND_AVX512_APPLY(NAME, STPS, STPD)                                                    \
+    ND_ISA_ATTR static inline void ISA(ND_CAT(NAME, f32))(const float *x, float *out,       \
+                                                         uint64_t m, float s)               \
+    {                                                                                        \
+        const __m512 sv = _mm512_set1_ps(s);                                                 \
+        for (int q = 0; q < 4; ++q)                                                          \
+            STPS(out + 16 * q, _mm512_maskz_mul_ps((__mmask16)(m >> (16 * q)),               \
+                                                   _mm512_loadu_ps(x + 16 * q), sv));        \
+    }                                                                                        \
+    ND_ISA_ATTR static inline void ISA(ND_CAT(NAME, f64))(const double *x, double *out,     \
+                                                         uint64_t m, double s)              \
+    {                                                                                        \
+        const __m512d sv = _mm512_set1_pd(s);                                                \
+        for (int q = 0; q < 8; ++q)                                                          \
+            STPD(out + 8 * q, _mm512_maskz_mul_pd((__mmask8)(m >> (8 * q)),                  \
+                                                  _mm512_loadu_pd(x + 8 * q), sv));          \
+    }
+ND_AVX512_APPLY(nd_apply, _mm512_storeu_ps, _mm512_storeu_pd)
+ND_AVX512_APPLY(nd_apply_nt, _mm512_stream_ps, _mm512_stream_pd)
+#undef ND_AVX512_APPLY
 
 ND_ISA_ATTR static inline void ISA(nd_mask_bytes)(uint8_t *mask, uint64_t m)
 {
@@ -211,26 +228,35 @@ ND_ISA_ATTR static void ISA(nd_bits_range)(uint8_t *bits, uint8_t *mask, int64_t
     }
 }
 
-#define ND_FWD_RANGE(T, SUF)                                                                 \
-    ND_ISA_ATTR static void ISA(ND_CAT(nd_fwd_range, SUF))(                                  \
+/* Forward and backward over groups [g0, g1); APPLY is nd_apply (stores
+ * through the caches) or nd_apply_nt (streaming stores, out 64-byte aligned;
+ * fenced at the end of the range). */
+#define ND_FWD_RANGE(T, SUF, APPLY, NAME)                                                    \
+    ND_ISA_ATTR static void ISA(ND_CAT(ND_CAT(nd_fwd, NAME), SUF))(                          \
         const T *x, T *out, uint8_t *bits, int64_t g0, int64_t g1, const nd_keep_rule *r,    \
         T scale)                                                                             \
     {                                                                                        \
         for (int64_t g = g0; g < g1; ++g) {                                                  \
+            /* x well ahead of use: the loads overlap the Philox arithmetic */               \
+            ND_PREFETCH(x + ND_GROUP * (g + 64), ND_GROUP * sizeof(T));                      \
             const uint64_t m = ISA(nd_group_bits)((uint64_t)g, r);                           \
-            ISA(ND_CAT(nd_apply, SUF))(x + ND_GROUP * g, out + ND_GROUP * g, m, scale);      \
+            ISA(ND_CAT(APPLY, SUF))(x + ND_GROUP * g, out + ND_GROUP * g, m, scale);         \
             nd_store_bits64(bits + 8 * g, m);                                                \
         }                                                                                    \
+        nd_stream_fence();                                                                   \
     }                                                                                        \
-    ND_ISA_ATTR static void ISA(ND_CAT(nd_bwd_range, SUF))(                                  \
+    ND_ISA_ATTR static void ISA(ND_CAT(ND_CAT(nd_bwd, NAME), SUF))(                          \
         const T *dout, const uint8_t *bits, T *dx, int64_t g0, int64_t g1, T scale)          \
     {                                                                                        \
         for (int64_t g = g0; g < g1; ++g)                                                    \
-            ISA(ND_CAT(nd_apply, SUF))(dout + ND_GROUP * g, dx + ND_GROUP * g,               \
-                                       nd_load_bits64(bits + 8 * g), scale);                 \
+            ISA(ND_CAT(APPLY, SUF))(dout + ND_GROUP * g, dx + ND_GROUP * g,                  \
+                                    nd_load_bits64(bits + 8 * g), scale);                    \
+        nd_stream_fence();                                                                   \
     }
 
-ND_FWD_RANGE(float, f32)
-ND_FWD_RANGE(double, f64)
+ND_FWD_RANGE(float, f32, nd_apply, range)
+ND_FWD_RANGE(double, f64, nd_apply, range)
+ND_FWD_RANGE(float, f32, nd_apply_nt, range_nt)
+ND_FWD_RANGE(double, f64, nd_apply_nt, range_nt)
 #undef ND_FWD_RANGE
 #undef ISA

@@ -22,6 +22,7 @@
 #ifndef NORMDROP_H
 #define NORMDROP_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define ND_ROWS 0
@@ -86,5 +87,23 @@ ND_DECLARE(double, f64)
 void nd_dropout_bits(uint8_t *bits, int64_t n, uint64_t seed, uint64_t threshold);
 /* mask[i] <- keep(i) as 0/1 bytes, n values. */
 void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, uint64_t threshold);
+
+/* Outputs of at least this many bytes are written with non-temporal
+ * (streaming) stores where the processor has them: they bypass the caches, so
+ * an output larger than the caches costs one write instead of a read for
+ * ownership plus a write.  The values written are the same either way. */
+void nd_set_stream_bytes(int64_t bytes);
+int64_t nd_get_stream_bytes(void);
+
+/* The output-buffer cache (nd_pool.c): NumPy PyDataMemAllocator functions
+ * (64-byte aligned data) and its controls.  info <- blocks cached, bytes
+ * cached, limit, hits, misses. */
+void *nd_pool_malloc(void *ctx, size_t size);
+void *nd_pool_calloc(void *ctx, size_t nelem, size_t elsize);
+void *nd_pool_realloc(void *ctx, void *ptr, size_t new_size);
+void nd_pool_free(void *ctx, void *ptr, size_t size);
+size_t nd_pool_set_limit(size_t limit);
+void nd_pool_trim(void);
+void nd_pool_info(uint64_t info[5]);
 
 #endif /* NORMDROP_H */

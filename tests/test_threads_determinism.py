@@ -1,5 +1,6 @@
 """CPU results are bitwise identical for any OMP_NUM_THREADS (fixed chunking,
-fixed merge order).  Each thread count runs in its own process."""
+fixed merge order), and with streaming stores on or off.  Each configuration
+runs in its own process."""
 from __future__ import annotations
 
 import os
@@ -42,8 +43,11 @@ print(_cpu.max_threads(), h.hexdigest())
 """
 
 
-def _run(threads):
+def _run(threads, stream_bytes=None):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env.pop("NORMDROP_STREAM_BYTES", None)
+    if stream_bytes is not None:   # 0: every output streamed (most are >= 1 MiB: aligned)
+        env["NORMDROP_STREAM_BYTES"] = str(stream_bytes)
     res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr
@@ -57,6 +61,13 @@ def test_bitwise_identical_for_1_2_3_threads():
         assert [results[t][0] for t in (1, 2, 3)] == [1, 2, 3]
     digests = {d for _, d in results.values()}
     assert len(digests) == 1, results
+
+
+def test_streaming_stores_write_the_same_bits():
+    """Outputs written with streaming stores (NORMDROP_STREAM_BYTES=0) are the
+    ones written through the caches, at 1 and 3 threads; 2**62 turns them off."""
+    digests = {(t, s): _run(t, s)[1] for t in (1, 3) for s in (0, 2**62)}
+    assert len(set(digests.values())) == 1, digests
 
 
 @pytest.mark.skipif(not _cpu.have_openmp(), reason="built without OpenMP")

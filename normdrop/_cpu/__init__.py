@@ -13,6 +13,23 @@ from .._reference import keep_threshold as _threshold
 from . import _kernels as _k
 
 NAME = "cpu"
+
+
+def _stream_from_env():
+    """NORMDROP_STREAM_BYTES: outputs of at least this many bytes are written
+    with streaming stores (default 32 MiB; a tuning knob, read at import)."""
+    import os
+    raw = os.environ.get("NORMDROP_STREAM_BYTES", "").strip()
+    if raw:
+        try:
+            _k.set_stream_bytes(max(0, int(raw)))
+        except ValueError:
+            import warnings
+            warnings.warn(f"normdrop: ignoring NORMDROP_STREAM_BYTES={raw!r} (expected an "
+                          "integer number of bytes)", RuntimeWarning, stacklevel=2)
+
+
+_stream_from_env()
 ROWS, PLANES = 0, 1
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -87,12 +104,31 @@ def _f64(a):
     return np.ascontiguousarray(a, dtype=np.float64)
 
 
+_POOLED_MIN = 1 << 20   # normdrop._memory.POOLED_MIN_BYTES
+
+
+def _out_like(x):
+    """An uninitialized output in x's layout; 1 MiB and up from the output
+    cache (normdrop._memory)."""
+    if x.nbytes >= _POOLED_MIN:
+        return _k.pooled(np.empty_like, x)
+    return np.empty_like(x)
+
+
+def _out(shape, dtype, nbytes):
+    """An uninitialized C-ordered output of nbytes bytes; 1 MiB and up from
+    the output cache."""
+    if nbytes >= _POOLED_MIN:
+        return _k.pooled(np.empty, shape, dtype)
+    return np.empty(shape, dtype)
+
+
 def bn_train(xp, x, gamma, beta, eps):
     x, geom = geometry(x)
     C = geom[2]
     stats = np.empty((4, C), np.float64)   # mean, var, invstd, scale
     work = np.empty(_k.work_size(geom), np.float64)
-    out = np.empty_like(x)
+    out = _out_like(x)
     _k.bn_train_fwd(x, out, geom, _f64(gamma), _f64(beta), eps, work, stats)
     return out, stats[0], stats[1], stats[2]
 
@@ -101,7 +137,7 @@ def bn_test(xp, x, gamma, beta, running_mean, running_var, eps):
     x, geom = geometry(x)
     mean = _f64(running_mean).copy()
     invstd = 1.0 / np.sqrt(_f64(running_var) + eps)
-    out = np.empty_like(x)
+    out = _out_like(x)
     _k.bn_affine(x, out, geom, mean, _f64(gamma) * invstd, _f64(beta))
     return out, mean, invstd
 
@@ -120,7 +156,7 @@ def bn_backward(xp, dout, x, gamma, mean, invstd, train):
     C = geom[2]
     sums = np.empty((5, C), np.float64)    # scratch a, b, e; dgamma, dbeta
     work = np.empty(_k.work_size(geom), np.float64)
-    dx = np.empty_like(x)
+    dx = _out_like(x)
     _k.bn_backward(dout, x, dx, geom, _f64(gamma), _f64(mean), _f64(invstd), train, work, sums)
     return dx, sums[3].astype(x.dtype), sums[4].astype(x.dtype)
 
@@ -129,15 +165,16 @@ def bn_backward(xp, dout, x, gamma, mean, invstd, train):
 
 def dropout_train(xp, x, p, seed):
     x = _c_order(_usable(x))
-    out = np.empty(x.shape, x.dtype)
-    bits = np.empty((x.size + 7) // 8, np.uint8)
+    out = _out(x.shape, x.dtype, x.nbytes)
+    nb = (x.size + 7) // 8
+    bits = _out((nb,), np.uint8, nb)
     _k.dropout_fwd(x, out, bits, seed, _threshold(p), 1.0 / p)
     return out, bits
 
 
 def dropout_backward(xp, dout, bits, p):
     dout = _c_order(_usable(dout))
-    dx = np.empty(dout.shape, dout.dtype)
+    dx = _out(dout.shape, dout.dtype, dout.nbytes)
     _k.dropout_bwd(dout, bits, dx, 1.0 / p)
     return dx
 

@@ -57,6 +57,31 @@ cdef extern from "normdrop.h" nogil:
     void nd_dropout_bwd_f64(const double *dout, const uint8_t *bits, double *dx, int64_t n, double scale)
     void nd_dropout_bits(uint8_t *bits, int64_t n, uint64_t seed, uint64_t threshold)
     void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, uint64_t threshold)
+    void nd_set_stream_bytes(int64_t nbytes)
+    int64_t nd_get_stream_bytes()
+    void *nd_pool_malloc(void *ctx, size_t size)
+    void *nd_pool_calloc(void *ctx, size_t nelem, size_t elsize)
+    void *nd_pool_realloc(void *ctx, void *ptr, size_t new_size)
+    void nd_pool_free(void *ctx, void *ptr, size_t size)
+    size_t nd_pool_set_limit(size_t limit)
+    void nd_pool_trim()
+    void nd_pool_info(uint64_t *info)
+
+cdef extern from "numpy/arrayobject.h":
+    ctypedef struct PyDataMemAllocator:
+        void *ctx
+        void *(*malloc)(void *ctx, size_t size) noexcept nogil
+        void *(*calloc)(void *ctx, size_t nelem, size_t elsize) noexcept nogil
+        void *(*realloc)(void *ctx, void *ptr, size_t new_size) noexcept nogil
+        void (*free)(void *ctx, void *ptr, size_t size) noexcept nogil
+    ctypedef struct PyDataMem_Handler:
+        char name[127]
+        uint8_t version
+        PyDataMemAllocator allocator
+    object PyDataMem_SetHandler(object handler)
+
+from cpython.pycapsule cimport PyCapsule_New
+from libc.string cimport memcpy, memset
 
 
 cdef inline void _geom(tuple t, nd_geom *g):
@@ -206,6 +231,63 @@ def dropout_mask(cnp.ndarray mask, uint64_t seed, uint64_t threshold):
     cdef uint8_t *mp = <uint8_t *>_ptr(mask)
     with nogil:
         nd_dropout_mask(mp, n, seed, threshold)
+
+
+# ------------------------------------------------------------ output buffers
+
+cdef PyDataMem_Handler _pool_handler
+memset(_pool_handler.name, 0, sizeof(_pool_handler.name))
+memcpy(_pool_handler.name, b"normdrop_output_cache", 21)
+_pool_handler.version = 1
+_pool_handler.allocator.ctx = NULL
+_pool_handler.allocator.malloc = nd_pool_malloc
+_pool_handler.allocator.calloc = nd_pool_calloc
+_pool_handler.allocator.realloc = nd_pool_realloc
+_pool_handler.allocator.free = nd_pool_free
+# Arrays hold a reference to this capsule and free through it; the module
+# keeps it (and the static struct it points to) alive for the process.
+_POOL_CAPSULE = PyCapsule_New(<void *>&_pool_handler, "mem_handler", NULL)
+
+
+def pooled(f, *args):
+    """f(*args) with NumPy's data allocator set to the output cache (NEP 49),
+    so the arrays f allocates take their memory from it and give it back when
+    they are freed.  Restores the previous allocator afterwards."""
+    old = PyDataMem_SetHandler(_POOL_CAPSULE)
+    try:
+        return f(*args)
+    finally:
+        PyDataMem_SetHandler(old)
+
+
+def cache_set_limit(size_t limit):
+    """Set the cache's byte limit (releasing cached blocks above it); returns
+    the previous limit."""
+    with nogil:
+        limit = nd_pool_set_limit(limit)
+    return limit
+
+
+def cache_trim():
+    """Release every cached block."""
+    with nogil:
+        nd_pool_trim()
+
+
+def cache_info():
+    """(blocks, bytes, limit, hits, misses) of the output cache."""
+    cdef uint64_t info[5]
+    nd_pool_info(info)
+    return (info[0], info[1], info[2], info[3], info[4])
+
+
+def set_stream_bytes(int64_t nbytes):
+    """Outputs of at least nbytes bytes use streaming stores."""
+    nd_set_stream_bytes(nbytes)
+
+
+def get_stream_bytes():
+    return nd_get_stream_bytes()
 
 
 cdef extern from "nd_philox.h" nogil:

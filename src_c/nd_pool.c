@@ -1,0 +1,192 @@
+/*
+ * nd_pool.c -- a bounded cache of large output buffers.
+ *
+ * Large outputs (the Python layer routes arrays of at least 1 MiB here) are
+ * freed back into this cache instead of to the C library, and a later output
+ * of about the same size takes them back.  The C library maps every block over
+ * its mmap threshold (32 MiB at most with glibc) afresh, and the operating
+ * system zeroes each fresh page on first touch: for a 64 MiB dropout output
+ * that costs more time than the kernel itself.  A training loop allocates the
+ * same sizes in every step, so reused blocks skip that cost.
+ *
+ * Bounds: at most ND_POOL_SLOTS cached blocks and at most `limit` cached bytes
+ * (blocks in use by arrays are never counted or held); a block is reused only
+ * for a request of at least 7/8 of its capacity.  nd_pool_set_limit(0) turns
+ * caching off (blocks are then freed at once); nd_pool_trim releases all.
+ *
+ * Every block is one malloc with a 64-byte aligned data area; the header in
+ * front of the data records the malloc'd pointer and the capacity, so free
+ * and realloc need no lookup.  The four functions have the signatures of
+ * NumPy's PyDataMemAllocator (NEP 49); a spin lock guards the cache.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "normdrop.h"
+
+#define ND_POOL_SLOTS 16
+#define ND_POOL_ALIGN 64
+
+typedef struct {
+    void *raw;      /* what malloc returned */
+    size_t cap;     /* usable bytes at the data pointer */
+} nd_block_hdr;
+
+static struct {
+    char *data[ND_POOL_SLOTS];
+    uint64_t age[ND_POOL_SLOTS];
+    int n;
+    size_t bytes, limit;
+    uint64_t clock, hits, misses;
+} nd_pool = {{0}, {0}, 0, 0, (size_t)512 << 20, 0, 0, 0};
+
+#if defined(_MSC_VER)
+#include <intrin.h>
+static volatile long nd_pool_lk;
+static void nd_lock(void) { while (_InterlockedExchange(&nd_pool_lk, 1)) {} }
+static void nd_unlock(void) { _InterlockedExchange(&nd_pool_lk, 0); }
+#else
+static int nd_pool_lk;
+static void nd_lock(void) { while (__atomic_exchange_n(&nd_pool_lk, 1, __ATOMIC_ACQUIRE)) {} }
+static void nd_unlock(void) { __atomic_store_n(&nd_pool_lk, 0, __ATOMIC_RELEASE); }
+#endif
+
+static nd_block_hdr *nd_hdr(void *p) { return (nd_block_hdr *)((char *)p - sizeof(nd_block_hdr)); }
+
+static void *nd_block_new(size_t size)
+{
+    const size_t cap = (size + 4095) & ~(size_t)4095;
+    if (cap < size || cap > SIZE_MAX - 2 * ND_POOL_ALIGN) return NULL;
+    void *raw = malloc(cap + 2 * ND_POOL_ALIGN);
+    if (!raw) return NULL;
+    char *data = (char *)(((uintptr_t)raw + ND_POOL_ALIGN + ND_POOL_ALIGN - 1) &
+                          ~(uintptr_t)(ND_POOL_ALIGN - 1));
+    nd_block_hdr *h = nd_hdr(data);
+    h->raw = raw;
+    h->cap = cap;
+    return data;
+}
+
+static void nd_block_free(char *data) { free(nd_hdr(data)->raw); }
+
+/* Remove slot i (caller holds the lock). */
+static char *nd_take(int i)
+{
+    char *p = nd_pool.data[i];
+    nd_pool.bytes -= nd_hdr(p)->cap;
+    nd_pool.n -= 1;
+    nd_pool.data[i] = nd_pool.data[nd_pool.n];
+    nd_pool.age[i] = nd_pool.age[nd_pool.n];
+    return p;
+}
+
+/* Index of the least recently cached block (caller holds the lock, n > 0). */
+static int nd_oldest(void)
+{
+    int o = 0;
+    for (int i = 1; i < nd_pool.n; ++i)
+        if (nd_pool.age[i] < nd_pool.age[o]) o = i;
+    return o;
+}
+
+void *nd_pool_malloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    const size_t need = size ? size : 1;
+    char *p = NULL;
+    nd_lock();
+    int best = -1;
+    for (int i = 0; i < nd_pool.n; ++i) {
+        const size_t cap = nd_hdr(nd_pool.data[i])->cap;
+        if (cap >= need && cap - need <= cap / 8 &&
+            (best < 0 || cap < nd_hdr(nd_pool.data[best])->cap))
+            best = i;
+    }
+    if (best >= 0) {
+        p = nd_take(best);
+        nd_pool.hits += 1;
+    } else {
+        nd_pool.misses += 1;
+    }
+    nd_unlock();
+    return p ? p : nd_block_new(need);
+}
+
+void *nd_pool_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    if (elsize && nelem > SIZE_MAX / elsize) return NULL;
+    void *p = nd_pool_malloc(ctx, nelem * elsize);
+    if (p) memset(p, 0, nelem * elsize);
+    return p;
+}
+
+void nd_pool_free(void *ctx, void *ptr, size_t size)
+{
+    (void)ctx;
+    (void)size;   /* the header knows the capacity */
+    if (!ptr) return;
+    char *p = (char *)ptr;
+    const size_t cap = nd_hdr(p)->cap;
+    char *evicted[ND_POOL_SLOTS + 1];
+    int ne = 0;
+    nd_lock();
+    if (cap <= nd_pool.limit) {
+        while (nd_pool.n > 0 && (nd_pool.n == ND_POOL_SLOTS || nd_pool.bytes + cap > nd_pool.limit))
+            evicted[ne++] = nd_take(nd_oldest());
+        nd_pool.data[nd_pool.n] = p;
+        nd_pool.age[nd_pool.n] = ++nd_pool.clock;
+        nd_pool.n += 1;
+        nd_pool.bytes += cap;
+        p = NULL;
+    }
+    nd_unlock();
+    for (int i = 0; i < ne; ++i) nd_block_free(evicted[i]);
+    if (p) nd_block_free(p);
+}
+
+void *nd_pool_realloc(void *ctx, void *ptr, size_t new_size)
+{
+    if (!ptr) return nd_pool_malloc(ctx, new_size);
+    const size_t cap = nd_hdr(ptr)->cap;
+    if (new_size <= cap) return ptr;
+    void *q = nd_pool_malloc(ctx, new_size);
+    if (!q) return NULL;
+    memcpy(q, ptr, cap);
+    nd_pool_free(ctx, ptr, cap);
+    return q;
+}
+
+size_t nd_pool_set_limit(size_t limit)
+{
+    char *evicted[ND_POOL_SLOTS];
+    int ne = 0;
+    nd_lock();
+    const size_t old = nd_pool.limit;
+    nd_pool.limit = limit;
+    while (nd_pool.n > 0 && nd_pool.bytes > limit) evicted[ne++] = nd_take(nd_oldest());
+    nd_unlock();
+    for (int i = 0; i < ne; ++i) nd_block_free(evicted[i]);
+    return old;
+}
+
+void nd_pool_trim(void)
+{
+    char *evicted[ND_POOL_SLOTS];
+    int ne = 0;
+    nd_lock();
+    while (nd_pool.n > 0) evicted[ne++] = nd_take(nd_pool.n - 1);
+    nd_unlock();
+    for (int i = 0; i < ne; ++i) nd_block_free(evicted[i]);
+}
+
+void nd_pool_info(uint64_t info[5])
+{
+    nd_lock();
+    info[0] = (uint64_t)nd_pool.n;
+    info[1] = (uint64_t)nd_pool.bytes;
+    info[2] = (uint64_t)nd_pool.limit;
+    info[3] = nd_pool.hits;
+    info[4] = nd_pool.misses;
+    nd_unlock();
+}

@@ -1,0 +1,149 @@
+"""The CPU output-buffer cache (normdrop._memory): outputs of 1 MiB and more
+reuse freed blocks, within the limit, and are ordinary owned NumPy arrays."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import normdrop as nd
+from normdrop._cpu import _kernels as _k
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def cache():
+    """A clean cache with the default limit; restored afterwards."""
+    nd.empty_cache()
+    old = nd.set_cache_limit(512 * MiB)
+    yield
+    nd.set_cache_limit(old)
+    nd.empty_cache()
+
+
+def _drop(n, seed=1):
+    x = np.arange(n, dtype=np.float32)
+    return nd.dropout_forward(x, {"p": 0.5, "mode": "train", "seed": seed})
+
+
+def test_a_freed_output_is_reused(cache):
+    out, c = _drop(MiB)                     # 4 MiB output, 128 KiB bits
+    addr = out.ctypes.data
+    assert out.flags.owndata and out.flags.writeable
+    assert addr % 64 == 0
+    del out
+    info = nd.cache_info()
+    assert info["blocks"] == 1 and info["bytes"] >= 4 * MiB
+    hits = info["hits"]
+    out2, _ = _drop(MiB, seed=2)
+    assert out2.ctypes.data == addr
+    assert nd.cache_info()["hits"] == hits + 1
+    # the reused block holds the new result, not the old one
+    keep = nd.dropout_mask((MiB,), 0.5, 2)
+    np.testing.assert_array_equal(out2, np.where(keep, np.arange(MiB, dtype=np.float32) * 2, 0))
+
+
+def test_small_outputs_do_not_use_the_cache(cache):
+    before = nd.cache_info()
+    out, _ = _drop(1000)
+    del out
+    after = nd.cache_info()
+    assert (after["hits"], after["misses"], after["blocks"]) == \
+        (before["hits"], before["misses"], before["blocks"])
+
+
+def test_limit_is_respected_and_zero_turns_the_cache_off(cache):
+    nd.set_cache_limit(6 * MiB)
+    outs = [_drop(MiB, seed=s)[0] for s in range(3)]   # three 4 MiB blocks in use
+    del outs
+    info = nd.cache_info()
+    assert info["bytes"] <= 6 * MiB and info["blocks"] == 1
+    assert nd.set_cache_limit(0) == 6 * MiB
+    assert nd.cache_info()["bytes"] == 0
+    out, _ = _drop(MiB)
+    del out
+    assert nd.cache_info()["blocks"] == 0
+
+
+def test_empty_cache_releases_every_block(cache):
+    a = [_drop(MiB, seed=s)[0] for s in range(4)]
+    del a
+    assert nd.cache_info()["blocks"] >= 1
+    nd.empty_cache()
+    assert nd.cache_info()["blocks"] == 0 and nd.cache_info()["bytes"] == 0
+
+
+def test_at_most_16_blocks_are_kept(cache):
+    arrays = [_k.pooled(np.empty, MiB + 4096 * i, np.uint8) for i in range(20)]
+    del arrays
+    assert nd.cache_info()["blocks"] == 16
+
+
+def test_a_block_is_reused_only_for_a_similar_size(cache):
+    big = _k.pooled(np.empty, 8 * MiB, np.uint8)
+    addr = big.ctypes.data
+    del big
+    small = _k.pooled(np.empty, 2 * MiB, np.uint8)   # 1/4 of the block: a new one
+    assert small.ctypes.data != addr
+    close = _k.pooled(np.empty, 8 * MiB - 100, np.uint8)
+    assert close.ctypes.data == addr
+
+
+def test_resize_and_zeros_through_the_cache(cache):
+    a = _k.pooled(np.empty, 2 * MiB, np.uint8)
+    a[:] = 7
+    del a
+    z = _k.pooled(np.zeros, 2 * MiB, np.uint8)         # calloc: reused block zeroed
+    assert not z.any()
+    z[:10] = np.arange(10)
+    z.resize(5 * MiB, refcheck=False)                 # realloc: grows, keeps the data
+    assert z[:10].tolist() == list(range(10)) and not z[10:2 * MiB].any()
+    z.resize(MiB, refcheck=False)
+    assert z[:10].tolist() == list(range(10))
+
+
+def test_concurrent_allocation_and_release(cache):
+    errors = []
+
+    def work(seed):
+        try:
+            for k in range(30):
+                out, c = _drop(MiB // 2 + 64 * (seed % 3), seed=seed * 100 + k)
+                dx = nd.dropout_backward(out, c)
+                assert dx.shape == out.shape
+        except Exception as e:   # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    info = nd.cache_info()
+    assert info["blocks"] <= 16 and info["bytes"] <= info["limit"]
+
+
+@pytest.mark.parametrize("bad, exc", [(-1, ValueError), (1.5, TypeError), ("1", TypeError),
+                                      (True, TypeError)])
+def test_set_cache_limit_rejects_bad_values(cache, bad, exc):
+    with pytest.raises(exc, match="set_cache_limit"):
+        nd.set_cache_limit(bad)
+
+
+@pytest.mark.parametrize("value, limit, warns", [("0", 0, False), ("1048576", MiB, False),
+                                                 ("lots", 512 * MiB, True)])
+def test_limit_from_the_environment(value, limit, warns):
+    code = ("import warnings; warnings.simplefilter('always');\n"
+            "import normdrop as nd; print(nd.cache_info()['limit'])")
+    env = dict(os.environ, NORMDROP_CACHE_LIMIT=value)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout) == limit
+    assert ("NORMDROP_CACHE_LIMIT" in res.stderr) == warns
