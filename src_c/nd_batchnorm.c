@@ -88,12 +88,16 @@ static inline void nd_chan_merge(double *na, double *ma, double *m2a,
 
 #define T float
 #define SUF f32
+#define ND_AFFINE_FLOAT 1
 #include "nd_batchnorm_impl.h"
 #undef T
 #undef SUF
+#undef ND_AFFINE_FLOAT
 
 #define T double
 #define SUF f64
+#define ND_AFFINE_FLOAT 0
 #include "nd_batchnorm_impl.h"
 #undef T
 #undef SUF
+#undef ND_AFFINE_FLOAT

@@ -93,6 +93,62 @@ static void FN(nd_rows_reduce_unit)(const T *dout, const T *x, int64_t sn, int64
 /* Values per chunk of a streamed output (see nd_stream_copy). */
 #define ND_SCH ((int64_t)(ND_STREAM_CHUNK / sizeof(T)))
 
+#if ND_AFFINE_FLOAT
+/* float32 affine in float: mean = mh + ml split into two floats (mh its
+ * rounding, ml the rest), so (x - mh) - ml keeps the difference exact to a
+ * float rounding even for a mean far from 0 (x - mh is exact when x is within
+ * a factor 2 of mh); then * scale + shift, scale and shift rounded to float.
+ * Four float operations per value instead of the conversions to and from
+ * double that otherwise bound this loop. */
+typedef struct { float mh, ml, a, b; } nd_aff32;
+
+static inline nd_aff32 nd_aff32_of(double mean, double scale, double shift)
+{
+    nd_aff32 p;
+    p.mh = (float)mean;
+    p.ml = (float)(mean - (double)p.mh);
+    p.a = (float)scale;
+    p.b = (float)shift;
+    return p;
+}
+
+#define ND_AFF_TILE 256   /* channels whose float parameters are on the stack at once */
+
+/* out = ((x - mh) - ml) * a + b on rows [r0, r1), channels [c0, c0 + w);
+ * st: stream the rows out (the same values, through an L1 buffer). */
+ND_CLONES
+static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
+                               int64_t c0, int64_t w, const double *mean, const double *scale,
+                               const double *shift, int st)
+{
+    float mh[ND_AFF_TILE], ml[ND_AFF_TILE], a[ND_AFF_TILE], b[ND_AFF_TILE];
+    T buf[ND_SCH];
+    for (int64_t t0 = 0; t0 < w; t0 += ND_AFF_TILE) {
+        const int64_t tw = nd_min64(ND_AFF_TILE, w - t0), ct = c0 + t0;
+        for (int64_t j = 0; j < tw; ++j) {
+            const nd_aff32 p = nd_aff32_of(mean[ct + j], scale[ct + j], shift[ct + j]);
+            mh[j] = p.mh; ml[j] = p.ml; a[j] = p.a; b[j] = p.b;
+        }
+        for (int64_t r = r0; r < r1; ++r) {
+            const T *xr = x + r * sn + ct;
+            T *o = out + r * sn + ct;
+            if (!st) {
+                for (int64_t j = 0; j < tw; ++j) o[j] = ((xr[j] - mh[j]) - ml[j]) * a[j] + b[j];
+                continue;
+            }
+            for (int64_t j0 = 0; j0 < tw; j0 += ND_SCH) {
+                const int64_t len = nd_min64(ND_SCH, tw - j0);
+                for (int64_t j = 0; j < len; ++j) {
+                    const int64_t k = j0 + j;
+                    buf[j] = ((xr[k] - mh[k]) - ml[k]) * a[k] + b[k];
+                }
+                nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
+            }
+        }
+    }
+    if (st) nd_stream_fence();
+}
+#else
 /* out = (x - mean) * scale + shift on rows [r0, r1), channels [c0, c0 + w);
  * st: stream the rows out (the same values, through an L1 buffer). */
 ND_CLONES
@@ -123,6 +179,48 @@ static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64
     nd_stream_fence();
 }
 
+#endif
+
+#if ND_AFFINE_FLOAT
+/* float32 dx in float: dx = (a * dout + b * ((x - mh) - ml)) + e with the mean
+ * split as in nd_aff32 and a, b, e rounded to float, on rows [r0, r1),
+ * channels [c0, c0 + w). */
+ND_CLONES
+static void FN(nd_rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t r0, int64_t r1,
+                           int64_t c0, int64_t w, const double *mean, const double *a,
+                           const double *b, const double *e, int st)
+{
+    float mh[ND_AFF_TILE], ml[ND_AFF_TILE], fa[ND_AFF_TILE], fb[ND_AFF_TILE], fe[ND_AFF_TILE];
+    T buf[ND_SCH];
+    for (int64_t t0 = 0; t0 < w; t0 += ND_AFF_TILE) {
+        const int64_t tw = nd_min64(ND_AFF_TILE, w - t0), ct = c0 + t0;
+        for (int64_t j = 0; j < tw; ++j) {
+            const nd_aff32 p = nd_aff32_of(mean[ct + j], a[ct + j], b[ct + j]);
+            mh[j] = p.mh; ml[j] = p.ml; fa[j] = p.a; fb[j] = p.b;
+            fe[j] = (float)e[ct + j];
+        }
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t off = r * sn + ct;
+            const T *dr = dout + off, *xr = x + off;
+            T *o = dx + off;
+            if (!st) {
+                for (int64_t j = 0; j < tw; ++j)
+                    o[j] = (fa[j] * dr[j] + fb[j] * ((xr[j] - mh[j]) - ml[j])) + fe[j];
+                continue;
+            }
+            for (int64_t j0 = 0; j0 < tw; j0 += ND_SCH) {
+                const int64_t len = nd_min64(ND_SCH, tw - j0);
+                for (int64_t j = 0; j < len; ++j) {
+                    const int64_t k = j0 + j;
+                    buf[j] = (fa[k] * dr[k] + fb[k] * ((xr[k] - mh[k]) - ml[k])) + fe[k];
+                }
+                nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
+            }
+        }
+    }
+    if (st) nd_stream_fence();
+}
+#else
 /* dx = a * dout + b * (x - mean) + e on rows [r0, r1), channels [c0, c0 + w). */
 ND_CLONES
 static void FN(nd_rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t r0, int64_t r1,
@@ -156,6 +254,8 @@ static void FN(nd_rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t
     }
     nd_stream_fence();
 }
+
+#endif
 
 /* (mean, M2) of one segment p[0..len), len > 0: sums with ND_LANES fixed
  * accumulators (lane k takes values k, k + ND_LANES, ...), combined pairwise. */
@@ -200,6 +300,27 @@ static void FN(nd_seg_dsum)(const T *dy, const T *x, int64_t len, double m,
     *sdyxm = nd_lanes_sum(b);
 }
 
+#if ND_AFFINE_FLOAT
+/* op[s] = ((xp[s] - mh) - ml) * a + b in float (see nd_aff32), s < S. */
+ND_CLONES
+static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a, double b,
+                                int st)
+{
+    const nd_aff32 p = nd_aff32_of(m, a, b);
+    const float mh = p.mh, ml = p.ml, pa = p.a, pb = p.b;
+    if (!st) {
+        for (int64_t s = 0; s < S; ++s) op[s] = ((xp[s] - mh) - ml) * pa + pb;
+        return;
+    }
+    T buf[ND_SCH];
+    for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
+        const int64_t len = nd_min64(ND_SCH, S - s0);
+        for (int64_t k = 0; k < len; ++k) buf[k] = ((xp[s0 + k] - mh) - ml) * pa + pb;
+        nd_stream_copy(op + s0, buf, (size_t)len * sizeof(T));
+    }
+    nd_stream_fence();
+}
+#else
 /* op[s] = (xp[s] - m) * a + b, s < S. */
 ND_CLONES
 static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a, double b,
@@ -218,6 +339,30 @@ static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double 
     nd_stream_fence();
 }
 
+#endif
+
+#if ND_AFFINE_FLOAT
+/* o[s] = (ac * dp[s] + bc * ((xp[s] - mh) - ml)) + ec in float, s < S. */
+ND_CLONES
+static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m, double ac,
+                            double bc, double ec, int st)
+{
+    const nd_aff32 p = nd_aff32_of(m, ac, bc);
+    const float mh = p.mh, ml = p.ml, fa = p.a, fb = p.b, fe = (float)ec;
+    if (!st) {
+        for (int64_t s = 0; s < S; ++s) o[s] = (fa * dp[s] + fb * ((xp[s] - mh) - ml)) + fe;
+        return;
+    }
+    T buf[ND_SCH];
+    for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
+        const int64_t len = nd_min64(ND_SCH, S - s0);
+        for (int64_t k = 0; k < len; ++k)
+            buf[k] = (fa * dp[s0 + k] + fb * ((xp[s0 + k] - mh) - ml)) + fe;
+        nd_stream_copy(o + s0, buf, (size_t)len * sizeof(T));
+    }
+    nd_stream_fence();
+}
+#else
 /* o[s] = ac * dp[s] + bc * (xp[s] - m) + ec, s < S. */
 ND_CLONES
 static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m, double ac,
@@ -237,6 +382,8 @@ static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m,
     }
     nd_stream_fence();
 }
+
+#endif
 
 /* ------------------------------------------------------ per-channel pieces */
 
@@ -337,7 +484,8 @@ void FN(nd_bn_stats)(const T *x, const nd_geom *g, double *work, double *mean, d
 }
 
 /*
- * nd_bn_affine: out = (x - mean[c]) * scale[c] + shift[c], in double, rounded once.
+ * nd_bn_affine: out = (x - mean[c]) * scale[c] + shift[c]: for float64 in double;
+ * for float32 in float with the mean split in two floats (see nd_aff32).
  * Forward in training (scale = gamma * invstd, shift = beta) and in test mode.
  * IN x, g, mean, scale, shift; OUT out (same geometry as x).
  */
@@ -456,7 +604,8 @@ void FN(nd_bn_bwd_reduce)(const T *dout, const T *x, const nd_geom *g, const dou
 }
 
 /*
- * nd_bn_bwd_dx: dx = a[c] * dout + b[c] * (x - mean[c]) + e[c], in double.
+ * nd_bn_bwd_dx: dx = a[c] * dout + b[c] * (x - mean[c]) + e[c]: for float64 in
+ * double; for float32 in float with the mean split (see nd_aff32).
  * Training: a = gamma*invstd, b = -a*invstd*sum_dyxm*invstd/M, e = -a*sum_dy/M;
  * test mode: b = e = 0.  IN dout, x, g, mean, a, b, e; OUT dx.
  */

@@ -143,11 +143,9 @@ def bn_test(xp, x, gamma, beta, running_mean, running_var, eps):
 
 
 def running_update(xp, old, batch, momentum, dtype):
-    """momentum * old + (1 - momentum) * batch in float64, rounded to dtype."""
-    new = batch * (1.0 - momentum)
-    if old is not None:
-        new += np.multiply(old, momentum, dtype=np.float64)
-    return new.astype(dtype, copy=False)
+    """(1 - momentum) * batch + momentum * old in float64, rounded to dtype
+    (one loop in C: these (C,) updates run on every training step)."""
+    return _k.running_update(old, batch, momentum, dtype)
 
 
 def bn_backward(xp, dout, x, gamma, mean, invstd, train):

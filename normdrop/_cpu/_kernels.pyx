@@ -8,6 +8,7 @@ C-contiguous.  The GIL is released around every kernel.  Geometry tuples are
 ``(kind, n, c, s, sn, sc)`` in elements; ``kind`` 0 is rows, 1 is planes.
 """
 cimport numpy as cnp
+import numpy as np
 from libc.stdint cimport int64_t, uint64_t, uint8_t
 
 cnp.import_array()
@@ -231,6 +232,45 @@ def dropout_mask(cnp.ndarray mask, uint64_t seed, uint64_t threshold):
     cdef uint8_t *mp = <uint8_t *>_ptr(mask)
     with nogil:
         nd_dropout_mask(mp, n, seed, threshold)
+
+
+def running_update(old, cnp.ndarray batch, double momentum, dtype):
+    """new[c] = (1 - momentum) * batch[c] + momentum * old[c] in float64,
+    rounded once to dtype (float32 or float64); old None counts as zeros.
+    batch: C-contiguous float64 (C,).  Returns a new (C,) array."""
+    cdef Py_ssize_t C = cnp.PyArray_SIZE(batch), c
+    cdef const double *b = <const double *>cnp.PyArray_DATA(batch)
+    cdef double om = 1.0 - momentum, v
+    cdef cnp.ndarray new = np.empty(C, dtype)
+    cdef cnp.ndarray o = None
+    cdef const float *of = NULL
+    cdef const double *od = NULL
+    cdef float *nf = NULL
+    cdef double *nd = NULL
+    if old is not None:
+        o = <cnp.ndarray>old
+        if not (cnp.PyArray_ISCARRAY_RO(o) and cnp.PyArray_ISNOTSWAPPED(o) and
+                cnp.PyArray_TYPE(o) in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)):
+            o = np.ascontiguousarray(old, dtype=np.float64)
+        if cnp.PyArray_TYPE(o) == cnp.NPY_FLOAT32:
+            of = <const float *>cnp.PyArray_DATA(o)
+        else:
+            od = <const double *>cnp.PyArray_DATA(o)
+    if cnp.PyArray_TYPE(new) == cnp.NPY_FLOAT32:
+        nf = <float *>cnp.PyArray_DATA(new)
+    else:
+        nd = <double *>cnp.PyArray_DATA(new)
+    for c in range(C):
+        v = b[c] * om
+        if of != NULL:
+            v = v + <double>of[c] * momentum
+        elif od != NULL:
+            v = v + od[c] * momentum
+        if nf != NULL:
+            nf[c] = <float>v
+        else:
+            nd[c] = v
+    return new
 
 
 # ------------------------------------------------------------ output buffers

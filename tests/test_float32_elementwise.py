@@ -1,0 +1,80 @@
+"""The CPU float32 elementwise passes run in float with the mean split into
+two floats (mean = mh + ml), after float64 statistics.
+
+- forward, out = (x - mean) * scale + shift: five roundings, so
+  |out - exact| <= 6 u (|(x - mean) * scale| + |shift|);
+- backward, dx = a * dout + b * (x - mean) + e: at most eight roundings, so
+  |dx - exact| <= 9 u (|a * dout| + |b * (x - mean)| + |e|);
+
+u = 2**-24, `exact` in float64 from the same float64 mean and coefficients.
+Each bound fails for a mean kept as one float (checked by mutation)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from normdrop import _cpu
+from normdrop._cpu import _kernels as _k
+
+U = 2.0 ** -24
+
+
+def _check(x, mean, scale, shift):
+    x, geom = _cpu.geometry(x)
+    out = np.empty_like(x)
+    _k.bn_affine(x, out, geom, mean, scale, shift)
+    shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+    m, a, b = (v.reshape(shape) for v in (mean, scale, shift))
+    term = (x.astype(np.float64) - m) * a
+    exact = term + b
+    err = np.abs(out.astype(np.float64) - exact)
+    bound = 6 * U * (np.abs(term) + np.abs(b))
+    assert (err <= bound).all(), float(np.max(err / np.maximum(bound, 1e-300)))
+    return float(np.max(err / np.maximum(np.abs(exact), 1e-30)))
+
+
+def _check_dx(x, dout, mean, invstd, gamma):
+    x, geom = _cpu.geometry(x)
+    dout = _cpu._like(dout, x)
+    C = geom[2]
+    sums = np.empty((5, C))
+    work = np.empty(_k.work_size(geom))
+    dx = np.empty_like(x)
+    _k.bn_backward(dout, x, dx, geom, gamma, mean, invstd, True, work, sums)
+    shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+    m, a, b, e = (v.reshape(shape) for v in (mean, sums[0], sums[1], sums[2]))
+    t1 = a * dout.astype(np.float64)
+    t2 = b * (x.astype(np.float64) - m)
+    exact = t1 + t2 + e
+    err = np.abs(dx.astype(np.float64) - exact)
+    bound = 9 * U * (np.abs(t1) + np.abs(t2) + np.abs(e))
+    assert (err <= bound).all(), float(np.max(err / np.maximum(bound, 1e-300)))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("shape", [(300, 37), (2, 5, 33, 31), (64, 1030)])
+@pytest.mark.parametrize("center", [0.0, 1e4, -3e7])
+def test_float32_error_bounds(shape, center, stream):
+    rng = np.random.default_rng(len(shape) + int(abs(center)) % 97)
+    C = shape[1]
+    spread = abs(center) * 1e-6 if center else 3.0   # std 1e-6 of the mean: 1e-2 at 1e4
+    x = (center + spread * rng.standard_normal(shape)).astype(np.float32)
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    mean = x.astype(np.float64).mean(axis=axes)
+    scale = rng.uniform(0.5, 2.0, C) / x.astype(np.float64).std(axis=axes)
+    shift = rng.uniform(-1, 1, C)
+    old = _k.get_stream_bytes()
+    _k.set_stream_bytes(0 if stream else 2**62)
+    try:
+        dout = rng.standard_normal(shape).astype(np.float32)
+        invstd = 1 / x.astype(np.float64).std(axis=axes)
+        gamma = rng.uniform(0.5, 2.0, C)
+        layouts = [x]
+        if x.ndim == 4:   # channels-last memory too
+            layouts.append(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+        for xl in layouts:
+            _check(xl, mean, scale, shift)
+            _check_dx(xl, dout, mean, invstd, gamma)
+    finally:
+        _k.set_stream_bytes(old)
+
