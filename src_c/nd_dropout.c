@@ -34,6 +34,9 @@ typedef struct {
     uint32_t k0, k1;   /* key */
     uint32_t t;        /* threshold when !all */
     int all;           /* T == 2**32: keep everything (no Philox needed) */
+    /* the round keys, in memory: the vector loops broadcast them from here
+     * as load operands instead of from general registers (port 5 on x86) */
+    uint32_t rk0[ND_PHILOX_ROUNDS], rk1[ND_PHILOX_ROUNDS];
 } nd_keep_rule;
 
 static nd_keep_rule nd_rule(uint64_t seed, uint64_t thr)
@@ -41,6 +44,10 @@ static nd_keep_rule nd_rule(uint64_t seed, uint64_t thr)
     nd_keep_rule r;
     r.k0 = (uint32_t)seed;
     r.k1 = (uint32_t)(seed >> 32);
+    for (int i = 0; i < ND_PHILOX_ROUNDS; ++i) {
+        r.rk0[i] = nd_philox_key0(r.k0, i);
+        r.rk1[i] = nd_philox_key1(r.k1, i);
+    }
     r.all = thr >= ((uint64_t)1 << 32);
     r.t = r.all ? 0u : (uint32_t)thr;
     return r;

@@ -80,8 +80,8 @@ ND_ISA_ATTR static inline uint32_t ISA(nd_half_bits)(__m256i c0, __m256i c1, con
     __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
     const __m256i m0 = _mm256_set1_epi32((int)ND_PHILOX_M0), m1 = _mm256_set1_epi32((int)ND_PHILOX_M1);
     for (int rr = 0; rr < ND_PHILOX_ROUNDS; ++rr) {
-        const __m256i k0 = _mm256_set1_epi32((int)nd_philox_key0(r->k0, rr));
-        const __m256i k1 = _mm256_set1_epi32((int)nd_philox_key1(r->k1, rr));
+        const __m256i k0 = _mm256_set1_epi32((int)r->rk0[rr]);
+        const __m256i k1 = _mm256_set1_epi32((int)r->rk1[rr]);
         __m256i hi0, lo0, hi1, lo1;
         ISA(nd_mulhilo)(c0, m0, &hi0, &lo0);
         ISA(nd_mulhilo)(c2, m1, &hi1, &lo1);
@@ -170,8 +170,8 @@ ND_ISA_ATTR static inline uint64_t ISA(nd_group_bits)(uint64_t g, const nd_keep_
     __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
     const __m512i m0 = _mm512_set1_epi32((int)ND_PHILOX_M0), m1 = _mm512_set1_epi32((int)ND_PHILOX_M1);
     for (int rr = 0; rr < ND_PHILOX_ROUNDS; ++rr) {
-        const __m512i k0 = _mm512_set1_epi32((int)nd_philox_key0(r->k0, rr));
-        const __m512i k1 = _mm512_set1_epi32((int)nd_philox_key1(r->k1, rr));
+        const __m512i k0 = _mm512_set1_epi32((int)r->rk0[rr]);
+        const __m512i k1 = _mm512_set1_epi32((int)r->rk1[rr]);
         __m512i hi0, lo0, hi1, lo1;
         ISA(nd_mulhilo)(c0, m0, &hi0, &lo0);
         ISA(nd_mulhilo)(c2, m1, &hi1, &lo1);
