@@ -136,6 +136,11 @@ def config() -> dict:
     openmp = cpu.have_openmp() if cpu else None
     threads = cpu.max_threads() if cpu else None
     runtime = _openmp_runtime(cpu) if openmp else None
+    cache = stream = None
+    if cpu is not None:
+        from . import _memory
+        cache = _memory.cache_info()
+        stream = int(cpu._k.get_stream_bytes())
     cuda = _cuda_status()
     forced = reference_forced()
 
@@ -169,6 +174,8 @@ def config() -> dict:
         "threads": threads,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "openmp_runtime": runtime,
+        "output_cache": cache,
+        "stream_bytes": stream,
         "cuda": cuda["usable"],
         "cuda_detail": cuda["detail"],
         "cuda_devices": cuda["devices"],
@@ -211,6 +218,13 @@ def show_config(file=None) -> None:
                         " threadpoolctl limits apply)" if c["openmp"] else "1")
         if c["openmp"]:
             line("OpenMP runtime", c["openmp_runtime"] or "unknown (install threadpoolctl to see it)")
+    if c["output_cache"] is not None:
+        oc = c["output_cache"]
+        line("output cache", f"{oc['bytes'] / 2**20:.1f} MiB in {oc['blocks']} block(s), limit "
+                             f"{oc['limit'] / 2**20:.0f} MiB (NORMDROP_CACHE_LIMIT; "
+                             "normdrop.set_cache_limit)")
+        line("streaming", f"outputs of {c['stream_bytes'] / 2**20:g} MiB and more "
+                          "(NORMDROP_STREAM_BYTES)")
     line("CUDA", ("usable: " if c["cuda"] else "not usable: ") + c["cuda_detail"])
     for dev in c["cuda_devices"]:
         line("GPU", dev)

@@ -162,3 +162,20 @@ def test_info_cuda_report(tmp_path, available):
         assert cuda == "not usable: CuPy 99.1.0, no usable GPU (no device or driver)"
         assert "GPU" not in fields
         assert backends["cupy"].startswith("cuda, unavailable")
+
+
+def test_info_reports_the_output_cache_and_streaming_threshold():
+    import io
+
+    import normdrop as nd
+    from normdrop._info import config
+    old = nd.set_cache_limit(3 << 20)
+    try:
+        c = config()
+        assert c["output_cache"]["limit"] == 3 << 20
+        assert c["stream_bytes"] > 0
+        buf = io.StringIO()
+        nd.show_config(file=buf)
+        assert "limit 3 MiB" in buf.getvalue()
+    finally:
+        nd.set_cache_limit(old)
