@@ -17,17 +17,26 @@ and at most 16 blocks; memory held by live arrays is never counted or kept.
 ``NORMDROP_CACHE_LIMIT`` (bytes, read at import) sets the starting limit;
 ``set_cache_limit(0)`` turns caching off; ``empty_cache()`` releases it all.
 Blocks are 64-byte aligned, which also lets the kernels stream large outputs
-past the caches.
+past the caches.  Where the caller has installed a NumPy data allocator of
+their own, outputs use it and the cache stays out of the way.
+
+Without the C extension (a reference-only install) there is no cache: these
+functions still work and report an empty cache with limit 0.
 """
 from __future__ import annotations
 
+import operator
 import os
 import warnings
 
-from ._cpu import _kernels as _k
+try:
+    from ._cpu import _kernels as _k
+except ImportError:          # reference-only: normdrop._dispatch reports why
+    _k = None
 
 POOLED_MIN_BYTES = 1 << 20
 DEFAULT_LIMIT = 512 << 20
+_SIZE_MAX = 2**64 - 1        # limits above this (more than any memory) are clamped
 
 
 def empty_cache() -> None:
@@ -35,7 +44,8 @@ def empty_cache() -> None:
 
     Arrays still in use are not affected.  See ``set_cache_limit``.
     """
-    _k.cache_trim()
+    if _k is not None:
+        _k.cache_trim()
 
 
 def set_cache_limit(nbytes: int) -> int:
@@ -45,7 +55,8 @@ def set_cache_limit(nbytes: int) -> int:
     ----------
     nbytes : int
         Limit in bytes, ``>= 0``; ``0`` turns the cache off.  Cached blocks
-        above the new limit are released at once (oldest first).
+        above the new limit are released at once (oldest first).  Values
+        above 2**64 - 1 mean the same as 2**64 - 1 (no limit in practice).
 
     Returns
     -------
@@ -57,12 +68,14 @@ def set_cache_limit(nbytes: int) -> int:
     CPU (NumPy) outputs of at least 1 MiB come from this cache.  The default
     limit is 512 MiB, or ``NORMDROP_CACHE_LIMIT`` (bytes) when set at import.
     """
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) and not hasattr(nbytes, "__index__"):
+    if isinstance(nbytes, bool) or not hasattr(nbytes, "__index__"):
         raise TypeError(f"set_cache_limit: nbytes must be an int, got {type(nbytes).__name__}")
-    nbytes = int(nbytes.__index__())
+    nbytes = operator.index(nbytes)
     if nbytes < 0:
         raise ValueError(f"set_cache_limit: nbytes must be >= 0, got {nbytes}")
-    return int(_k.cache_set_limit(nbytes))
+    if _k is None:
+        return 0
+    return int(_k.cache_set_limit(min(nbytes, _SIZE_MAX)))
 
 
 def cache_info() -> dict:
@@ -75,6 +88,8 @@ def cache_info() -> dict:
         bytes, and since import ``hits`` (outputs that reused a block) and
         ``misses`` (outputs that needed a new one).
     """
+    if _k is None:
+        return {"blocks": 0, "bytes": 0, "limit": 0, "hits": 0, "misses": 0}
     blocks, nbytes, limit, hits, misses = _k.cache_info()
     return {"blocks": int(blocks), "bytes": int(nbytes), "limit": int(limit),
             "hits": int(hits), "misses": int(misses)}
@@ -82,18 +97,18 @@ def cache_info() -> dict:
 
 def _limit_from_env() -> None:
     raw = os.environ.get("NORMDROP_CACHE_LIMIT", "").strip()
-    if not raw:
-        _k.cache_set_limit(DEFAULT_LIMIT)
-        return
-    try:
-        value = int(raw)
-        if value < 0:
-            raise ValueError
-    except ValueError:
-        warnings.warn(f"normdrop: ignoring NORMDROP_CACHE_LIMIT={raw!r} (expected bytes, an "
-                      f"integer >= 0); using {DEFAULT_LIMIT}", RuntimeWarning, stacklevel=2)
-        value = DEFAULT_LIMIT
-    _k.cache_set_limit(value)
+    value = DEFAULT_LIMIT
+    if raw:
+        try:
+            value = int(raw)
+            if value < 0:
+                raise ValueError
+        except ValueError:
+            warnings.warn(f"normdrop: ignoring NORMDROP_CACHE_LIMIT={raw!r} (expected bytes, an "
+                          f"integer >= 0); using {DEFAULT_LIMIT}", RuntimeWarning, stacklevel=3)
+            value = DEFAULT_LIMIT
+    _k.cache_set_limit(min(value, _SIZE_MAX))
 
 
-_limit_from_env()
+if _k is not None:
+    _limit_from_env()

@@ -86,6 +86,18 @@ static inline void nd_chan_merge(double *na, double *ma, double *m2a,
     *na = n;
 }
 
+/* Streaming stores for this batchnorm output: large enough (nd_stream_ok),
+ * 64-byte aligned, and written in contiguous runs (a row of an ND_ROWS
+ * output, a plane of an ND_PLANES one) of whole cache lines, at least 1 KiB
+ * long.  Shorter or ragged runs would share cache lines between streamed and
+ * cached stores, which is slower than not streaming at all. */
+static int nd_bn_stream(const void *out, const nd_geom *g, int64_t elsize)
+{
+    const int64_t run = (g->kind == ND_ROWS ? g->c : g->s) * elsize;
+    return ((uintptr_t)out & 63) == 0 && run % 64 == 0 && run >= 1024 &&
+           nd_stream_ok(g->n * g->c * g->s * elsize);
+}
+
 #define T float
 #define SUF f32
 #define ND_AFFINE_FLOAT 1

@@ -493,7 +493,7 @@ void FN(nd_bn_affine)(const T *x, T *out, const nd_geom *g, const double *mean,
                       const double *scale, const double *shift)
 {
     const int64_t C = g->c, N = g->n;
-    const int st = nd_stream_ok(N * C * g->s * (int64_t)sizeof(T));
+    const int st = nd_bn_stream(out, g, (int64_t)sizeof(T));
     if (g->kind == ND_ROWS) {
         const int64_t rb = ND_AFFINE_ROWS;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
@@ -525,7 +525,7 @@ void FN(nd_bn_train_fwd)(const T *x, T *out, const nd_geom *g, const double *gam
     const int64_t C = g->c, N = g->n, S = g->s;
     if (C <= 0) return;
     if (g->kind == ND_PLANES && C >= ND_FUSE_MIN_C && N * S * (int64_t)sizeof(T) <= ND_FUSE_BYTES) {
-        const int st = nd_stream_ok(N * C * S * (int64_t)sizeof(T));
+        const int st = nd_bn_stream(out, g, (int64_t)sizeof(T));
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
             FN(nd_planes_channel_stats)(x, g, c, &mean[c], &var[c]);
@@ -613,7 +613,7 @@ void FN(nd_bn_bwd_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, const 
                       const double *a, const double *b, const double *e)
 {
     const int64_t C = g->c, N = g->n;
-    const int st = nd_stream_ok(N * C * g->s * (int64_t)sizeof(T));
+    const int st = nd_bn_stream(dx, g, (int64_t)sizeof(T));
     if (g->kind == ND_ROWS) {
         const int64_t rb = ND_AFFINE_ROWS;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
@@ -662,7 +662,7 @@ void FN(nd_bn_backward)(const T *dout, const T *x, T *dx, const nd_geom *g, cons
     } while (0)
     if (g->kind == ND_PLANES && C >= ND_FUSE_MIN_C &&
         2 * N * S * (int64_t)sizeof(T) <= ND_FUSE_BYTES) {
-        const int st = nd_stream_ok(N * C * S * (int64_t)sizeof(T));
+        const int st = nd_bn_stream(dx, g, (int64_t)sizeof(T));
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
             double sdyxm;

@@ -48,7 +48,16 @@ static void nd_lock(void) { while (_InterlockedExchange(&nd_pool_lk, 1)) {} }
 static void nd_unlock(void) { _InterlockedExchange(&nd_pool_lk, 0); }
 #else
 static int nd_pool_lk;
-static void nd_lock(void) { while (__atomic_exchange_n(&nd_pool_lk, 1, __ATOMIC_ACQUIRE)) {} }
+static void nd_lock(void)
+{
+    /* held for a few loads and stores only; spin politely while another holds it */
+    while (__atomic_exchange_n(&nd_pool_lk, 1, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(&nd_pool_lk, __ATOMIC_RELAXED)) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+}
 static void nd_unlock(void) { __atomic_store_n(&nd_pool_lk, 0, __ATOMIC_RELEASE); }
 #endif
 

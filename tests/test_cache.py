@@ -129,6 +129,64 @@ def test_concurrent_allocation_and_release(cache):
     assert info["blocks"] <= 16 and info["bytes"] <= info["limit"]
 
 
+def test_other_threads_keep_numpys_allocator(cache):
+    """The allocator switch is per thread (a context variable): arrays another
+    thread makes meanwhile come from NumPy's own allocator."""
+    from numpy._core.multiarray import get_handler_name
+    stop = threading.Event()
+    names = set()
+
+    def other():
+        while not stop.is_set():
+            names.add(get_handler_name(np.empty(2 * MiB, np.uint8)))
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        for s in range(200):
+            out, _ = _drop(MiB // 2, seed=s)
+            assert get_handler_name(out) == "normdrop_output_cache"
+    finally:
+        stop.set()
+        t.join()
+    assert names == {"default_allocator"}
+
+
+def test_large_outputs_keep_the_input_layout(cache):
+    rng = np.random.default_rng(0)
+    xf = np.asfortranarray(rng.standard_normal((1024, 300)).astype(np.float32))   # 1.2 MB
+    out, c = nd.batchnorm_forward(xf, np.ones(300), np.zeros(300), {"mode": "train"})
+    dx = nd.batchnorm_backward(np.ones_like(out), c)[0]
+    from numpy._core.multiarray import get_handler_name
+    assert get_handler_name(out) == "normdrop_output_cache"
+    assert out.flags.f_contiguous and dx.flags.f_contiguous
+    x4 = np.ascontiguousarray(rng.standard_normal((8, 40, 40, 32)).astype(np.float32))
+    xl = x4.transpose(0, 3, 1, 2)                                                  # channels-last, 1.6 MB
+    out, c = nd.spatial_batchnorm_forward(xl, np.ones(32), np.zeros(32), {"mode": "train"})
+    dx = nd.spatial_batchnorm_backward(np.ones_like(out), c)[0]
+    assert out.strides == xl.strides and dx.strides == xl.strides
+
+
+def test_import_without_the_extension():
+    """A reference-only install (no C extension) imports, and the cache
+    functions report an empty cache with limit 0."""
+    code = ("import sys; sys.modules['normdrop._cpu._kernels'] = None\n"
+            "import numpy as np, normdrop as nd\n"
+            "assert nd.cache_info()['limit'] == 0 and nd.set_cache_limit(5) == 0\n"
+            "nd.empty_cache()\n"
+            "with nd.force_reference():\n"
+            "    out, c = nd.batchnorm_forward(np.ones((4, 3)), np.ones(3), np.zeros(3), {'mode': 'train'})\n"
+            "print(out.shape)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "(4, 3)"
+
+
+def test_limits_above_size_max_are_clamped(cache):
+    nd.set_cache_limit(2**70)
+    assert nd.cache_info()["limit"] == 2**64 - 1
+
+
 @pytest.mark.parametrize("bad, exc", [(-1, ValueError), (1.5, TypeError), ("1", TypeError),
                                       (True, TypeError)])
 def test_set_cache_limit_rejects_bad_values(cache, bad, exc):
@@ -136,14 +194,30 @@ def test_set_cache_limit_rejects_bad_values(cache, bad, exc):
         nd.set_cache_limit(bad)
 
 
-@pytest.mark.parametrize("value, limit, warns", [("0", 0, False), ("1048576", MiB, False),
-                                                 ("lots", 512 * MiB, True)])
-def test_limit_from_the_environment(value, limit, warns):
+def _from_env(name, value):
     code = ("import warnings; warnings.simplefilter('always');\n"
-            "import normdrop as nd; print(nd.cache_info()['limit'])")
-    env = dict(os.environ, NORMDROP_CACHE_LIMIT=value)
+            "import normdrop as nd; from normdrop._cpu import _kernels as k\n"
+            "print(nd.cache_info()['limit'], k.get_stream_bytes())")
+    env = dict(os.environ)
+    env.pop("NORMDROP_CACHE_LIMIT", None)
+    env.pop("NORMDROP_STREAM_BYTES", None)
+    env[name] = value
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr
-    assert int(res.stdout) == limit
-    assert ("NORMDROP_CACHE_LIMIT" in res.stderr) == warns
+    limit, stream = (int(v) for v in res.stdout.split())
+    return limit, stream, name in res.stderr
+
+
+@pytest.mark.parametrize("value, limit, warns", [("0", 0, False), ("1048576", MiB, False),
+                                                 ("lots", 512 * MiB, True), ("-3", 512 * MiB, True),
+                                                 (str(2**80), 2**64 - 1, False)])
+def test_limit_from_the_environment(value, limit, warns):
+    assert _from_env("NORMDROP_CACHE_LIMIT", value)[::2] == (limit, warns)
+
+
+@pytest.mark.parametrize("value, stream, warns", [("1048576", MiB, False), ("0", 0, False),
+                                                  ("-5", 32 * MiB, True), ("x", 32 * MiB, True),
+                                                  (str(2**80), 2**63 - 1, False)])
+def test_streaming_threshold_from_the_environment(value, stream, warns):
+    assert _from_env("NORMDROP_STREAM_BYTES", value)[1:] == (stream, warns)

@@ -20,13 +20,18 @@ def _stream_from_env():
     with streaming stores (default 32 MiB; a tuning knob, read at import)."""
     import os
     raw = os.environ.get("NORMDROP_STREAM_BYTES", "").strip()
-    if raw:
-        try:
-            _k.set_stream_bytes(max(0, int(raw)))
-        except ValueError:
-            import warnings
-            warnings.warn(f"normdrop: ignoring NORMDROP_STREAM_BYTES={raw!r} (expected an "
-                          "integer number of bytes)", RuntimeWarning, stacklevel=2)
+    if not raw:
+        return
+    try:
+        value = int(raw)
+        if value < 0:
+            raise ValueError
+    except ValueError:
+        import warnings
+        warnings.warn(f"normdrop: ignoring NORMDROP_STREAM_BYTES={raw!r} (expected bytes, an "
+                      "integer >= 0)", RuntimeWarning, stacklevel=3)
+        return
+    _k.set_stream_bytes(min(value, 2**63 - 1))
 
 
 _stream_from_env()

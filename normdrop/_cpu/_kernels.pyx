@@ -80,8 +80,9 @@ cdef extern from "numpy/arrayobject.h":
         uint8_t version
         PyDataMemAllocator allocator
     object PyDataMem_SetHandler(object handler)
+    object PyDataMem_GetHandler()
 
-from cpython.pycapsule cimport PyCapsule_New
+from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer
 from libc.string cimport memcpy, memset
 
 
@@ -289,10 +290,20 @@ _pool_handler.allocator.free = nd_pool_free
 _POOL_CAPSULE = PyCapsule_New(<void *>&_pool_handler, "mem_handler", NULL)
 
 
+cdef bint _default_handler(object capsule):
+    """True when capsule is NumPy's default data allocator."""
+    cdef PyDataMem_Handler *h = <PyDataMem_Handler *>PyCapsule_GetPointer(capsule, "mem_handler")
+    return h != NULL and h.name[:17] == b"default_allocator" and h.name[17] == 0
+
+
 def pooled(f, *args):
     """f(*args) with NumPy's data allocator set to the output cache (NEP 49),
     so the arrays f allocates take their memory from it and give it back when
-    they are freed.  Restores the previous allocator afterwards."""
+    they are freed.  Restores the previous allocator afterwards.  Where the
+    caller has installed an allocator of their own (numpy.lib's NEP 49 hook),
+    that one is used instead: f(*args) as is."""
+    if not _default_handler(PyDataMem_GetHandler()):
+        return f(*args)
     old = PyDataMem_SetHandler(_POOL_CAPSULE)
     try:
         return f(*args)
