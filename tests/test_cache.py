@@ -217,7 +217,7 @@ def test_limit_from_the_environment(value, limit, warns):
 
 
 @pytest.mark.parametrize("value, stream, warns", [("1048576", MiB, False), ("0", 0, False),
-                                                  ("-5", 32 * MiB, True), ("x", 32 * MiB, True),
+                                                  ("-5", 48 * MiB, True), ("x", 48 * MiB, True),
                                                   (str(2**80), 2**63 - 1, False)])
 def test_streaming_threshold_from_the_environment(value, stream, warns):
     assert _from_env("NORMDROP_STREAM_BYTES", value)[1:] == (stream, warns)

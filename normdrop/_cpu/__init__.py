@@ -17,7 +17,7 @@ NAME = "cpu"
 
 def _stream_from_env():
     """NORMDROP_STREAM_BYTES: outputs of at least this many bytes are written
-    with streaming stores (default 32 MiB; a tuning knob, read at import)."""
+    with streaming stores (default 48 MiB; a tuning knob, read at import)."""
     import os
     raw = os.environ.get("NORMDROP_STREAM_BYTES", "").strip()
     if not raw:
