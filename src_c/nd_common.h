@@ -81,12 +81,13 @@ static inline void nd_stream_copy(void *dst, const void *src, size_t bytes)
 #endif
 }
 
-/* Software prefetch of [p, p + bytes) into L1 (a hint: never faults). */
+/* Software prefetch of [p, p + bytes) into L2 (a hint: never faults).  L2, not
+ * L1: with streaming stores in flight, T0 prefetches measured 15% slower. */
 #if ND_HAVE_STREAM
 #define ND_PREFETCH(p, bytes)                                                        \
     do {                                                                             \
         for (size_t nd_pf_ = 0; nd_pf_ < (size_t)(bytes); nd_pf_ += 64)              \
-            _mm_prefetch((const char *)(p) + nd_pf_, _MM_HINT_T0);                   \
+            _mm_prefetch((const char *)(p) + nd_pf_, _MM_HINT_T1);                   \
     } while (0)
 #else
 #define ND_PREFETCH(p, bytes) ((void)0)
