@@ -181,46 +181,6 @@ static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64
 
 #endif
 
-#if ND_AFFINE_FLOAT
-/* float32 dx in float: dx = (a * dout + b * ((x - mh) - ml)) + e with the mean
- * split as in nd_aff32 and a, b, e rounded to float, on rows [r0, r1),
- * channels [c0, c0 + w). */
-ND_CLONES
-static void FN(nd_rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t r0, int64_t r1,
-                           int64_t c0, int64_t w, const double *mean, const double *a,
-                           const double *b, const double *e, int st)
-{
-    float mh[ND_AFF_TILE], ml[ND_AFF_TILE], fa[ND_AFF_TILE], fb[ND_AFF_TILE], fe[ND_AFF_TILE];
-    T buf[ND_SCH];
-    for (int64_t t0 = 0; t0 < w; t0 += ND_AFF_TILE) {
-        const int64_t tw = nd_min64(ND_AFF_TILE, w - t0), ct = c0 + t0;
-        for (int64_t j = 0; j < tw; ++j) {
-            const nd_aff32 p = nd_aff32_of(mean[ct + j], a[ct + j], b[ct + j]);
-            mh[j] = p.mh; ml[j] = p.ml; fa[j] = p.a; fb[j] = p.b;
-            fe[j] = (float)e[ct + j];
-        }
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t off = r * sn + ct;
-            const T *dr = dout + off, *xr = x + off;
-            T *o = dx + off;
-            if (!st) {
-                for (int64_t j = 0; j < tw; ++j)
-                    o[j] = (fa[j] * dr[j] + fb[j] * ((xr[j] - mh[j]) - ml[j])) + fe[j];
-                continue;
-            }
-            for (int64_t j0 = 0; j0 < tw; j0 += ND_SCH) {
-                const int64_t len = nd_min64(ND_SCH, tw - j0);
-                for (int64_t j = 0; j < len; ++j) {
-                    const int64_t k = j0 + j;
-                    buf[j] = (fa[k] * dr[k] + fb[k] * ((xr[k] - mh[k]) - ml[k])) + fe[k];
-                }
-                nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
-            }
-        }
-    }
-    if (st) nd_stream_fence();
-}
-#else
 /* dx = a * dout + b * (x - mean) + e on rows [r0, r1), channels [c0, c0 + w). */
 ND_CLONES
 static void FN(nd_rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t r0, int64_t r1,
@@ -254,8 +214,6 @@ static void FN(nd_rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t
     }
     nd_stream_fence();
 }
-
-#endif
 
 /* (mean, M2) of one segment p[0..len), len > 0: sums with ND_LANES fixed
  * accumulators (lane k takes values k, k + ND_LANES, ...), combined pairwise. */
@@ -341,28 +299,6 @@ static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double 
 
 #endif
 
-#if ND_AFFINE_FLOAT
-/* o[s] = (ac * dp[s] + bc * ((xp[s] - mh) - ml)) + ec in float, s < S. */
-ND_CLONES
-static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m, double ac,
-                            double bc, double ec, int st)
-{
-    const nd_aff32 p = nd_aff32_of(m, ac, bc);
-    const float mh = p.mh, ml = p.ml, fa = p.a, fb = p.b, fe = (float)ec;
-    if (!st) {
-        for (int64_t s = 0; s < S; ++s) o[s] = (fa * dp[s] + fb * ((xp[s] - mh) - ml)) + fe;
-        return;
-    }
-    T buf[ND_SCH];
-    for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
-        const int64_t len = nd_min64(ND_SCH, S - s0);
-        for (int64_t k = 0; k < len; ++k)
-            buf[k] = (fa * dp[s0 + k] + fb * ((xp[s0 + k] - mh) - ml)) + fe;
-        nd_stream_copy(o + s0, buf, (size_t)len * sizeof(T));
-    }
-    nd_stream_fence();
-}
-#else
 /* o[s] = ac * dp[s] + bc * (xp[s] - m) + ec, s < S. */
 ND_CLONES
 static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m, double ac,
@@ -382,8 +318,6 @@ static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m,
     }
     nd_stream_fence();
 }
-
-#endif
 
 /* ------------------------------------------------------ per-channel pieces */
 
@@ -604,8 +538,9 @@ void FN(nd_bn_bwd_reduce)(const T *dout, const T *x, const nd_geom *g, const dou
 }
 
 /*
- * nd_bn_bwd_dx: dx = a[c] * dout + b[c] * (x - mean[c]) + e[c]: for float64 in
- * double; for float32 in float with the mean split (see nd_aff32).
+ * nd_bn_bwd_dx: dx = a[c] * dout + b[c] * (x - mean[c]) + e[c], in double, rounded
+ * once.  Not in float for float32: in training a * dout and e cancel (dx sums
+ * to 0), so float arithmetic would leave errors of the size of the terms.
  * Training: a = gamma*invstd, b = -a*invstd*sum_dyxm*invstd/M, e = -a*sum_dy/M;
  * test mode: b = e = 0.  IN dout, x, g, mean, a, b, e; OUT dx.
  */
