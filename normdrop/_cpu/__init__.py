@@ -104,9 +104,7 @@ def _c_order(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-def _f64(a):
-    """a as a C-contiguous float64 array (a copy only when needed)."""
-    return np.ascontiguousarray(a, dtype=np.float64)
+_f64 = _k.f64   # a as a C-contiguous float64 array (a copy only when needed)
 
 
 _POOLED_MIN = 1 << 20   # normdrop._memory.POOLED_MIN_BYTES
@@ -130,11 +128,8 @@ def _out(shape, dtype, nbytes):
 
 def bn_train(xp, x, gamma, beta, eps):
     x, geom = geometry(x)
-    C = geom[2]
-    stats = np.empty((4, C), np.float64)   # mean, var, invstd, scale
-    work = np.empty(_k.work_size(geom), np.float64)
     out = _out_like(x)
-    _k.bn_train_fwd(x, out, geom, _f64(gamma), _f64(beta), eps, work, stats)
+    stats = _k.bn_train_fwd(x, out, geom, gamma, beta, eps)   # mean, var, invstd, scale
     return out, stats[0], stats[1], stats[2]
 
 
@@ -156,12 +151,9 @@ def running_update(xp, old, batch, momentum, dtype):
 def bn_backward(xp, dout, x, gamma, mean, invstd, train):
     x, geom = geometry(x)
     dout = _like(dout, x)
-    C = geom[2]
-    sums = np.empty((5, C), np.float64)    # scratch a, b, e; dgamma, dbeta
-    work = np.empty(_k.work_size(geom), np.float64)
     dx = _out_like(x)
-    _k.bn_backward(dout, x, dx, geom, _f64(gamma), _f64(mean), _f64(invstd), train, work, sums)
-    return dx, sums[3].astype(x.dtype), sums[4].astype(x.dtype)
+    dgamma, dbeta = _k.bn_backward(dout, x, dx, geom, gamma, mean, invstd, train)
+    return dx, dgamma, dbeta
 
 
 

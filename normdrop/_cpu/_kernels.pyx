@@ -84,6 +84,7 @@ cdef extern from "numpy/arrayobject.h":
 
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer
 from libc.string cimport memcpy, memset
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 
 cdef inline void _geom(tuple t, nd_geom *g):
@@ -143,54 +144,95 @@ def bn_affine(cnp.ndarray x, cnp.ndarray out, tuple geom, cnp.ndarray mean,
             nd_bn_affine_f64(<const double *>xp, <double *>op, &g, mp, ap, bp)
 
 
-def bn_train_fwd(cnp.ndarray x, cnp.ndarray out, tuple geom, cnp.ndarray gamma,
-                 cnp.ndarray beta, double eps, cnp.ndarray work, cnp.ndarray stats):
-    """Training forward: stats rows 0..3 <- mean, var, invstd, gamma * invstd
-    (float64, stats is (4, C) C-contiguous); out = (x - mean) * scale + beta."""
+cdef inline cnp.ndarray _as_f64(object a):
+    """a as a C-contiguous native float64 ndarray (a copy only when needed)."""
+    if (type(a) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT64 and
+            cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a) and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)):
+        return <cnp.ndarray>a
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def f64(a):
+    """a as a C-contiguous float64 ndarray (a copy only when needed)."""
+    return _as_f64(a)
+
+
+cdef double *_scratch(int64_t n) except NULL:
+    cdef double *p = <double *>PyMem_Malloc(<size_t>(n if n > 0 else 1) * sizeof(double))
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
+def bn_train_fwd(cnp.ndarray x, cnp.ndarray out, tuple geom, gamma, beta, double eps):
+    """Training forward: out = (x - mean) * (gamma * invstd) + beta.  Returns
+    stats, a new (4, C) float64 array: rows mean, var, invstd, gamma * invstd.
+    gamma, beta: (C,) arrays of any real dtype."""
     cdef nd_geom g
     _geom(geom, &g)
+    cdef int64_t C = g.c
+    cdef cnp.ndarray gm = _as_f64(gamma)
+    cdef cnp.ndarray bt = _as_f64(beta)
+    cdef cnp.ndarray stats = np.empty((4, C), np.float64)
     cdef void *xp = _ptr(x)
     cdef void *op = _ptr(out)
-    cdef double *gp = _dptr(gamma)
-    cdef double *bp = _dptr(beta)
-    cdef double *wp = _dptr(work)
+    cdef double *gp = _dptr(gm)
+    cdef double *bp = _dptr(bt)
     cdef double *sp = _dptr(stats)
-    cdef int64_t C = g.c
-    if _is_f32(x):
-        with nogil:
-            nd_bn_train_fwd_f32(<const float *>xp, <float *>op, &g, gp, bp, eps, wp,
-                                sp, sp + C, sp + 2 * C, sp + 3 * C)
-    else:
-        with nogil:
-            nd_bn_train_fwd_f64(<const double *>xp, <double *>op, &g, gp, bp, eps, wp,
-                                sp, sp + C, sp + 2 * C, sp + 3 * C)
+    cdef double *wp = _scratch(nd_bn_work_size(&g))
+    try:
+        if _is_f32(x):
+            with nogil:
+                nd_bn_train_fwd_f32(<const float *>xp, <float *>op, &g, gp, bp, eps, wp,
+                                    sp, sp + C, sp + 2 * C, sp + 3 * C)
+        else:
+            with nogil:
+                nd_bn_train_fwd_f64(<const double *>xp, <double *>op, &g, gp, bp, eps, wp,
+                                    sp, sp + C, sp + 2 * C, sp + 3 * C)
+    finally:
+        PyMem_Free(wp)
+    return stats
 
 
-def bn_backward(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, cnp.ndarray gamma,
-                cnp.ndarray mean, cnp.ndarray invstd, bint train, cnp.ndarray work,
-                cnp.ndarray sums):
-    """Backward: dx, and sums rows 3, 4 <- dgamma, dbeta (float64, sums is (5, C)
-    C-contiguous; rows 0..2 are scratch)."""
+def bn_backward(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, gamma, mean,
+                invstd, bint train):
+    """Backward: dx (written), and returns (dgamma, dbeta) as new (C,) arrays
+    of x's dtype.  gamma, mean, invstd: (C,) arrays (any real dtype)."""
     cdef nd_geom g
     _geom(geom, &g)
+    cdef int64_t C = g.c, c
+    cdef cnp.ndarray gm = _as_f64(gamma)
+    cdef cnp.ndarray mn = _as_f64(mean)
+    cdef cnp.ndarray iv = _as_f64(invstd)
     cdef void *dp = _ptr(dout)
     cdef void *xp = _ptr(x)
     cdef void *op = _ptr(dx)
-    cdef double *gp = _dptr(gamma)
-    cdef double *mp = _dptr(mean)
-    cdef double *ip = _dptr(invstd)
-    cdef double *wp = _dptr(work)
-    cdef double *sp = _dptr(sums)
-    cdef int64_t C = g.c
+    cdef double *gp = _dptr(gm)
+    cdef double *mp = _dptr(mn)
+    cdef double *ip = _dptr(iv)
     cdef int tr = train
-    if _is_f32(x):
-        with nogil:
-            nd_bn_backward_f32(<const float *>dp, <const float *>xp, <float *>op, &g, gp, mp, ip,
-                               tr, wp, sp, sp + 3 * C, sp + 4 * C)
-    else:
-        with nogil:
-            nd_bn_backward_f64(<const double *>dp, <const double *>xp, <double *>op, &g, gp, mp,
-                               ip, tr, wp, sp, sp + 3 * C, sp + 4 * C)
+    cdef bint f32 = _is_f32(x)
+    cdef cnp.ndarray dgamma = np.empty(C, np.float32 if f32 else np.float64)
+    cdef cnp.ndarray dbeta = np.empty(C, np.float32 if f32 else np.float64)
+    cdef double *sp = _scratch(5 * C + nd_bn_work_size(&g))   # a, b, e, dgamma, dbeta; work
+    cdef double *wp = sp + 5 * C
+    try:
+        if f32:
+            with nogil:
+                nd_bn_backward_f32(<const float *>dp, <const float *>xp, <float *>op, &g, gp, mp,
+                                   ip, tr, wp, sp, sp + 3 * C, sp + 4 * C)
+                for c in range(C):
+                    (<float *>cnp.PyArray_DATA(dgamma))[c] = <float>sp[3 * C + c]
+                    (<float *>cnp.PyArray_DATA(dbeta))[c] = <float>sp[4 * C + c]
+        else:
+            with nogil:
+                nd_bn_backward_f64(<const double *>dp, <const double *>xp, <double *>op, &g, gp,
+                                   mp, ip, tr, wp, sp, sp + 3 * C, sp + 4 * C)
+                memcpy(cnp.PyArray_DATA(dgamma), sp + 3 * C, C * sizeof(double))
+                memcpy(cnp.PyArray_DATA(dbeta), sp + 4 * C, C * sizeof(double))
+    finally:
+        PyMem_Free(sp)
+    return dgamma, dbeta
 
 
 
