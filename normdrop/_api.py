@@ -169,8 +169,15 @@ def dropout_mask(shape, p, seed, like=None):
 
 # ---------------------------------------------------------------- batchnorm
 def _bn_forward(op, spatial, x, gamma, beta, bn_param):
-    backend, xp = backend_for((("x", x), ("gamma", gamma), ("beta", beta)))
     V.param_dict(bn_param, "bn_param")
+    rm = bn_param.get("running_mean")
+    rv = bn_param.get("running_var")
+    named = [("x", x), ("gamma", gamma), ("beta", beta)]
+    if rm is not None:
+        named.append(("bn_param['running_mean']", rm))
+    if rv is not None:
+        named.append(("bn_param['running_var']", rv))
+    backend, xp = backend_for(named)   # one check: same library and device for all
     mode = V.mode(bn_param, "bn_param")
     eps = V.eps_value(bn_param)
     momentum = V.momentum_value(bn_param)
@@ -180,15 +187,10 @@ def _bn_forward(op, spatial, x, gamma, beta, bn_param):
     gamma_shape = tuple(gamma.shape)
     g = V.channel_param(gamma, "gamma", C, spatial, xp)
     b = V.channel_param(beta, "beta", C, spatial, xp)
-    rm = bn_param.get("running_mean")
-    rv = bn_param.get("running_var")
-    stats = []
-    for name, r in (("running_mean", rm), ("running_var", rv)):
-        if r is not None:
-            backend_for((("x", x), (f"bn_param['{name}']", r)))
-            r = V.channel_param(r, f"bn_param['{name}']", C, spatial, xp)
-        stats.append(r)
-    rm, rv = stats
+    if rm is not None:
+        rm = V.channel_param(rm, "bn_param['running_mean']", C, spatial, xp)
+    if rv is not None:
+        rv = V.channel_param(rv, "bn_param['running_var']", C, spatial, xp)
     if mode == "train":
         V.train_count(x, spatial)
     # -- validated: from here on nothing raises on user input
