@@ -377,6 +377,14 @@ void FN(nd_bn_stats)(const T *x, const nd_geom *g, double *work, double *mean, d
             const int64_t c0 = (u % ntile) * ct, w = nd_min64(ct, C - c0);
             FN(nd_rows_stats_unit)(x, g->sn, r0, r1, c0, w, work + 2 * ((u / ntile) * C + c0));
         }
+        if (nrb == 1) {   /* one row block: the merge below would return its unit's values */
+            const double cnt = (double)N;
+            for (int64_t c = 0; c < C; ++c) {
+                mean[c] = work[2 * c];
+                var[c] = cnt > 0.0 ? work[2 * c + 1] / cnt : 0.0;
+            }
+            return;
+        }
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
             double n = 0.0, mu = 0.0, m2 = 0.0;
