@@ -14,7 +14,8 @@ step, so the cache removes that cost.
 
 Bounds: cached (free) blocks hold at most ``limit`` bytes, 512 MiB by default,
 and at most 16 blocks; memory held by live arrays is never counted or kept.
-``NORMDROP_CACHE_LIMIT`` (bytes, read at import) sets the starting limit;
+``NORMDROP_CACHE_LIMIT`` (bytes, read at import) sets the starting limit
+(``NORMDROP_STREAM_BYTES``, the streaming-store threshold, is read here too);
 ``set_cache_limit(0)`` turns caching off; ``empty_cache()`` releases it all.
 Blocks are 64-byte aligned, which also lets the kernels stream large outputs
 past the caches.  Where the caller has installed a NumPy data allocator of
@@ -95,20 +96,26 @@ def cache_info() -> dict:
             "hits": int(hits), "misses": int(misses)}
 
 
-def _limit_from_env() -> None:
-    raw = os.environ.get("NORMDROP_CACHE_LIMIT", "").strip()
-    value = DEFAULT_LIMIT
-    if raw:
-        try:
-            value = int(raw)
-            if value < 0:
-                raise ValueError
-        except ValueError:
-            warnings.warn(f"normdrop: ignoring NORMDROP_CACHE_LIMIT={raw!r} (expected bytes, an "
-                          f"integer >= 0); using {DEFAULT_LIMIT}", RuntimeWarning, stacklevel=3)
-            value = DEFAULT_LIMIT
-    _k.cache_set_limit(min(value, _SIZE_MAX))
+def _bytes_from_env(name: str, default: int, most: int) -> int:
+    """The environment variable `name` as a byte count in [0, most] (larger
+    values clamped); `default`, with a warning, when it is not an integer >= 0."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+        if value < 0:
+            raise ValueError
+    except ValueError:
+        warnings.warn(f"normdrop: ignoring {name}={raw!r} (expected bytes, an integer >= 0); "
+                      f"using {default}", RuntimeWarning, stacklevel=3)
+        return default
+    return min(value, most)
 
 
 if _k is not None:
-    _limit_from_env()
+    _k.cache_set_limit(_bytes_from_env("NORMDROP_CACHE_LIMIT", DEFAULT_LIMIT, _SIZE_MAX))
+    # outputs of at least this many bytes are written with streaming stores
+    # (nd_common.c has the default and the reasons for it)
+    _k.set_stream_bytes(_bytes_from_env("NORMDROP_STREAM_BYTES", int(_k.get_stream_bytes()),
+                                        2**63 - 1))

@@ -15,26 +15,6 @@ from . import _kernels as _k
 NAME = "cpu"
 
 
-def _stream_from_env():
-    """NORMDROP_STREAM_BYTES: outputs of at least this many bytes are written
-    with streaming stores (default 48 MiB; a tuning knob, read at import)."""
-    import os
-    raw = os.environ.get("NORMDROP_STREAM_BYTES", "").strip()
-    if not raw:
-        return
-    try:
-        value = int(raw)
-        if value < 0:
-            raise ValueError
-    except ValueError:
-        import warnings
-        warnings.warn(f"normdrop: ignoring NORMDROP_STREAM_BYTES={raw!r} (expected bytes, an "
-                      "integer >= 0)", RuntimeWarning, stacklevel=3)
-        return
-    _k.set_stream_bytes(min(value, 2**63 - 1))
-
-
-_stream_from_env()
 ROWS, PLANES = 0, 1
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
 
