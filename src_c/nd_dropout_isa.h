@@ -165,11 +165,25 @@ ND_ISA_ATTR static inline uint64_t ISA(nd_group_bits)(uint64_t g, const nd_keep_
     if (r->all) return ~(uint64_t)0;
     const uint64_t b0 = g * ND_GROUP_BLOCKS;   /* multiple of 16: no carry into the high word */
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)b0), iota);
-    __m512i c1 = _mm512_set1_epi32((int)(uint32_t)(b0 >> 32));
-    __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
     const __m512i m0 = _mm512_set1_epi32((int)ND_PHILOX_M0), m1 = _mm512_set1_epi32((int)ND_PHILOX_M1);
-    for (int rr = 0; rr < ND_PHILOX_ROUNDS; ++rr) {
+    /* Rounds 1 and 2 where lanes agree.  Round 1 starts from (lo + lane, hi,
+     * 0, 0): its second product is 0, so c0 = hi ^ k0 and c1 = 0 are the same
+     * in every lane; round 2 multiplies that c0 once, as a scalar. */
+    __m512i c0, c1, c2, c3;
+    {
+        __m512i h0, l0;
+        ISA(nd_mulhilo)(_mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)b0), iota), m0, &h0, &l0);
+        const uint32_t u0 = (uint32_t)(b0 >> 32) ^ r->rk0[0];          /* c0 after round 1 */
+        const __m512i c2r1 = _mm512_xor_si512(h0, _mm512_set1_epi32((int)r->rk1[0]));
+        const uint64_t p = (uint64_t)ND_PHILOX_M0 * u0;                  /* round 2, first product */
+        __m512i h1, l1;
+        ISA(nd_mulhilo)(c2r1, m1, &h1, &l1);
+        c0 = _mm512_xor_si512(h1, _mm512_set1_epi32((int)r->rk0[1]));  /* hi1 ^ 0 ^ k0 */
+        c1 = l1;
+        c2 = _mm512_xor_si512(l0, _mm512_set1_epi32((int)((uint32_t)(p >> 32) ^ r->rk1[1])));
+        c3 = _mm512_set1_epi32((int)(uint32_t)p);
+    }
+    for (int rr = 2; rr < ND_PHILOX_ROUNDS; ++rr) {
         const __m512i k0 = _mm512_set1_epi32((int)r->rk0[rr]);
         const __m512i k1 = _mm512_set1_epi32((int)r->rk1[rr]);
         __m512i hi0, lo0, hi1, lo1;
