@@ -79,6 +79,12 @@ static inline void nd_chan_merge(double *na, double *ma, double *m2a,
                                  double nb, double mb, double m2b)
 {
     if (nb <= 0.0) return;
+    if (*na == 0.0) {   /* the first unit: its values, exactly (d * d could overflow) */
+        *na = nb;
+        *ma = mb;
+        *m2a = m2b;
+        return;
+    }
     double n = *na + nb;
     double d = mb - *ma;
     *ma += d * (nb / n);

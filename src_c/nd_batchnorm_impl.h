@@ -112,6 +112,24 @@ static inline nd_aff32 nd_aff32_of(double mean, double scale, double shift)
     return p;
 }
 
+/* Whether the float formula keeps its error bound for this channel: mean 0 or
+ * in [2^-100, 2^100] (so ml is no subnormal and x - mh cannot overflow), and
+ * |scale|, |shift| <= 2^100 (finite in float).  Other channels (eps near 0,
+ * infinite or NaN statistics, data at the ends of the float range) use the
+ * float64 formula; NaN fails every comparison and lands there too. */
+static inline int nd_aff32_ok(double mean, double scale, double shift)
+{
+    const double big = 0x1p100, small = 0x1p-100, am = fabs(mean);
+    return (mean == 0.0 || (am >= small && am <= big)) && fabs(scale) <= big &&
+           fabs(shift) <= big;
+}
+
+/* The float64 formula, for channels that fail nd_aff32_ok. */
+static inline float nd_aff64_value(float x, double m, double a, double b)
+{
+    return (float)(((double)x - m) * a + b);
+}
+
 #define ND_AFF_TILE 256   /* channels whose float parameters are on the stack at once */
 
 /* out = ((x - mh) - ml) * a + b on rows [r0, r1), channels [c0, c0 + w);
@@ -125,23 +143,35 @@ static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64
     T buf[ND_SCH];
     for (int64_t t0 = 0; t0 < w; t0 += ND_AFF_TILE) {
         const int64_t tw = nd_min64(ND_AFF_TILE, w - t0), ct = c0 + t0;
+        int ok = 1;   /* every channel of the tile in the float formula's range */
         for (int64_t j = 0; j < tw; ++j) {
             const nd_aff32 p = nd_aff32_of(mean[ct + j], scale[ct + j], shift[ct + j]);
             mh[j] = p.mh; ml[j] = p.ml; a[j] = p.a; b[j] = p.b;
+            ok &= nd_aff32_ok(mean[ct + j], scale[ct + j], shift[ct + j]);
         }
+        const double *md = mean + ct, *ad = scale + ct, *bd = shift + ct;
         for (int64_t r = r0; r < r1; ++r) {
             const T *xr = x + r * sn + ct;
             T *o = out + r * sn + ct;
             if (!st) {
-                for (int64_t j = 0; j < tw; ++j) o[j] = ((xr[j] - mh[j]) - ml[j]) * a[j] + b[j];
+                if (ok)
+                    for (int64_t j = 0; j < tw; ++j) o[j] = ((xr[j] - mh[j]) - ml[j]) * a[j] + b[j];
+                else
+                    for (int64_t j = 0; j < tw; ++j) o[j] = nd_aff64_value(xr[j], md[j], ad[j], bd[j]);
                 continue;
             }
             for (int64_t j0 = 0; j0 < tw; j0 += ND_SCH) {
                 const int64_t len = nd_min64(ND_SCH, tw - j0);
-                for (int64_t j = 0; j < len; ++j) {
-                    const int64_t k = j0 + j;
-                    buf[j] = ((xr[k] - mh[k]) - ml[k]) * a[k] + b[k];
-                }
+                if (ok)
+                    for (int64_t j = 0; j < len; ++j) {
+                        const int64_t k = j0 + j;
+                        buf[j] = ((xr[k] - mh[k]) - ml[k]) * a[k] + b[k];
+                    }
+                else
+                    for (int64_t j = 0; j < len; ++j) {
+                        const int64_t k = j0 + j;
+                        buf[j] = nd_aff64_value(xr[k], md[k], ad[k], bd[k]);
+                    }
                 nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
             }
         }
@@ -266,14 +296,21 @@ static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double 
 {
     const nd_aff32 p = nd_aff32_of(m, a, b);
     const float mh = p.mh, ml = p.ml, pa = p.a, pb = p.b;
+    const int ok = nd_aff32_ok(m, a, b);
     if (!st) {
-        for (int64_t s = 0; s < S; ++s) op[s] = ((xp[s] - mh) - ml) * pa + pb;
+        if (ok)
+            for (int64_t s = 0; s < S; ++s) op[s] = ((xp[s] - mh) - ml) * pa + pb;
+        else
+            for (int64_t s = 0; s < S; ++s) op[s] = nd_aff64_value(xp[s], m, a, b);
         return;
     }
     T buf[ND_SCH];
     for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
         const int64_t len = nd_min64(ND_SCH, S - s0);
-        for (int64_t k = 0; k < len; ++k) buf[k] = ((xp[s0 + k] - mh) - ml) * pa + pb;
+        if (ok)
+            for (int64_t k = 0; k < len; ++k) buf[k] = ((xp[s0 + k] - mh) - ml) * pa + pb;
+        else
+            for (int64_t k = 0; k < len; ++k) buf[k] = nd_aff64_value(xp[s0 + k], m, a, b);
         nd_stream_copy(op + s0, buf, (size_t)len * sizeof(T));
     }
     nd_stream_fence();

@@ -370,3 +370,24 @@ def test_hypothesis_batchnorm_shapes_cpu(n, d, layout, dtype, seed):
     got = nd.batchnorm_backward(_layout(dout, layout), cache)
     for g, r in zip(got, oracle(nd.batchnorm_backward, dout, ecache)):
         assert_close(g, r, dtype, "backward")
+
+
+def test_huge_constant_channel_is_the_same_on_every_cpu_path():
+    """A channel of four 1e200s (their mean is exact, in every summation order) in one unit:
+    the Chan merge of a first unit into nothing would compute inf * 0 = NaN;
+    it takes the unit as is, so rows and planes agree: variance 0, out = beta.
+    (Where the mean rounds, (x - mean)**2 overflows float64 in any method and
+    the variance is inf, as in the reference.)"""
+    n = 4
+    x = np.full((n, 2), 1e200)
+    beta = np.array([0.25, -3.0])
+    outs = []
+    for xx, fwd in ((x, nd.batchnorm_forward),
+                    (x.T.reshape(1, 2, n, 1).copy(), nd.spatial_batchnorm_forward)):
+        bp = {"mode": "train"}
+        g = np.ones(2)
+        out, _ = fwd(xx, g, beta, bp)
+        assert np.all(np.isfinite(bp["running_var"])) and np.all(bp["running_var"] == 0.0)
+        outs.append(out.reshape(2, -1) if out.ndim == 4 else out.T)
+    for o in outs:
+        np.testing.assert_array_equal(o, np.broadcast_to(beta[:, None], o.shape))

@@ -83,3 +83,47 @@ def test_float32_error_bounds(shape, center, stream):
     finally:
         _k.set_stream_bytes(old)
 
+
+
+def _double_formula(x, mean, scale, shift):
+    shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+    m, a, b = (v.reshape(shape) for v in (mean, scale, shift))
+    with np.errstate(all="ignore"):
+        return ((x.astype(np.float64) - m) * a + b).astype(np.float32)
+
+
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_channels_outside_the_float_range_use_the_float64_formula(ndim):
+    """Channels whose mean, scale or shift the float formula cannot carry
+    (|mean| below 2**-100 or above 2**100, huge scale, inf) are computed with
+    the float64 formula, bit for bit; in the 2-D layout a whole tile of 256
+    channels switches, so its other channels match the float64 formula too."""
+    rng = np.random.default_rng(11)
+    C = 300
+    shape = (64, C) if ndim == 2 else (4, C, 3, 5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    mean = rng.uniform(-1, 1, C)
+    scale = rng.uniform(0.5, 2, C)
+    shift = rng.uniform(-1, 1, C)
+    bad = {260: ("mean", 1e-35), 270: ("mean", 3e35), 280: ("scale", 1e150), 290: ("mean", np.inf)}
+    for c, (what, v) in bad.items():
+        {"mean": mean, "scale": scale}[what][c] = v
+    x_, geom = _cpu.geometry(x)
+    out = np.empty_like(x_)
+    with np.errstate(all="ignore"):
+        _k.bn_affine(x_, out, geom, mean, scale, shift)
+    ref = _double_formula(x_, mean, scale, shift)
+    switched = list(range(256, C)) if ndim == 2 else list(bad)
+    np.testing.assert_array_equal(out[:, switched], ref[:, switched])
+    # the other channels keep the float formula (which differs in the last bits)
+    assert not np.array_equal(out[:, :256], ref[:, :256])
+
+
+def test_constant_channel_with_tiny_eps_gives_beta():
+    """var = 0 and eps = 1e-300 make 1/std = 1e150, past float's range: the
+    output is beta, as the float64 formula gives, not NaN."""
+    import normdrop as nd
+    x = np.ones((8, 3), np.float32)
+    beta = np.array([0.5, -1.0, 2.0])
+    out, _ = nd.batchnorm_forward(x, np.ones(3), beta, {"mode": "train", "eps": 1e-300})
+    np.testing.assert_array_equal(out, np.broadcast_to(beta.astype(np.float32), (8, 3)))

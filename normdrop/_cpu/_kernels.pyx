@@ -285,6 +285,8 @@ def running_update(old, cnp.ndarray batch, double momentum, dtype):
     cdef const double *b = <const double *>cnp.PyArray_DATA(batch)
     cdef double om = 1.0 - momentum, v
     cdef cnp.ndarray new = np.empty(C, dtype)
+    if cnp.PyArray_TYPE(new) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64):
+        raise TypeError(f"running_update: dtype must be float32 or float64, got {new.dtype}")
     cdef cnp.ndarray o = None
     cdef const float *of = NULL
     cdef const double *od = NULL
@@ -332,10 +334,11 @@ _pool_handler.allocator.free = nd_pool_free
 _POOL_CAPSULE = PyCapsule_New(<void *>&_pool_handler, "mem_handler", NULL)
 
 
-cdef bint _default_handler(object capsule):
-    """True when capsule is NumPy's default data allocator."""
+cdef bint _default_handler(object capsule) except -1:
+    """True when capsule is NumPy's default data allocator (an exception
+    propagates if it is no allocator capsule at all)."""
     cdef PyDataMem_Handler *h = <PyDataMem_Handler *>PyCapsule_GetPointer(capsule, "mem_handler")
-    return h != NULL and h.name[:17] == b"default_allocator" and h.name[17] == 0
+    return h.name[:17] == b"default_allocator" and h.name[17] == 0
 
 
 def pooled(f, *args):
