@@ -120,8 +120,9 @@ static inline nd_aff32 nd_aff32_of(double mean, double scale, double shift)
 static inline int nd_aff32_ok(double mean, double scale, double shift)
 {
     const double big = 0x1p100, small = 0x1p-100, am = fabs(mean);
-    return (mean == 0.0 || (am >= small && am <= big)) && fabs(scale) <= big &&
-           fabs(shift) <= big;
+    /* no short-circuits: the tile set-up loop stays a vector loop */
+    return ((mean == 0.0) | ((am >= small) & (am <= big))) & (fabs(scale) <= big) &
+           (fabs(shift) <= big);
 }
 
 /* The float64 formula, for channels that fail nd_aff32_ok. */
@@ -131,6 +132,26 @@ static inline float nd_aff64_value(float x, double m, double a, double b)
 }
 
 #define ND_AFF_TILE 256   /* channels whose float parameters are on the stack at once */
+
+/* The float64 formula on rows [r0, r1), channels [c, c + w) (m, a, b start at
+ * channel c), for a tile with a channel outside the float formula's range. */
+static void FN(nd_rows_affine_wide)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
+                                    int64_t c, int64_t w, const double *m, const double *a,
+                                    const double *b, int st)
+{
+    T buf[ND_SCH];
+    for (int64_t r = r0; r < r1; ++r) {
+        const T *xr = x + r * sn + c;
+        T *o = out + r * sn + c;
+        for (int64_t j0 = 0; j0 < w; j0 += ND_SCH) {
+            const int64_t len = nd_min64(ND_SCH, w - j0);
+            T *dst = st ? buf : o + j0;
+            for (int64_t j = 0; j < len; ++j)
+                dst[j] = nd_aff64_value(xr[j0 + j], m[j0 + j], a[j0 + j], b[j0 + j]);
+            if (st) nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
+        }
+    }
+}
 
 /* out = ((x - mh) - ml) * a + b on rows [r0, r1), channels [c0, c0 + w);
  * st: stream the rows out (the same values, through an L1 buffer). */
@@ -149,29 +170,23 @@ static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64
             mh[j] = p.mh; ml[j] = p.ml; a[j] = p.a; b[j] = p.b;
             ok &= nd_aff32_ok(mean[ct + j], scale[ct + j], shift[ct + j]);
         }
-        const double *md = mean + ct, *ad = scale + ct, *bd = shift + ct;
+        if (!ok) {
+            FN(nd_rows_affine_wide)(x, out, sn, r0, r1, ct, tw, mean + ct, scale + ct, shift + ct, st);
+            continue;
+        }
         for (int64_t r = r0; r < r1; ++r) {
             const T *xr = x + r * sn + ct;
             T *o = out + r * sn + ct;
             if (!st) {
-                if (ok)
-                    for (int64_t j = 0; j < tw; ++j) o[j] = ((xr[j] - mh[j]) - ml[j]) * a[j] + b[j];
-                else
-                    for (int64_t j = 0; j < tw; ++j) o[j] = nd_aff64_value(xr[j], md[j], ad[j], bd[j]);
+                for (int64_t j = 0; j < tw; ++j) o[j] = ((xr[j] - mh[j]) - ml[j]) * a[j] + b[j];
                 continue;
             }
             for (int64_t j0 = 0; j0 < tw; j0 += ND_SCH) {
                 const int64_t len = nd_min64(ND_SCH, tw - j0);
-                if (ok)
-                    for (int64_t j = 0; j < len; ++j) {
-                        const int64_t k = j0 + j;
-                        buf[j] = ((xr[k] - mh[k]) - ml[k]) * a[k] + b[k];
-                    }
-                else
-                    for (int64_t j = 0; j < len; ++j) {
-                        const int64_t k = j0 + j;
-                        buf[j] = nd_aff64_value(xr[k], md[k], ad[k], bd[k]);
-                    }
+                for (int64_t j = 0; j < len; ++j) {
+                    const int64_t k = j0 + j;
+                    buf[j] = ((xr[k] - mh[k]) - ml[k]) * a[k] + b[k];
+                }
                 nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
             }
         }
