@@ -93,6 +93,39 @@ static void FN(nd_rows_reduce_unit)(const T *dout, const T *x, int64_t sn, int64
 /* Values per chunk of a streamed output (see nd_stream_copy). */
 #define ND_SCH ((int64_t)(ND_STREAM_CHUNK / sizeof(T)))
 
+/* out = (x - mean) * scale + shift in double, rounded once, on rows [r0, r1),
+ * channels [c0, c0 + w): float64, and float32 channels outside the float
+ * formula's range.  st: stream the rows out (the same values, through an L1
+ * buffer). */
+ND_CLONES
+static void FN(nd_rows_affine_d)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
+                                 int64_t c0, int64_t w, const double *mean, const double *scale,
+                                 const double *shift, int st)
+{
+    const double *m = mean + c0, *a = scale + c0, *b = shift + c0;
+    if (!st) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const T *xr = x + r * sn + c0;
+            T *o = out + r * sn + c0;
+            for (int64_t j = 0; j < w; ++j) o[j] = (T)(((double)xr[j] - m[j]) * a[j] + b[j]);
+        }
+        return;
+    }
+    T buf[ND_SCH];
+    for (int64_t r = r0; r < r1; ++r) {
+        const T *xr = x + r * sn + c0;
+        T *o = out + r * sn + c0;
+        for (int64_t j0 = 0; j0 < w; j0 += ND_SCH) {
+            const int64_t len = nd_min64(ND_SCH, w - j0);
+            for (int64_t j = 0; j < len; ++j)
+                buf[j] = (T)(((double)xr[j0 + j] - m[j0 + j]) * a[j0 + j] + b[j0 + j]);
+            nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
+        }
+    }
+    nd_stream_fence();
+}
+
+
 #if ND_AFFINE_FLOAT
 /* float32 affine in float: mean = mh + ml split into two floats (mh its
  * rounding, ml the rest), so (x - mh) - ml keeps the difference exact to a
@@ -125,33 +158,7 @@ static inline int nd_aff32_ok(double mean, double scale, double shift)
            (fabs(shift) <= big);
 }
 
-/* The float64 formula, for channels that fail nd_aff32_ok. */
-static inline float nd_aff64_value(float x, double m, double a, double b)
-{
-    return (float)(((double)x - m) * a + b);
-}
-
 #define ND_AFF_TILE 256   /* channels whose float parameters are on the stack at once */
-
-/* The float64 formula on rows [r0, r1), channels [c, c + w) (m, a, b start at
- * channel c), for a tile with a channel outside the float formula's range. */
-static void FN(nd_rows_affine_wide)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
-                                    int64_t c, int64_t w, const double *m, const double *a,
-                                    const double *b, int st)
-{
-    T buf[ND_SCH];
-    for (int64_t r = r0; r < r1; ++r) {
-        const T *xr = x + r * sn + c;
-        T *o = out + r * sn + c;
-        for (int64_t j0 = 0; j0 < w; j0 += ND_SCH) {
-            const int64_t len = nd_min64(ND_SCH, w - j0);
-            T *dst = st ? buf : o + j0;
-            for (int64_t j = 0; j < len; ++j)
-                dst[j] = nd_aff64_value(xr[j0 + j], m[j0 + j], a[j0 + j], b[j0 + j]);
-            if (st) nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
-        }
-    }
-}
 
 /* out = ((x - mh) - ml) * a + b on rows [r0, r1), channels [c0, c0 + w);
  * st: stream the rows out (the same values, through an L1 buffer). */
@@ -171,7 +178,7 @@ static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64
             ok &= nd_aff32_ok(mean[ct + j], scale[ct + j], shift[ct + j]);
         }
         if (!ok) {
-            FN(nd_rows_affine_wide)(x, out, sn, r0, r1, ct, tw, mean + ct, scale + ct, shift + ct, st);
+            FN(nd_rows_affine_d)(x, out, sn, r0, r1, ct, tw, mean, scale, shift, st);
             continue;
         }
         for (int64_t r = r0; r < r1; ++r) {
@@ -194,36 +201,13 @@ static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64
     if (st) nd_stream_fence();
 }
 #else
-/* out = (x - mean) * scale + shift on rows [r0, r1), channels [c0, c0 + w);
- * st: stream the rows out (the same values, through an L1 buffer). */
-ND_CLONES
-static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
-                               int64_t c0, int64_t w, const double *mean, const double *scale,
-                               const double *shift, int st)
+/* float64: the formula in double. */
+static inline void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
+                                      int64_t c0, int64_t w, const double *mean,
+                                      const double *scale, const double *shift, int st)
 {
-    const double *m = mean + c0, *a = scale + c0, *b = shift + c0;
-    if (!st) {
-        for (int64_t r = r0; r < r1; ++r) {
-            const T *xr = x + r * sn + c0;
-            T *o = out + r * sn + c0;
-            for (int64_t j = 0; j < w; ++j) o[j] = (T)(((double)xr[j] - m[j]) * a[j] + b[j]);
-        }
-        return;
-    }
-    T buf[ND_SCH];
-    for (int64_t r = r0; r < r1; ++r) {
-        const T *xr = x + r * sn + c0;
-        T *o = out + r * sn + c0;
-        for (int64_t j0 = 0; j0 < w; j0 += ND_SCH) {
-            const int64_t len = nd_min64(ND_SCH, w - j0);
-            for (int64_t j = 0; j < len; ++j)
-                buf[j] = (T)(((double)xr[j0 + j] - m[j0 + j]) * a[j0 + j] + b[j0 + j]);
-            nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
-        }
-    }
-    nd_stream_fence();
+    FN(nd_rows_affine_d)(x, out, sn, r0, r1, c0, w, mean, scale, shift, st);
 }
-
 #endif
 
 /* dx = a * dout + b * (x - mean) + e on rows [r0, r1), channels [c0, c0 + w). */
@@ -303,38 +287,11 @@ static void FN(nd_seg_dsum)(const T *dy, const T *x, int64_t len, double m,
     *sdyxm = nd_lanes_sum(b);
 }
 
-#if ND_AFFINE_FLOAT
-/* op[s] = ((xp[s] - mh) - ml) * a + b in float (see nd_aff32), s < S. */
+/* op[s] = (xp[s] - m) * a + b in double, rounded once, s < S (float64, and
+ * float32 channels outside the float formula's range). */
 ND_CLONES
-static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a, double b,
-                                int st)
-{
-    const nd_aff32 p = nd_aff32_of(m, a, b);
-    const float mh = p.mh, ml = p.ml, pa = p.a, pb = p.b;
-    const int ok = nd_aff32_ok(m, a, b);
-    if (!st) {
-        if (ok)
-            for (int64_t s = 0; s < S; ++s) op[s] = ((xp[s] - mh) - ml) * pa + pb;
-        else
-            for (int64_t s = 0; s < S; ++s) op[s] = nd_aff64_value(xp[s], m, a, b);
-        return;
-    }
-    T buf[ND_SCH];
-    for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
-        const int64_t len = nd_min64(ND_SCH, S - s0);
-        if (ok)
-            for (int64_t k = 0; k < len; ++k) buf[k] = ((xp[s0 + k] - mh) - ml) * pa + pb;
-        else
-            for (int64_t k = 0; k < len; ++k) buf[k] = nd_aff64_value(xp[s0 + k], m, a, b);
-        nd_stream_copy(op + s0, buf, (size_t)len * sizeof(T));
-    }
-    nd_stream_fence();
-}
-#else
-/* op[s] = (xp[s] - m) * a + b, s < S. */
-ND_CLONES
-static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a, double b,
-                                int st)
+static void FN(nd_plane_affine_d)(const T *xp, T *op, int64_t S, double m, double a, double b,
+                                  int st)
 {
     if (!st) {
         for (int64_t s = 0; s < S; ++s) op[s] = (T)(((double)xp[s] - m) * a + b);
@@ -349,6 +306,38 @@ static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double 
     nd_stream_fence();
 }
 
+
+#if ND_AFFINE_FLOAT
+/* op[s] = ((xp[s] - mh) - ml) * a + b in float (see nd_aff32), s < S. */
+ND_CLONES
+static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a, double b,
+                                int st)
+{
+    if (!nd_aff32_ok(m, a, b)) {
+        FN(nd_plane_affine_d)(xp, op, S, m, a, b, st);
+        return;
+    }
+    const nd_aff32 p = nd_aff32_of(m, a, b);
+    const float mh = p.mh, ml = p.ml, pa = p.a, pb = p.b;
+    if (!st) {
+        for (int64_t s = 0; s < S; ++s) op[s] = ((xp[s] - mh) - ml) * pa + pb;
+        return;
+    }
+    T buf[ND_SCH];
+    for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
+        const int64_t len = nd_min64(ND_SCH, S - s0);
+        for (int64_t k = 0; k < len; ++k) buf[k] = ((xp[s0 + k] - mh) - ml) * pa + pb;
+        nd_stream_copy(op + s0, buf, (size_t)len * sizeof(T));
+    }
+    nd_stream_fence();
+}
+#else
+/* float64: the formula in double. */
+static inline void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a,
+                                       double b, int st)
+{
+    FN(nd_plane_affine_d)(xp, op, S, m, a, b, st);
+}
 #endif
 
 /* o[s] = ac * dp[s] + bc * (xp[s] - m) + ec, s < S. */
