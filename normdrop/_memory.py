@@ -1,6 +1,6 @@
 """The CPU backend's cache of large output buffers.
 
-Outputs of at least ``POOLED_MIN_BYTES`` that the C kernels write (``out``,
+Outputs of at least 1 MiB that the C kernels write (``out``,
 ``dx`` and dropout's packed bits) take their memory from a small cache through
 NumPy's data-allocator hook (NEP 49).  They are ordinary NumPy arrays that own
 their data; when one is freed, its block returns to the cache instead of to
@@ -35,7 +35,6 @@ try:
 except ImportError:          # reference-only: normdrop._dispatch reports why
     _k = None
 
-POOLED_MIN_BYTES = 1 << 20
 DEFAULT_LIMIT = 512 << 20
 _SIZE_MAX = 2**64 - 1        # limits above this (more than any memory) are clamped
 

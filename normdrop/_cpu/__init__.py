@@ -87,7 +87,7 @@ def _c_order(a):
 _f64 = _k.f64   # a as a C-contiguous float64 array (a copy only when needed)
 
 
-_POOLED_MIN = 1 << 20   # normdrop._memory.POOLED_MIN_BYTES
+_POOLED_MIN = 1 << 20   # outputs this large come from the output cache (normdrop._memory)
 
 
 def _out_like(x):

@@ -118,11 +118,6 @@ def max_threads():
     return nd_max_threads()
 
 
-def work_size(tuple geom):
-    """Doubles of scratch space the statistics kernels need for ``geom``."""
-    cdef nd_geom g
-    _geom(geom, &g)
-    return nd_bn_work_size(&g)
 
 
 
