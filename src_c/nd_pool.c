@@ -166,28 +166,24 @@ void *nd_pool_realloc(void *ctx, void *ptr, size_t new_size)
     return q;
 }
 
-size_t nd_pool_set_limit(size_t limit)
+/* Release cached blocks, oldest first, until at most `keep` bytes stay; with
+ * set_limit, also make `limit` the new limit.  Returns the previous limit. */
+static size_t nd_release(size_t keep, int set_limit, size_t limit)
 {
     char *evicted[ND_POOL_SLOTS];
     int ne = 0;
     nd_lock();
     const size_t old = nd_pool.limit;
-    nd_pool.limit = limit;
-    while (nd_pool.n > 0 && nd_pool.bytes > limit) evicted[ne++] = nd_take(nd_oldest());
+    if (set_limit) nd_pool.limit = limit;
+    while (nd_pool.n > 0 && nd_pool.bytes > keep) evicted[ne++] = nd_take(nd_oldest());
     nd_unlock();
     for (int i = 0; i < ne; ++i) nd_block_free(evicted[i]);
     return old;
 }
 
-void nd_pool_trim(void)
-{
-    char *evicted[ND_POOL_SLOTS];
-    int ne = 0;
-    nd_lock();
-    while (nd_pool.n > 0) evicted[ne++] = nd_take(nd_pool.n - 1);
-    nd_unlock();
-    for (int i = 0; i < ne; ++i) nd_block_free(evicted[i]);
-}
+size_t nd_pool_set_limit(size_t limit) { return nd_release(limit, 1, limit); }
+
+void nd_pool_trim(void) { (void)nd_release(0, 0, 0); }
 
 void nd_pool_info(uint64_t info[5])
 {
