@@ -15,7 +15,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-C_SOURCES = ["src_c/nd_batchnorm.c", "src_c/nd_dropout.c", "src_c/nd_common.c", "src_c/nd_pool.c"]
+KERNEL_SOURCES = ["src_c/nd_norm.c", "src_c/nd_dropout.c", "src_c/nd_common.c"]
 INCLUDE_DIRS = ["src_c", "normdrop/include", np.get_include()]
 
 
@@ -71,10 +71,16 @@ class BuildExt(build_ext):
 extensions = [
     Extension(
         "normdrop._cpu._kernels",
-        sources=["normdrop/_cpu/_kernels.pyx"] + C_SOURCES,
+        sources=["normdrop/_cpu/_kernels.pyx"] + KERNEL_SOURCES,
         include_dirs=INCLUDE_DIRS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-    )
+    ),
+    Extension(
+        "normdrop._cpu._pool",
+        sources=["normdrop/_cpu/_pool.pyx", "src_c/nd_pool.c"],
+        include_dirs=INCLUDE_DIRS,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+    ),
 ]
 
 setup(

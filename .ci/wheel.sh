@@ -67,10 +67,11 @@ for d, _, fs in os.walk(src):
                 or p.startswith("tests" + os.sep) and f.endswith(".py"):
             need.add(p.replace(os.sep, "/"))
 need.discard("normdrop/_cpu/_kernels.c")
+need.discard("normdrop/_cpu/_pool.c")
 missing = sorted(need - files)
 # ... and nothing generated or built.
 bad = sorted(n for n in files
-             if n == "normdrop/_cpu/_kernels.c" or n.startswith(("build/", "dist/"))
+             if n in ("normdrop/_cpu/_kernels.c", "normdrop/_cpu/_pool.c") or n.startswith(("build/", "dist/"))
              or "__pycache__" in n or ".pytest_cache" in n or ".hypothesis" in n
              or any(fnmatch.fnmatch(n, p) for p in ("*.so", "*.pyd", "*.dll", "*.dylib", "*.o",
                                                     "*.obj", "*.pyc", "*.whl")))
@@ -88,7 +89,8 @@ step "wheel, built from the unpacked sdist in a clean folder"
 mkdir "$WORK/unpacked"
 tar -xzf "$SDIST" -C "$WORK/unpacked"
 SRCDIR=$(ls -d "$WORK"/unpacked/normdrop-*)
-[ ! -e "$SRCDIR/normdrop/_cpu/_kernels.c" ] || fail "the sdist carries the generated _kernels.c"
+[ ! -e "$SRCDIR/normdrop/_cpu/_kernels.c" ] && [ ! -e "$SRCDIR/normdrop/_cpu/_pool.c" ] \
+    || fail "the sdist carries a generated .c file"
 "$TOOLS/python" -m build --wheel -o "$WORK/raw" "$SRCDIR" > "$WORK/wheel.log" 2>&1 \
     || { tail -60 "$WORK/wheel.log"; fail "wheel build failed"; }
 grep -m1 "normdrop: building with OpenMP" "$WORK/wheel.log"

@@ -1,29 +1,34 @@
-"""The public ops: validate, dispatch, call the backend, build the cache and
-store running statistics.  Backends only compute."""
+"""The public ops: validate, dispatch, compose the backend contract's steps
+(:mod:`normdrop._contract`), build the cache and store running statistics.
+Backends only compute.
+
+Every normalization op is described by one :class:`_NormOp` (how its
+arguments are checked and which :class:`~normdrop._contract.Geometry` its
+input has) and runs through :func:`_norm_forward` / :func:`_norm_backward`.
+"""
 from __future__ import annotations
-
-
-import numpy as np
 
 import operator
 
-from . import _reference
+import numpy as np
+
+from . import _contract as K
 from . import _validate as V
 from ._dispatch import backend_for
 
 
-class BatchnormCache:
-    """Opaque cache of a batchnorm forward, for the matching backward.
+class NormCache:
+    """Opaque cache of a normalization forward, for the matching backward.
 
-    Holds references, not copies: ``x`` and ``gamma`` as given to the forward
-    (gamma as a (C,) view in x's dtype), and the per-channel ``mean`` and
-    ``invstd`` (float64 on the CPU) -- O(C) memory beyond ``x``.
+    Holds references, not copies: ``x`` as given to the forward, ``gamma``
+    as a (C,) array in x's dtype, and the per-group ``mean`` and ``invstd``
+    (float64) -- O(C + groups) memory beyond ``x``, never an ``x_hat``.
     """
 
-    __slots__ = ("op", "mode", "backend", "xp", "x", "gamma", "gamma_shape",
-                 "mean", "invstd", "out_shape")
+    __slots__ = ("op", "mode", "backend", "xp", "x", "gamma", "gamma_shape", "mean",
+                 "invstd", "out_shape", "geom")
 
-    def __init__(self, op, mode, backend, xp, x, gamma, gamma_shape, mean, invstd):
+    def __init__(self, op, mode, backend, xp, x, gamma, gamma_shape, mean, invstd, geom):
         self.op = op
         self.mode = mode
         self.backend = backend
@@ -34,6 +39,7 @@ class BatchnormCache:
         self.mean = mean
         self.invstd = invstd
         self.out_shape = tuple(x.shape)
+        self.geom = geom
 
     def __repr__(self):
         return (f"<{self.op} cache: mode={self.mode!r}, backend={self.backend.NAME!r}, "
@@ -100,7 +106,7 @@ def dropout_forward(x, dropout_param):
         return x, DropoutCache(mode, backend, xp, p, None, None, x.shape, x.dtype)
     if seed is V._NO_SEED:
         seed = int(np.random.randint(0, 2**64, dtype=np.uint64))
-    out, bits = backend.dropout_train(xp, x, p, seed)
+    out, bits = backend.dropout_fwd(xp, x, p, seed)
     return out, DropoutCache(mode, backend, xp, p, seed, bits, x.shape, x.dtype)
 
 
@@ -129,7 +135,7 @@ def dropout_backward(dout, cache):
         return dout
     if dout.dtype != cache.dtype:
         dout = xp.astype(dout, cache.dtype)
-    return backend.dropout_backward(xp, dout, cache.bits, cache.p)
+    return backend.dropout_bwd(xp, dout, cache.bits, cache.p)
 
 
 def dropout_mask(shape, p, seed, like=None):
@@ -162,57 +168,8 @@ def dropout_mask(shape, p, seed, like=None):
         device = None
     else:
         backend, xp = backend_for((("like", like),))
-        import array_api_compat as aac
-        device = aac.device(like)
+        device = _device(like)
     return backend.dropout_mask(xp, shape, p, seed, device)
-
-
-# ---------------------------------------------------------------- batchnorm
-def _bn_forward(op, spatial, x, gamma, beta, bn_param):
-    V.param_dict(bn_param, "bn_param")
-    rm = bn_param.get("running_mean")
-    rv = bn_param.get("running_var")
-    named = [("x", x), ("gamma", gamma), ("beta", beta)]
-    if rm is not None:
-        named.append(("bn_param['running_mean']", rm))
-    if rv is not None:
-        named.append(("bn_param['running_var']", rv))
-    backend, xp = backend_for(named)   # one check: same library and device for all
-    mode = V.mode(bn_param, "bn_param")
-    eps = V.eps_value(bn_param)
-    momentum = V.momentum_value(bn_param)
-    V.floating_x(x, "x", backend.supported_dtypes(xp), xp)
-    V.ndim(x, 4 if spatial else 2, "x", op)
-    C = x.shape[1]
-    gamma_shape = tuple(gamma.shape)
-    g = V.channel_param(gamma, "gamma", C, spatial, xp)
-    b = V.channel_param(beta, "beta", C, spatial, xp)
-    if rm is not None:
-        rm = V.channel_param(rm, "bn_param['running_mean']", C, spatial, xp)
-    if rv is not None:
-        rv = V.channel_param(rv, "bn_param['running_var']", C, spatial, xp)
-    if mode == "train":
-        V.train_count(x, spatial)
-    # -- validated: from here on nothing raises on user input
-    dt = x.dtype
-    if g.dtype != dt:
-        g = xp.astype(g, dt)
-    if b.dtype != dt:
-        b = xp.astype(b, dt)
-    if mode == "train":
-        out, mean, var, invstd = backend.bn_train(xp, x, g, b, eps)
-        update = getattr(backend, "running_update", _reference.running_update)
-        bn_param["running_mean"] = update(xp, rm, mean, momentum, dt)
-        bn_param["running_var"] = update(xp, rv, var, momentum, dt)
-    else:
-        zeros = None
-        if rm is None or rv is None:
-            zeros = xp.zeros((C,), dtype=dt, device=_device(x))
-        rm = zeros if rm is None else xp.astype(rm, dt)
-        rv = zeros if rv is None else xp.astype(rv, dt)
-        out, mean, invstd = backend.bn_test(xp, x, g, b, rm, rv, eps)
-    cache = BatchnormCache(op, mode, backend, xp, x, g, gamma_shape, mean, invstd)
-    return out, cache
 
 
 def _device(x):
@@ -220,8 +177,97 @@ def _device(x):
     return aac.device(x)
 
 
-def _bn_backward(op, forward, dout, cache):
-    V.cache_kind(cache, BatchnormCache, op, forward)
+# ------------------------------------------------------------ normalization
+class _NormOp:
+    """What distinguishes one normalization op: its name, the geometry of
+    its input, the shapes its gamma/beta may take, and whether it keeps
+    running statistics (batchnorm) or is the same in training and test
+    (layernorm, groupnorm)."""
+
+    def __init__(self, name, backward, param_name, check_x, geometry, spatial_params,
+                 running):
+        self.name = name                    # "batchnorm_forward", ...
+        self.backward = backward            # "batchnorm_backward", ...
+        self.param_name = param_name        # "bn_param", ...
+        self.check_x = check_x              # (x, op) -> None, raises on a bad shape
+        self.geometry = geometry            # (shape, extra) -> Geometry
+        self.spatial_params = spatial_params  # gamma may be (1, C, 1, 1)
+        self.running = running              # keeps running statistics, has modes
+
+
+def _check_2d(x, op):
+    V.ndim(x, 2, "x", op)
+
+
+def _check_4d(x, op):
+    V.ndim(x, 4, "x", op)
+
+
+_BATCHNORM = _NormOp("batchnorm_forward", "batchnorm_backward", "bn_param", _check_2d,
+                     lambda shape, _: K.channels_geometry(shape), False, True)
+_SPATIAL_BATCHNORM = _NormOp("spatial_batchnorm_forward", "spatial_batchnorm_backward",
+                             "bn_param", _check_4d,
+                             lambda shape, _: K.channels_geometry(shape), True, True)
+
+
+def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
+    """The forward of a normalization op: validation (nothing changes when it
+    raises), then the contract's composite ``norm_train_fwd`` in training, or
+    ``normalize`` with the running statistics in test mode."""
+    V.param_dict(param, spec.param_name)
+    named = [("x", x), ("gamma", gamma), ("beta", beta)]
+    rm = rv = None
+    if spec.running:
+        rm = param.get("running_mean")
+        rv = param.get("running_var")
+        if rm is not None:
+            named.append((f"{spec.param_name}['running_mean']", rm))
+        if rv is not None:
+            named.append((f"{spec.param_name}['running_var']", rv))
+    backend, xp = backend_for(named)   # one check: same library and device for all
+    mode = V.mode(param, spec.param_name) if spec.running else "train"
+    eps = V.eps_value(param, spec.param_name)
+    momentum = V.momentum_value(param) if spec.running else None
+    V.floating_x(x, "x", backend.supported_dtypes(xp), xp)
+    spec.check_x(x, spec.name)
+    geom = spec.geometry(tuple(x.shape), extra)
+    C = geom.c
+    gamma_shape = tuple(gamma.shape)
+    g = V.channel_param(gamma, "gamma", C, spec.spatial_params, xp)
+    b = V.channel_param(beta, "beta", C, spec.spatial_params, xp)
+    if rm is not None:
+        rm = V.channel_param(rm, f"{spec.param_name}['running_mean']", C, spec.spatial_params, xp)
+    if rv is not None:
+        rv = V.channel_param(rv, f"{spec.param_name}['running_var']", C, spec.spatial_params, xp)
+    if mode == "train" and spec.running:
+        V.train_count(geom.count, tuple(x.shape))
+    # -- validated: from here on nothing raises on user input
+    dt = x.dtype
+    if g.dtype != dt:
+        g = xp.astype(g, dt)
+    if b.dtype != dt:
+        b = xp.astype(b, dt)
+    if mode == "train":
+        out, mean, var, invstd = backend.norm_train_fwd(xp, x, geom, g, b, eps)
+        if spec.running:
+            param["running_mean"] = backend.running_update(xp, rm, mean, momentum, dt)
+            param["running_var"] = backend.running_update(xp, rv, var, momentum, dt)
+    else:
+        f64 = xp.float64
+        if rm is None or rv is None:
+            zeros = xp.zeros((C,), dtype=f64, device=_device(x))
+        mean = zeros if rm is None else xp.astype(xp.astype(rm, dt), f64)
+        var = zeros if rv is None else xp.astype(xp.astype(rv, dt), f64)
+        invstd = 1.0 / xp.sqrt(var + eps)
+        out = backend.normalize(xp, x, geom, mean, invstd, g, b)
+    cache = NormCache(spec.name, mode, backend, xp, x, g, gamma_shape, mean, invstd, geom)
+    return out, cache
+
+
+def _norm_backward(spec: _NormOp, op, dout, cache):
+    """The backward of a normalization op: the contract's composite
+    ``norm_bwd`` (``grad_reduce`` then ``grad_input``)."""
+    V.cache_kind(cache, NormCache, op, spec.name)
     backend_for((("dout", dout), ("the cached x", cache.x)))
     backend, xp = cache.backend, cache.xp
     V.dout_shape(dout, cache.out_shape, op)
@@ -229,14 +275,15 @@ def _bn_backward(op, forward, dout, cache):
     x = cache.x
     if dout.dtype != x.dtype:
         dout = xp.astype(dout, x.dtype)
-    dx, dgamma, dbeta = backend.bn_backward(xp, dout, x, cache.gamma, cache.mean, cache.invstd,
-                                            cache.mode == "train")
+    dx, dgamma, dbeta = backend.norm_bwd(xp, dout, x, cache.geom, cache.mean, cache.invstd,
+                                         cache.gamma, cache.mode == "train")
     if cache.gamma_shape != tuple(dgamma.shape):
         dgamma = xp.reshape(dgamma, cache.gamma_shape)
         dbeta = xp.reshape(dbeta, cache.gamma_shape)
     return dx, dgamma, dbeta
 
 
+# ---------------------------------------------------------------- batchnorm
 def batchnorm_forward(x, gamma, beta, bn_param):
     """Batch normalization forward (cs231n API).
 
@@ -255,7 +302,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     out : array (N, D), x's dtype and memory order
         ``gamma * (x - mean) / sqrt(var + eps) + beta``: batch mean and biased
         batch variance in training, the running statistics in test mode.
-    cache : BatchnormCache
+    cache : NormCache
         For :func:`batchnorm_backward`.
 
     Notes
@@ -265,7 +312,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     ``running = momentum * running + (1 - momentum) * batch``.  When the call
     raises, ``bn_param`` is left exactly as it was.
     """
-    return _bn_forward("batchnorm_forward", False, x, gamma, beta, bn_param)
+    return _norm_forward(_BATCHNORM, x, gamma, beta, bn_param)
 
 
 def batchnorm_backward(dout, cache):
@@ -275,7 +322,7 @@ def batchnorm_backward(dout, cache):
     ----------
     dout : array (N, D), floating
         Upstream gradient (cast to x's dtype if it differs).
-    cache : BatchnormCache
+    cache : NormCache
         From :func:`batchnorm_forward`.
 
     Returns
@@ -283,13 +330,13 @@ def batchnorm_backward(dout, cache):
     dx : array (N, D), x's dtype
     dgamma, dbeta : arrays in gamma's shape, x's dtype
     """
-    return _bn_backward("batchnorm_backward", "batchnorm_forward", dout, cache)
+    return _norm_backward(_BATCHNORM, "batchnorm_backward", dout, cache)
 
 
 def batchnorm_backward_alt(dout, cache):
     """The same function as :func:`batchnorm_backward` (cs231n's name for the
     simplified formula, which normdrop always uses)."""
-    return _bn_backward("batchnorm_backward_alt", "batchnorm_forward", dout, cache)
+    return _norm_backward(_BATCHNORM, "batchnorm_backward_alt", dout, cache)
 
 
 def spatial_batchnorm_forward(x, gamma, beta, bn_param):
@@ -308,10 +355,10 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     Returns
     -------
     out : array (N, C, H, W), x's dtype, x's memory layout
-    cache : BatchnormCache
+    cache : NormCache
         For :func:`spatial_batchnorm_backward`.
     """
-    return _bn_forward("spatial_batchnorm_forward", True, x, gamma, beta, bn_param)
+    return _norm_forward(_SPATIAL_BATCHNORM, x, gamma, beta, bn_param)
 
 
 def spatial_batchnorm_backward(dout, cache):
@@ -320,7 +367,7 @@ def spatial_batchnorm_backward(dout, cache):
     Parameters
     ----------
     dout : array (N, C, H, W), floating
-    cache : BatchnormCache
+    cache : NormCache
         From :func:`spatial_batchnorm_forward`.
 
     Returns
@@ -328,6 +375,4 @@ def spatial_batchnorm_backward(dout, cache):
     dx : array (N, C, H, W), x's dtype and memory layout
     dgamma, dbeta : arrays in gamma's shape, x's dtype
     """
-    return _bn_backward("spatial_batchnorm_backward", "spatial_batchnorm_forward", dout, cache)
-
-
+    return _norm_backward(_SPATIAL_BATCHNORM, "spatial_batchnorm_backward", dout, cache)

@@ -1,8 +1,9 @@
 """The one dispatch point: which backend computes for a set of arrays.
 
-NumPy arrays go to the C kernels (``normdrop._cpu``), CuPy arrays to the CUDA
-kernels (``normdrop._cuda``), and arrays of any other array-API library to the
-reference implementation (``normdrop._reference``).  The reference backend can
+NumPy arrays go to the C kernels (``normdrop._cpu._backend``), CuPy arrays to
+the CUDA kernels (``normdrop._cuda._backend``), and arrays of any other
+array-API library to the reference implementation (``normdrop._reference``).
+Each is a backend of the contract in :mod:`normdrop._contract`.  The reference backend can
 be forced for NumPy inputs (tests, benchmarks) with :func:`force_reference` or
 the environment variable ``NORMDROP_BACKEND=reference`` (read at import).
 """
@@ -24,7 +25,7 @@ _force = contextvars.ContextVar(
 # The C extension is loaded at import, so that its OpenMP runtime is there for
 # threadpoolctl limits entered before the first call.
 try:
-    from . import _cpu as _cpu_backend
+    from ._cpu import _backend as _cpu_backend
 except ImportError:          # a broken build: report it when NumPy arrays come
     _cpu_backend = None
 _cuda_backend = None
@@ -32,7 +33,7 @@ _cuda_backend = None
 
 def _cpu():
     if _cpu_backend is None:
-        from . import _cpu as mod    # raises the extension's ImportError
+        from ._cpu import _backend as mod    # raises the extension's ImportError
         return mod
     return _cpu_backend
 
@@ -40,7 +41,7 @@ def _cpu():
 def _cuda():
     global _cuda_backend
     if _cuda_backend is None:
-        from . import _cuda as mod
+        from ._cuda import _backend as mod
         _cuda_backend = mod
     return _cuda_backend
 

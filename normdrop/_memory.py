@@ -32,8 +32,9 @@ import warnings
 
 try:
     from ._cpu import _kernels as _k
+    from ._cpu import _pool as _p
 except ImportError:          # reference-only: normdrop._dispatch reports why
-    _k = None
+    _k = _p = None
 
 DEFAULT_LIMIT = 512 << 20
 _SIZE_MAX = 2**64 - 1        # limits above this (more than any memory) are clamped
@@ -45,7 +46,7 @@ def empty_cache() -> None:
     Arrays still in use are not affected.  See ``set_cache_limit``.
     """
     if _k is not None:
-        _k.cache_trim()
+        _p.cache_trim()
 
 
 def set_cache_limit(nbytes: int) -> int:
@@ -75,7 +76,7 @@ def set_cache_limit(nbytes: int) -> int:
         raise ValueError(f"set_cache_limit: nbytes must be >= 0, got {nbytes}")
     if _k is None:
         return 0
-    return int(_k.cache_set_limit(min(nbytes, _SIZE_MAX)))
+    return int(_p.cache_set_limit(min(nbytes, _SIZE_MAX)))
 
 
 def cache_info() -> dict:
@@ -90,7 +91,7 @@ def cache_info() -> dict:
     """
     if _k is None:
         return {"blocks": 0, "bytes": 0, "limit": 0, "hits": 0, "misses": 0}
-    blocks, nbytes, limit, hits, misses = _k.cache_info()
+    blocks, nbytes, limit, hits, misses = _p.cache_info()
     return {"blocks": int(blocks), "bytes": int(nbytes), "limit": int(limit),
             "hits": int(hits), "misses": int(misses)}
 
@@ -113,7 +114,7 @@ def _bytes_from_env(name: str, default: int, most: int) -> int:
 
 
 if _k is not None:
-    _k.cache_set_limit(_bytes_from_env("NORMDROP_CACHE_LIMIT", DEFAULT_LIMIT, _SIZE_MAX))
+    _p.cache_set_limit(_bytes_from_env("NORMDROP_CACHE_LIMIT", DEFAULT_LIMIT, _SIZE_MAX))
     # outputs of at least this many bytes are written with streaming stores
     # (nd_common.c has the default and the reasons for it)
     _k.set_stream_bytes(_bytes_from_env("NORMDROP_STREAM_BYTES", int(_k.get_stream_bytes()),

@@ -76,13 +76,13 @@ def optional_seed(param):
     return _NO_SEED if seed is None else seed_value(seed)
 
 
-def eps_value(param) -> float:
+def eps_value(param, name: str = "bn_param") -> float:
     eps = param.get("eps", 1e-5)
     if not _is_number(eps):
-        raise TypeError(f"bn_param['eps'] must be a real number > 0, got {_type_name(eps)}")
+        raise TypeError(f"{name}['eps'] must be a real number > 0, got {_type_name(eps)}")
     eps = float(eps)
     if not (eps > 0.0 and math.isfinite(eps)):
-        raise ValueError(f"bn_param['eps'] must be a finite number > 0, got {eps!r}")
+        raise ValueError(f"{name}['eps'] must be a finite number > 0, got {eps!r}")
     return eps
 
 
@@ -139,9 +139,8 @@ def channel_param(a, name: str, C: int, spatial: bool, xp):
     return a if a.ndim == 1 else xp.reshape(a, (C,))
 
 
-def train_count(x, spatial: bool) -> None:
-    shape = tuple(x.shape)
-    count = shape[0] * (shape[2] * shape[3] if spatial else 1)
+def train_count(count: int, shape: tuple) -> None:
+    """ValueError unless a training batch has more than one value per channel."""
     if count <= 1:
         raise ValueError(
             "expected more than 1 value per channel when training, got input of shape "

@@ -15,7 +15,7 @@
  *   avx2:   8 counters per ymm;
  *   generic: portable C (the only variant on other compilers and targets).
  * Packed bits: value i is bit i % 8 of byte i / 8.
- *   forward:  out[i] = keep(i) ? x[i] * scale : 0      (scale = 1/p in T)
+ *   forward:  out[i] = keep(i) ? x[i] * scale : 0      (scale = (T)(1/p))
  *   backward: dx[i]  = bit(i)  ? dout[i] * scale : 0
  */
 #include <string.h>
@@ -140,9 +140,9 @@ static int nd_dropout_stream(const void *out, int64_t bytes)
 typedef void (*nd_bits_fn)(uint8_t *bits, uint8_t *mask, int64_t g0, int64_t g1,
                            const nd_keep_rule *r);
 
-static void nd_bits_or_mask(uint8_t *bits, uint8_t *mask, int64_t n, uint64_t seed, uint64_t thr)
+static void nd_bits_or_mask(uint8_t *bits, uint8_t *mask, int64_t n, uint64_t seed, double p)
 {
-    const nd_keep_rule r = nd_rule(seed, thr);
+    const nd_keep_rule r = nd_rule(seed, nd_dropout_threshold(p));
     const int64_t ng = n / ND_GROUP, ntask = nd_cdiv(ng, ND_GROUPS_PER_TASK);
     const int lvl = nd_isa_level();
     (void)lvl;
@@ -160,14 +160,11 @@ static void nd_bits_or_mask(uint8_t *bits, uint8_t *mask, int64_t n, uint64_t se
     }
 }
 
-void nd_dropout_bits(uint8_t *bits, int64_t n, uint64_t seed, uint64_t threshold)
+/* nd_dropout_mask: mask[i] = keep(i) as a 0/1 byte, n values.
+ * IN n, seed, p; OUT mask. */
+void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, double p)
 {
-    nd_bits_or_mask(bits, 0, n, seed, threshold);
-}
-
-void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, uint64_t threshold)
-{
-    nd_bits_or_mask(0, mask, n, seed, threshold);
+    nd_bits_or_mask(0, mask, n, seed, p);
 }
 
 #define T float

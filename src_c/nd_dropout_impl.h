@@ -9,10 +9,12 @@ typedef void (*FN(nd_fwd_fn))(const T *x, T *out, uint8_t *bits, int64_t g0, int
 typedef void (*FN(nd_bwd_fn))(const T *dout, const uint8_t *bits, T *dx, int64_t g0,
                               int64_t g1, T scale);
 
-void FN(nd_dropout_fwd)(const T *x, T *out, uint8_t *bits, int64_t n, uint64_t seed,
-                        uint64_t threshold, T scale)
+/* nd_dropout_fwd: out[i] = keep(i) ? x[i] * scale : 0, scale = 1/p rounded to
+ * T; the packed keep bits.  IN x, n, seed, p; OUT out, bits. */
+void FN(nd_dropout_fwd)(const T *x, T *out, uint8_t *bits, int64_t n, uint64_t seed, double p)
 {
-    const nd_keep_rule r = nd_rule(seed, threshold);
+    const nd_keep_rule r = nd_rule(seed, nd_dropout_threshold(p));
+    const T scale = (T)(1.0 / p);
     const int64_t ng = n / ND_GROUP, ntask = nd_cdiv(ng, ND_GROUPS_PER_TASK);
     const int lvl = nd_isa_level();
     (void)lvl;
@@ -30,9 +32,11 @@ void FN(nd_dropout_fwd)(const T *x, T *out, uint8_t *bits, int64_t n, uint64_t s
     }
 }
 
-/* Backward: dx[i] = bit(i) ? dout[i] * scale : 0. */
-void FN(nd_dropout_bwd)(const T *dout, const uint8_t *bits, T *dx, int64_t n, T scale)
+/* nd_dropout_bwd: dx[i] = bit(i) ? dout[i] * scale : 0, scale = 1/p rounded
+ * to T.  IN dout, bits, n, p; OUT dx. */
+void FN(nd_dropout_bwd)(const T *dout, const uint8_t *bits, T *dx, int64_t n, double p)
 {
+    const T scale = (T)(1.0 / p);
     const int64_t ng = n / ND_GROUP, ntask = nd_cdiv(ng, ND_GROUPS_PER_TASK);
     const int lvl = nd_isa_level();
     (void)lvl;

@@ -1,23 +1,40 @@
 /*
  * normdrop.h -- the C kernels behind normdrop's CPU backend.
  *
+ * The kernels implement the backend contract (normdrop/_contract.py): the
+ * four steps every normalization op is made of -- nd_moments, nd_normalize,
+ * nd_grad_reduce, nd_grad_input -- and two composites that fuse them
+ * (nd_norm_train_fwd, nd_norm_bwd), over a geometry that says how an
+ * element maps to its statistics group and to its affine channel; plus the
+ * dropout kernels and the running-statistics update.  The same names are
+ * used by the Cython bindings and the CUDA kernels (normdrop/_cuda/*.cu).
+ *
  * Conventions (every kernel):
- *   - kernels only compute: the caller allocates every output and workspace;
+ *   - kernels only compute: the caller allocates every output and the
+ *     scratch (nd_work_size doubles);
  *   - sizes, strides and indices are int64_t (element counts, not bytes);
- *   - per-channel statistics and coefficients are double, whatever the data type;
+ *   - per-group statistics, per-channel parameters and coefficients are
+ *     double, whatever the data type;
  *   - results do not depend on the OpenMP thread count: work is cut into units
  *     whose boundaries depend only on the shape, and partial results are merged
  *     in a fixed order;
  *   - no Python.h: the Cython layer releases the GIL around each call.
  *
- * Geometry of a batchnorm operand (nd_geom): the data are C channels, each
- * holding N * S values, in one of two memory layouts.
- *   ND_ROWS:   value (m, c), m < N, at  m * sn + c          (S == 1).
- *              A C-contiguous (N, D) matrix, or an NHWC array seen as
- *              (N*H*W, C) rows.
- *   ND_PLANES: value (n, c, s) at  n * sn + c * sc + s.
- *              A C-contiguous NCHW array (S = H * W), or a Fortran-ordered
- *              (N, D) matrix (N = 1, S = rows).
+ * Geometry (nd_geom): the operand seen as (n, c, s) -- n samples, c channels
+ * (the index of gamma and beta), s values per channel and sample -- in one
+ * of three memory layouts:
+ *   ND_ROWS:   value (i, j) at  i * sn + j                 (s == 1).
+ *              A C-contiguous (N, D) matrix; for batchnorm also an NHWC
+ *              array seen as (N*H*W, C) rows.
+ *   ND_PLANES: value (i, j, k) at  i * sn + j * sc + k.
+ *              A C-contiguous NCHW array (s = H * W); for batchnorm also a
+ *              Fortran-ordered (N, D) matrix (n = 1, s = rows).
+ *   ND_CLAST:  value (i, j, k) at  i * sn + k * ss + j     (groups > 0 only).
+ *              A channels-last (NHWC) array seen as NCHW.
+ * Statistics groups: groups == 0, one per channel, over samples and
+ * positions (batchnorm); groups == G > 0, one per sample and group of c / G
+ * consecutive channels (groupnorm; layernorm is G = 1 on rows), group index
+ * i * G + j / (c / G).
  */
 #ifndef NORMDROP_H
 #define NORMDROP_H
@@ -27,66 +44,88 @@
 
 #define ND_ROWS 0
 #define ND_PLANES 1
+#define ND_CLAST 2
 
 typedef struct {
-    int64_t kind;  /* ND_ROWS or ND_PLANES */
-    int64_t n;     /* rows (ND_ROWS) or planes per channel (ND_PLANES) */
-    int64_t c;     /* channels */
-    int64_t s;     /* values per plane (1 for ND_ROWS) */
-    int64_t sn;    /* stride between rows / planes of one channel */
-    int64_t sc;    /* stride between channels (1 for ND_ROWS) */
+    int64_t kind;    /* ND_ROWS, ND_PLANES or ND_CLAST */
+    int64_t n;       /* samples (rows, planes per channel) */
+    int64_t c;       /* channels */
+    int64_t s;       /* values per channel and sample (1 for ND_ROWS) */
+    int64_t sn;      /* stride between samples */
+    int64_t sc;      /* stride between channels (1 for ND_ROWS, ND_CLAST) */
+    int64_t ss;      /* stride between positions (1 for ND_PLANES) */
+    int64_t groups;  /* 0: per channel; G > 0: G groups per sample */
 } nd_geom;
 
-/* Doubles of workspace nd_bn_stats_* and nd_bn_bwd_reduce_* need for g. */
-int64_t nd_bn_work_size(const nd_geom *g);
+/* Statistics groups of g: c (groups == 0) or n * groups. */
+int64_t nd_ngroups(const nd_geom *g);
+/* Doubles of scratch that any kernel below needs for g (at least 1). */
+int64_t nd_work_size(const nd_geom *g);
 
 /* Number of OpenMP threads a kernel would use (1 without OpenMP). */
 int nd_max_threads(void);
 /* 1 when compiled with OpenMP. */
 int nd_have_openmp(void);
 
+/* The dropout keep threshold floor(p * 2**32) (nd_philox.h), for tests. */
+uint64_t nd_keep_threshold(double p);
+/* The moments merge of nd_moments.h, for tests and the synchronized
+ * batchnorm: per group k < ngroups, the nsets sets of set-major arrays
+ * count[s * ngroups + k], mean[...], m2[...] merged in set order into
+ * out_count[k], out_mean[k], out_m2[k]. */
+void nd_merge_moments(int64_t nsets, int64_t ngroups, const double *count, const double *mean,
+                      const double *m2, double *out_count, double *out_mean, double *out_m2);
+
 #define ND_DECLARE(T, SUF)                                                          \
-    /* mean[c], var[c] <- per-channel mean and biased variance of x. */            \
-    void nd_bn_stats_##SUF(const T *x, const nd_geom *g, double *work,              \
-                           double *mean, double *var);                              \
-    /* out <- (x - mean[c]) * scale[c] + shift[c]  (out has x's geometry). */       \
-    void nd_bn_affine_##SUF(const T *x, T *out, const nd_geom *g,                   \
-                            const double *mean, const double *scale,                \
-                            const double *shift);                                   \
-    /* Training forward in one call: stats, invstd = 1/sqrt(var + eps),         \
-     * scale = gamma * invstd, out = (x - mean) * scale + beta. */                  \
-    void nd_bn_train_fwd_##SUF(const T *x, T *out, const nd_geom *g,                \
-                               const double *gamma, const double *beta, double eps, \
-                               double *work, double *mean, double *var,             \
-                               double *invstd, double *scale);                      \
-    /* Backward in one call: dx, dgamma = sum(dout*(x-mean))*invstd,                \
-     * dbeta = sum(dout); coef is scratch of 3 c doubles. */                        \
-    void nd_bn_backward_##SUF(const T *dout, const T *x, T *dx, const nd_geom *g,   \
-                              const double *gamma, const double *mean,              \
-                              const double *invstd, int train, double *work,        \
-                              double *coef, double *dgamma, double *dbeta);         \
-    /* sum_dy[c] <- sum(dout), sum_dyxm[c] <- sum(dout * (x - mean[c])). */         \
-    void nd_bn_bwd_reduce_##SUF(const T *dout, const T *x, const nd_geom *g,        \
-                                const double *mean, double *work,                   \
-                                double *sum_dy, double *sum_dyxm);                  \
-    /* dx <- a[c] * dout + b[c] * (x - mean[c]) + e[c]. */                          \
-    void nd_bn_bwd_dx_##SUF(const T *dout, const T *x, T *dx, const nd_geom *g,     \
-                            const double *mean, const double *a, const double *b,   \
-                            const double *e);                                       \
-    /* out[i] <- keep(i) ? x[i] * scale : 0 and the packed keep bits, n values. */  \
+    /* mean[k], m2[k] <- mean and sum of squared deviations of group k. */        \
+    void nd_moments_##SUF(const T *x, const nd_geom *g, double *work,               \
+                          double *mean, double *m2);                                \
+    /* out <- (x - mean[grp]) * (invstd[grp] * gamma[ch]) + beta[ch]. */           \
+    void nd_normalize_##SUF(const T *x, T *out, const nd_geom *g,                   \
+                            const double *mean, const double *invstd,               \
+                            const double *gamma, const double *beta, double *work); \
+    /* s1[k], s2[k] <- sum(dout * w), sum(dout * w * (x - mean[k])) over group  \
+     * k, w = gamma[ch] for groups > 0 and 1 for groups == 0;                      \
+     * dgamma[ch] <- sum(dout * (x - mean) * invstd), dbeta[ch] <- sum(dout). */   \
+    void nd_grad_reduce_##SUF(const T *dout, const T *x, const nd_geom *g,          \
+                              const double *mean, const double *invstd,             \
+                              const double *gamma, double *work, double *s1,        \
+                              double *s2, double *dgamma, double *dbeta);           \
+    /* dx <- the input gradient from grad_reduce's s1, s2 (train == 0: test-mode \
+     * batchnorm, dx = gamma * invstd * dout). */                                  \
+    void nd_grad_input_##SUF(const T *dout, const T *x, T *dx, const nd_geom *g,    \
+                             const double *mean, const double *invstd,              \
+                             const double *gamma, const double *s1,                 \
+                             const double *s2, int train, double *work);            \
+    /* Composite: nd_moments, var = m2 / count, invstd = 1 / sqrt(var + eps),    \
+     * nd_normalize -- in one call, fused where a group fits in cache. */          \
+    void nd_norm_train_fwd_##SUF(const T *x, T *out, const nd_geom *g,              \
+                                 const double *gamma, const double *beta,           \
+                                 double eps, double *work, double *mean,            \
+                                 double *var, double *invstd);                      \
+    /* Composite: nd_grad_reduce then nd_grad_input, fused where possible. */      \
+    void nd_norm_bwd_##SUF(const T *dout, const T *x, T *dx, const nd_geom *g,      \
+                           const double *mean, const double *invstd,                \
+                           const double *gamma, int train, double *work,            \
+                           double *dgamma, double *dbeta);                          \
+    /* out[k] <- (1 - momentum) * batch[k] + momentum * old[k] in double, rounded \
+     * once; old is old32 or old64 (float32 or float64), or zeros when both are  \
+     * NULL. */                                                                    \
+    void nd_running_update_##SUF(const float *old32, const double *old64,           \
+                                 const double *batch, double momentum, T *out,      \
+                                 int64_t c);                                        \
+    /* out[i] <- keep(i) ? x[i] * (T)(1/p) : 0 and the packed keep bits. */         \
     void nd_dropout_fwd_##SUF(const T *x, T *out, uint8_t *bits, int64_t n,         \
-                              uint64_t seed, uint64_t threshold, T scale);          \
-    /* dx[i] <- bit(i) ? dout[i] * scale : 0. */                                    \
+                              uint64_t seed, double p);                             \
+    /* dx[i] <- bit(i) ? dout[i] * (T)(1/p) : 0. */                                 \
     void nd_dropout_bwd_##SUF(const T *dout, const uint8_t *bits, T *dx,            \
-                              int64_t n, T scale);
+                              int64_t n, double p);
 
 ND_DECLARE(float, f32)
 ND_DECLARE(double, f64)
 
-/* bits <- packed keep bits of n values (ceil(n / 8) bytes). */
-void nd_dropout_bits(uint8_t *bits, int64_t n, uint64_t seed, uint64_t threshold);
 /* mask[i] <- keep(i) as 0/1 bytes, n values. */
-void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, uint64_t threshold);
+void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, double p);
 
 /* Outputs of at least this many bytes are written with non-temporal
  * (streaming) stores where the processor has them: they bypass the caches, so

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import normdrop as nd
-from normdrop._cpu import _kernels as _k
+from normdrop._cpu import _pool as _k
 
 MiB = 1 << 20
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import normdrop as nd
-from normdrop import _reference
+from normdrop import _philox
 from normdrop._cpu import _kernels
 from conftest import LAYOUTS_4D, _layout, oracle
 
@@ -36,16 +36,16 @@ def test_philox_known_answers_c_header(counter, key, expected):
 def test_philox_known_answers_reference(backend, counter, key, expected):
     xp = backend.xp
     arrs = [xp.asarray([c], dtype=xp.int64) for c in counter]
-    out = _reference.philox4x32_10(xp, *arrs, key[0], key[1])
+    out = _philox.philox4x32_10(xp, *arrs, key[0], key[1])
     assert tuple(int(backend.to_numpy(o)[0]) for o in out) == expected
 
 
 def test_keep_threshold():
-    assert _reference.keep_threshold(1.0) == 2**32
-    assert _reference.keep_threshold(0.5) == 2**31
-    assert _reference.keep_threshold(0.25) == 2**30
-    assert _reference.keep_threshold(1e-12) == 0
-    assert _reference.keep_threshold(0.1) == 429496729
+    assert _philox.keep_threshold(1.0) == 2**32
+    assert _philox.keep_threshold(0.5) == 2**31
+    assert _philox.keep_threshold(0.25) == 2**30
+    assert _philox.keep_threshold(1e-12) == 0
+    assert _philox.keep_threshold(0.1) == 429496729
 
 
 def _words_python(n, seed):

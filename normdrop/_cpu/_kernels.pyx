@@ -1,92 +1,35 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Thin Cython bindings of the C kernels in ``src_c/`` (see ``normdrop.h``).
+"""Cython bindings of the C kernels in ``src_c/`` (declared in ``_nd.pxd``),
+one per kernel and under the kernel's name: ``moments`` calls
+``nd_moments_f32`` or ``nd_moments_f64``, and so on.
 
-Every function here trusts its caller (``normdrop._cpu``): arrays are NumPy
-arrays of dtype float32 or float64 laid out as the geometry says, outputs and
-statistics arrays are allocated, and float64 per-channel arrays are
-C-contiguous.  The GIL is released around every kernel.  Geometry tuples are
-``(kind, n, c, s, sn, sc)`` in elements; ``kind`` 0 is rows, 1 is planes.
+Every function here trusts its caller (``normdrop._cpu``) for the memory
+layout: arrays are NumPy arrays of dtype float32 or float64 laid out as the
+geometry says, outputs are allocated, and float64 per-group and per-channel
+arrays are C-contiguous.  The GIL is released around every kernel.  A
+geometry is the tuple ``(kind, n, c, s, sn, sc, ss, groups)`` of
+``nd_geom`` (normdrop.h), in elements.
+
+The float32/float64 dispatch is written once per kernel, as a function of
+the fused type ``real``; the ``def`` bindings pick the specialization from
+the data pointer's type.
 """
 cimport numpy as cnp
 import numpy as np
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint64_t, uint8_t
+from libc.string cimport memcpy
+
+from normdrop._cpu._nd cimport *
 
 cnp.import_array()
 
-cdef extern from "normdrop.h" nogil:
-    ctypedef struct nd_geom:
-        int64_t kind
-        int64_t n
-        int64_t c
-        int64_t s
-        int64_t sn
-        int64_t sc
-    int64_t nd_bn_work_size(const nd_geom *g)
-    int nd_max_threads()
-    int nd_have_openmp()
-    void nd_bn_stats_f32(const float *x, const nd_geom *g, double *work, double *mean, double *var)
-    void nd_bn_stats_f64(const double *x, const nd_geom *g, double *work, double *mean, double *var)
-    void nd_bn_affine_f32(const float *x, float *out, const nd_geom *g, const double *mean,
-                          const double *scale, const double *shift)
-    void nd_bn_affine_f64(const double *x, double *out, const nd_geom *g, const double *mean,
-                          const double *scale, const double *shift)
-    void nd_bn_train_fwd_f32(const float *x, float *out, const nd_geom *g, const double *gamma,
-                             const double *beta, double eps, double *work, double *mean,
-                             double *var, double *invstd, double *scale)
-    void nd_bn_train_fwd_f64(const double *x, double *out, const nd_geom *g, const double *gamma,
-                             const double *beta, double eps, double *work, double *mean,
-                             double *var, double *invstd, double *scale)
-    void nd_bn_backward_f32(const float *dout, const float *x, float *dx, const nd_geom *g,
-                            const double *gamma, const double *mean, const double *invstd,
-                            int train, double *work, double *coef, double *dgamma, double *dbeta)
-    void nd_bn_backward_f64(const double *dout, const double *x, double *dx, const nd_geom *g,
-                            const double *gamma, const double *mean, const double *invstd,
-                            int train, double *work, double *coef, double *dgamma, double *dbeta)
-    void nd_bn_bwd_reduce_f32(const float *dout, const float *x, const nd_geom *g,
-                              const double *mean, double *work, double *sum_dy, double *sum_dyxm)
-    void nd_bn_bwd_reduce_f64(const double *dout, const double *x, const nd_geom *g,
-                              const double *mean, double *work, double *sum_dy, double *sum_dyxm)
-    void nd_bn_bwd_dx_f32(const float *dout, const float *x, float *dx, const nd_geom *g,
-                          const double *mean, const double *a, const double *b, const double *e)
-    void nd_bn_bwd_dx_f64(const double *dout, const double *x, double *dx, const nd_geom *g,
-                          const double *mean, const double *a, const double *b, const double *e)
-    void nd_dropout_fwd_f32(const float *x, float *out, uint8_t *bits, int64_t n,
-                            uint64_t seed, uint64_t threshold, float scale)
-    void nd_dropout_fwd_f64(const double *x, double *out, uint8_t *bits, int64_t n,
-                            uint64_t seed, uint64_t threshold, double scale)
-    void nd_dropout_bwd_f32(const float *dout, const uint8_t *bits, float *dx, int64_t n, float scale)
-    void nd_dropout_bwd_f64(const double *dout, const uint8_t *bits, double *dx, int64_t n, double scale)
-    void nd_dropout_bits(uint8_t *bits, int64_t n, uint64_t seed, uint64_t threshold)
-    void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, uint64_t threshold)
-    void nd_set_stream_bytes(int64_t nbytes)
-    int64_t nd_get_stream_bytes()
-    void *nd_pool_malloc(void *ctx, size_t size)
-    void *nd_pool_calloc(void *ctx, size_t nelem, size_t elsize)
-    void *nd_pool_realloc(void *ctx, void *ptr, size_t new_size)
-    void nd_pool_free(void *ctx, void *ptr, size_t size)
-    size_t nd_pool_set_limit(size_t limit)
-    void nd_pool_trim()
-    void nd_pool_info(uint64_t *info)
-
-cdef extern from "numpy/arrayobject.h":
-    ctypedef struct PyDataMemAllocator:
-        void *ctx
-        void *(*malloc)(void *ctx, size_t size) noexcept nogil
-        void *(*calloc)(void *ctx, size_t nelem, size_t elsize) noexcept nogil
-        void *(*realloc)(void *ctx, void *ptr, size_t new_size) noexcept nogil
-        void (*free)(void *ctx, void *ptr, size_t size) noexcept nogil
-    ctypedef struct PyDataMem_Handler:
-        char name[127]
-        uint8_t version
-        PyDataMemAllocator allocator
-    object PyDataMem_SetHandler(object handler)
-    object PyDataMem_GetHandler()
-
-from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer
-from libc.string cimport memcpy, memset
-from cpython.mem cimport PyMem_Malloc, PyMem_Free
+ctypedef fused real:
+    float
+    double
 
 
+# ------------------------------------------------------------------ helpers
 cdef inline void _geom(tuple t, nd_geom *g):
     g.kind = t[0]
     g.n = t[1]
@@ -94,49 +37,20 @@ cdef inline void _geom(tuple t, nd_geom *g):
     g.s = t[3]
     g.sn = t[4]
     g.sc = t[5]
+    g.ss = t[6]
+    g.groups = t[7]
 
 
-cdef inline void *_ptr(cnp.ndarray a):
+cdef inline void *_ptr(cnp.ndarray a) noexcept nogil:
     return cnp.PyArray_DATA(a)
 
 
-cdef inline double *_dptr(cnp.ndarray a):
+cdef inline double *_dptr(cnp.ndarray a) noexcept nogil:
     return <double *>cnp.PyArray_DATA(a)
 
 
 cdef inline bint _is_f32(cnp.ndarray a):
     return cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
-
-
-def have_openmp():
-    """True when the kernels were compiled with OpenMP."""
-    return bool(nd_have_openmp())
-
-
-def max_threads():
-    """Threads an OpenMP kernel would use now (1 without OpenMP)."""
-    return nd_max_threads()
-
-
-
-
-
-def bn_affine(cnp.ndarray x, cnp.ndarray out, tuple geom, cnp.ndarray mean,
-              cnp.ndarray scale, cnp.ndarray shift):
-    """out = (x - mean[c]) * scale[c] + shift[c]."""
-    cdef nd_geom g
-    _geom(geom, &g)
-    cdef void *xp = _ptr(x)
-    cdef void *op = _ptr(out)
-    cdef double *mp = _dptr(mean)
-    cdef double *ap = _dptr(scale)
-    cdef double *bp = _dptr(shift)
-    if _is_f32(x):
-        with nogil:
-            nd_bn_affine_f32(<const float *>xp, <float *>op, &g, mp, ap, bp)
-    else:
-        with nogil:
-            nd_bn_affine_f64(<const double *>xp, <double *>op, &g, mp, ap, bp)
 
 
 cdef inline cnp.ndarray _as_f64(object a):
@@ -159,230 +73,371 @@ cdef double *_scratch(int64_t n) except NULL:
     return p
 
 
-def bn_train_fwd(cnp.ndarray x, cnp.ndarray out, tuple geom, gamma, beta, double eps):
-    """Training forward: out = (x - mean) * (gamma * invstd) + beta.  Returns
-    stats, a new (4, C) float64 array: rows mean, var, invstd, gamma * invstd.
-    gamma, beta: (C,) arrays of any real dtype."""
+cdef inline void _to_real(const double *src, real *dst, int64_t n) noexcept nogil:
+    """dst[0:n] <- src rounded to real."""
+    cdef int64_t k
+    if real is float:
+        for k in range(n):
+            dst[k] = <float>src[k]
+    else:
+        memcpy(dst, src, n * sizeof(double))
+
+
+# ------------------------------------------------------- the dispatch, once
+cdef inline void c_moments(const real *x, const nd_geom *g, double *w, double *mean,
+                           double *m2) noexcept nogil:
+    if real is float:
+        nd_moments_f32(x, g, w, mean, m2)
+    else:
+        nd_moments_f64(x, g, w, mean, m2)
+
+
+cdef inline void c_normalize(const real *x, real *out, const nd_geom *g, const double *mean,
+                             const double *invstd, const double *gamma, const double *beta,
+                             double *w) noexcept nogil:
+    if real is float:
+        nd_normalize_f32(x, out, g, mean, invstd, gamma, beta, w)
+    else:
+        nd_normalize_f64(x, out, g, mean, invstd, gamma, beta, w)
+
+
+cdef inline void c_grad_reduce(const real *dout, const real *x, const nd_geom *g,
+                               const double *mean, const double *invstd, const double *gamma,
+                               double *w, double *s1, double *s2, double *dgamma,
+                               double *dbeta) noexcept nogil:
+    if real is float:
+        nd_grad_reduce_f32(dout, x, g, mean, invstd, gamma, w, s1, s2, dgamma, dbeta)
+    else:
+        nd_grad_reduce_f64(dout, x, g, mean, invstd, gamma, w, s1, s2, dgamma, dbeta)
+
+
+cdef inline void c_grad_input(const real *dout, const real *x, real *dx, const nd_geom *g,
+                              const double *mean, const double *invstd, const double *gamma,
+                              const double *s1, const double *s2, int train,
+                              double *w) noexcept nogil:
+    if real is float:
+        nd_grad_input_f32(dout, x, dx, g, mean, invstd, gamma, s1, s2, train, w)
+    else:
+        nd_grad_input_f64(dout, x, dx, g, mean, invstd, gamma, s1, s2, train, w)
+
+
+cdef inline void c_norm_train_fwd(const real *x, real *out, const nd_geom *g,
+                                  const double *gamma, const double *beta, double eps,
+                                  double *w, double *mean, double *var,
+                                  double *invstd) noexcept nogil:
+    if real is float:
+        nd_norm_train_fwd_f32(x, out, g, gamma, beta, eps, w, mean, var, invstd)
+    else:
+        nd_norm_train_fwd_f64(x, out, g, gamma, beta, eps, w, mean, var, invstd)
+
+
+cdef inline void c_norm_bwd(const real *dout, const real *x, real *dx, const nd_geom *g,
+                            const double *mean, const double *invstd, const double *gamma,
+                            int train, double *w, double *dgamma,
+                            double *dbeta) noexcept nogil:
+    if real is float:
+        nd_norm_bwd_f32(dout, x, dx, g, mean, invstd, gamma, train, w, dgamma, dbeta)
+    else:
+        nd_norm_bwd_f64(dout, x, dx, g, mean, invstd, gamma, train, w, dgamma, dbeta)
+
+
+cdef inline void c_running_update(const float *o32, const double *o64, const double *batch,
+                                  double momentum, real *out, int64_t c) noexcept nogil:
+    if real is float:
+        nd_running_update_f32(o32, o64, batch, momentum, out, c)
+    else:
+        nd_running_update_f64(o32, o64, batch, momentum, out, c)
+
+
+cdef inline void c_dropout_fwd(const real *x, real *out, uint8_t *bits, int64_t n,
+                               uint64_t seed, double p) noexcept nogil:
+    if real is float:
+        nd_dropout_fwd_f32(x, out, bits, n, seed, p)
+    else:
+        nd_dropout_fwd_f64(x, out, bits, n, seed, p)
+
+
+cdef inline void c_dropout_bwd(const real *dout, const uint8_t *bits, real *dx, int64_t n,
+                               double p) noexcept nogil:
+    if real is float:
+        nd_dropout_bwd_f32(dout, bits, dx, n, p)
+    else:
+        nd_dropout_bwd_f64(dout, bits, dx, n, p)
+
+
+# ------------------------------------------------------------ the bindings
+def have_openmp():
+    """True when the kernels were compiled with OpenMP."""
+    return bool(nd_have_openmp())
+
+
+def max_threads():
+    """Threads an OpenMP kernel would use now (1 without OpenMP)."""
+    return nd_max_threads()
+
+
+cdef object _moments(const real *x, nd_geom *g):
+    cdef int64_t ng = nd_ngroups(g)
+    cdef cnp.ndarray mean = np.empty(ng, np.float64)
+    cdef cnp.ndarray m2 = np.empty(ng, np.float64)
+    cdef double *w = _scratch(nd_work_size(g))
+    try:
+        with nogil:
+            c_moments(x, g, w, _dptr(mean), _dptr(m2))
+    finally:
+        PyMem_Free(w)
+    return mean, m2
+
+
+def moments(cnp.ndarray x, tuple geom):
+    """(mean, m2): new float64 (ngroups,) arrays, the mean and the sum of
+    squared deviations of every statistics group of x."""
     cdef nd_geom g
     _geom(geom, &g)
-    cdef int64_t C = g.c
-    cdef cnp.ndarray gm = _as_f64(gamma)
-    cdef cnp.ndarray bt = _as_f64(beta)
-    cdef cnp.ndarray stats = np.empty((4, C), np.float64)
-    cdef void *xp = _ptr(x)
-    cdef void *op = _ptr(out)
-    cdef double *gp = _dptr(gm)
-    cdef double *bp = _dptr(bt)
-    cdef double *sp = _dptr(stats)
-    cdef double *wp = _scratch(nd_bn_work_size(&g))
+    if _is_f32(x):
+        return _moments(<const float *>_ptr(x), &g)
+    return _moments(<const double *>_ptr(x), &g)
+
+
+cdef object _normalize(const real *x, real *out, nd_geom *g, mean, invstd, gamma, beta):
+    cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd)
+    cdef cnp.ndarray gm = _as_f64(gamma), bt = _as_f64(beta)
+    cdef double *w = _scratch(nd_work_size(g))
     try:
-        if _is_f32(x):
-            with nogil:
-                nd_bn_train_fwd_f32(<const float *>xp, <float *>op, &g, gp, bp, eps, wp,
-                                    sp, sp + C, sp + 2 * C, sp + 3 * C)
-        else:
-            with nogil:
-                nd_bn_train_fwd_f64(<const double *>xp, <double *>op, &g, gp, bp, eps, wp,
-                                    sp, sp + C, sp + 2 * C, sp + 3 * C)
+        with nogil:
+            c_normalize(x, out, g, _dptr(mn), _dptr(iv), _dptr(gm), _dptr(bt), w)
     finally:
-        PyMem_Free(wp)
+        PyMem_Free(w)
+
+
+def normalize(cnp.ndarray x, cnp.ndarray out, tuple geom, mean, invstd, gamma, beta):
+    """out <- (x - mean[grp]) * (invstd[grp] * gamma[ch]) + beta[ch]; mean,
+    invstd (ngroups,), gamma, beta (c,) of any real dtype."""
+    cdef nd_geom g
+    _geom(geom, &g)
+    if _is_f32(x):
+        _normalize(<const float *>_ptr(x), <float *>_ptr(out), &g, mean, invstd, gamma, beta)
+    else:
+        _normalize(<const double *>_ptr(x), <double *>_ptr(out), &g, mean, invstd, gamma, beta)
+
+
+cdef object _grad_reduce(const real *dout, const real *x, nd_geom *g, mean, invstd, gamma):
+    cdef int64_t ng = nd_ngroups(g), C = g.c
+    cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd), gm = _as_f64(gamma)
+    cdef cnp.ndarray s1 = np.empty(ng, np.float64), s2 = np.empty(ng, np.float64)
+    dt = np.float32 if real is float else np.float64
+    cdef cnp.ndarray dgamma = np.empty(C, dt)
+    cdef cnp.ndarray dbeta = np.empty(C, dt)
+    cdef real *dgp = <real *>_ptr(dgamma)
+    cdef real *dbp = <real *>_ptr(dbeta)
+    cdef double *sp = _scratch(2 * C + nd_work_size(g))   # dgamma, dbeta in double; work
+    try:
+        with nogil:
+            c_grad_reduce(dout, x, g, _dptr(mn), _dptr(iv), _dptr(gm), sp + 2 * C,
+                          _dptr(s1), _dptr(s2), sp, sp + C)
+            _to_real(sp, dgp, C)
+            _to_real(sp + C, dbp, C)
+    finally:
+        PyMem_Free(sp)
+    return s1, s2, dgamma, dbeta
+
+
+def grad_reduce(cnp.ndarray dout, cnp.ndarray x, tuple geom, mean, invstd, gamma):
+    """(s1, s2, dgamma, dbeta): the per-group sums (new float64 (ngroups,)
+    arrays) and the per-channel gradients (new (c,) arrays of x's dtype)."""
+    cdef nd_geom g
+    _geom(geom, &g)
+    if _is_f32(x):
+        return _grad_reduce(<const float *>_ptr(dout), <const float *>_ptr(x), &g, mean,
+                            invstd, gamma)
+    return _grad_reduce(<const double *>_ptr(dout), <const double *>_ptr(x), &g, mean,
+                        invstd, gamma)
+
+
+cdef object _grad_input(const real *dout, const real *x, real *dx, nd_geom *g, mean, invstd,
+                        gamma, s1, s2, int train):
+    cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd), gm = _as_f64(gamma)
+    cdef cnp.ndarray a1 = _as_f64(s1), a2 = _as_f64(s2)
+    cdef double *w = _scratch(nd_work_size(g))
+    try:
+        with nogil:
+            c_grad_input(dout, x, dx, g, _dptr(mn), _dptr(iv), _dptr(gm), _dptr(a1),
+                         _dptr(a2), train, w)
+    finally:
+        PyMem_Free(w)
+
+
+def grad_input(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, mean, invstd,
+               gamma, s1, s2, bint train):
+    """dx <- the input gradient from grad_reduce's sums s1, s2."""
+    cdef nd_geom g
+    _geom(geom, &g)
+    if _is_f32(x):
+        _grad_input(<const float *>_ptr(dout), <const float *>_ptr(x), <float *>_ptr(dx), &g,
+                    mean, invstd, gamma, s1, s2, train)
+    else:
+        _grad_input(<const double *>_ptr(dout), <const double *>_ptr(x), <double *>_ptr(dx),
+                    &g, mean, invstd, gamma, s1, s2, train)
+
+
+cdef object _norm_train_fwd(const real *x, real *out, nd_geom *g, gamma, beta, double eps):
+    cdef int64_t ng = nd_ngroups(g)
+    cdef cnp.ndarray gm = _as_f64(gamma), bt = _as_f64(beta)
+    cdef cnp.ndarray stats = np.empty((3, ng), np.float64)
+    cdef double *sp = _dptr(stats)
+    cdef double *w = _scratch(nd_work_size(g))
+    try:
+        with nogil:
+            c_norm_train_fwd(x, out, g, _dptr(gm), _dptr(bt), eps, w, sp, sp + ng, sp + 2 * ng)
+    finally:
+        PyMem_Free(w)
     return stats
 
 
-def bn_backward(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, gamma, mean,
-                invstd, bint train):
-    """Backward: dx (written), and returns (dgamma, dbeta) as new (C,) arrays
-    of x's dtype.  gamma, mean, invstd: (C,) arrays (any real dtype)."""
+def norm_train_fwd(cnp.ndarray x, cnp.ndarray out, tuple geom, gamma, beta, double eps):
+    """Training forward in one call: out written; returns a new (3, ngroups)
+    float64 array, rows mean, var, invstd.  gamma, beta: (c,) of any real
+    dtype."""
     cdef nd_geom g
     _geom(geom, &g)
-    cdef int64_t C = g.c, c
-    cdef cnp.ndarray gm = _as_f64(gamma)
-    cdef cnp.ndarray mn = _as_f64(mean)
-    cdef cnp.ndarray iv = _as_f64(invstd)
-    cdef void *dp = _ptr(dout)
-    cdef void *xp = _ptr(x)
-    cdef void *op = _ptr(dx)
-    cdef double *gp = _dptr(gm)
-    cdef double *mp = _dptr(mn)
-    cdef double *ip = _dptr(iv)
-    cdef int tr = train
-    cdef bint f32 = _is_f32(x)
-    cdef cnp.ndarray dgamma = np.empty(C, np.float32 if f32 else np.float64)
-    cdef cnp.ndarray dbeta = np.empty(C, np.float32 if f32 else np.float64)
-    cdef double *sp = _scratch(5 * C + nd_bn_work_size(&g))   # a, b, e, dgamma, dbeta; work
-    cdef double *wp = sp + 5 * C
+    if _is_f32(x):
+        return _norm_train_fwd(<const float *>_ptr(x), <float *>_ptr(out), &g, gamma, beta, eps)
+    return _norm_train_fwd(<const double *>_ptr(x), <double *>_ptr(out), &g, gamma, beta, eps)
+
+
+cdef object _norm_bwd(const real *dout, const real *x, real *dx, nd_geom *g, mean, invstd,
+                      gamma, int train):
+    cdef int64_t C = g.c
+    cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd), gm = _as_f64(gamma)
+    dt = np.float32 if real is float else np.float64
+    cdef cnp.ndarray dgamma = np.empty(C, dt)
+    cdef cnp.ndarray dbeta = np.empty(C, dt)
+    cdef real *dgp = <real *>_ptr(dgamma)
+    cdef real *dbp = <real *>_ptr(dbeta)
+    cdef double *sp = _scratch(2 * C + nd_work_size(g))   # dgamma, dbeta in double; work
     try:
-        if f32:
-            with nogil:
-                nd_bn_backward_f32(<const float *>dp, <const float *>xp, <float *>op, &g, gp, mp,
-                                   ip, tr, wp, sp, sp + 3 * C, sp + 4 * C)
-                for c in range(C):
-                    (<float *>cnp.PyArray_DATA(dgamma))[c] = <float>sp[3 * C + c]
-                    (<float *>cnp.PyArray_DATA(dbeta))[c] = <float>sp[4 * C + c]
-        else:
-            with nogil:
-                nd_bn_backward_f64(<const double *>dp, <const double *>xp, <double *>op, &g, gp,
-                                   mp, ip, tr, wp, sp, sp + 3 * C, sp + 4 * C)
-                memcpy(cnp.PyArray_DATA(dgamma), sp + 3 * C, C * sizeof(double))
-                memcpy(cnp.PyArray_DATA(dbeta), sp + 4 * C, C * sizeof(double))
+        with nogil:
+            c_norm_bwd(dout, x, dx, g, _dptr(mn), _dptr(iv), _dptr(gm), train, sp + 2 * C,
+                       sp, sp + C)
+            _to_real(sp, dgp, C)
+            _to_real(sp + C, dbp, C)
     finally:
         PyMem_Free(sp)
     return dgamma, dbeta
 
 
-
-
-def dropout_fwd(cnp.ndarray x, cnp.ndarray out, cnp.ndarray bits, uint64_t seed,
-                uint64_t threshold, double scale):
-    """out = keep ? x * scale : 0 and the packed keep bits (C-contiguous x, out)."""
-    cdef int64_t n = cnp.PyArray_SIZE(x)
-    cdef void *xp = _ptr(x)
-    cdef void *op = _ptr(out)
-    cdef uint8_t *bp = <uint8_t *>_ptr(bits)
-    cdef float s32 = <float>scale
+def norm_bwd(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, mean, invstd,
+             gamma, bint train):
+    """Backward in one call: dx written; returns (dgamma, dbeta), new (c,)
+    arrays of x's dtype."""
+    cdef nd_geom g
+    _geom(geom, &g)
     if _is_f32(x):
-        with nogil:
-            nd_dropout_fwd_f32(<const float *>xp, <float *>op, bp, n, seed, threshold, s32)
-    else:
-        with nogil:
-            nd_dropout_fwd_f64(<const double *>xp, <double *>op, bp, n, seed, threshold, scale)
+        return _norm_bwd(<const float *>_ptr(dout), <const float *>_ptr(x), <float *>_ptr(dx),
+                         &g, mean, invstd, gamma, train)
+    return _norm_bwd(<const double *>_ptr(dout), <const double *>_ptr(x), <double *>_ptr(dx),
+                     &g, mean, invstd, gamma, train)
 
 
-def dropout_bwd(cnp.ndarray dout, cnp.ndarray bits, cnp.ndarray dx, double scale):
-    """dx = bit ? dout * scale : 0 (C-contiguous dout, dx)."""
-    cdef int64_t n = cnp.PyArray_SIZE(dout)
-    cdef void *dp = _ptr(dout)
-    cdef void *op = _ptr(dx)
-    cdef const uint8_t *bp = <const uint8_t *>_ptr(bits)
-    cdef float s32 = <float>scale
-    if _is_f32(dout):
-        with nogil:
-            nd_dropout_bwd_f32(<const float *>dp, bp, <float *>op, n, s32)
-    else:
-        with nogil:
-            nd_dropout_bwd_f64(<const double *>dp, bp, <double *>op, n, scale)
-
-
-
-def dropout_mask(cnp.ndarray mask, uint64_t seed, uint64_t threshold):
-    """Keep flags as bytes (0/1) into the C-contiguous bool/uint8 array mask."""
-    cdef int64_t n = cnp.PyArray_SIZE(mask)
-    cdef uint8_t *mp = <uint8_t *>_ptr(mask)
-    with nogil:
-        nd_dropout_mask(mp, n, seed, threshold)
-
-
-def running_update(old, cnp.ndarray batch, double momentum, dtype):
-    """new[c] = (1 - momentum) * batch[c] + momentum * old[c] in float64,
-    rounded once to dtype (float32 or float64); old None counts as zeros.
-    batch: C-contiguous float64 (C,).  Returns a new (C,) array."""
-    cdef Py_ssize_t C = cnp.PyArray_SIZE(batch), c
+cdef object _running_update(real *out, old, cnp.ndarray batch, double momentum):
+    cdef int64_t C = cnp.PyArray_SIZE(batch)
     cdef const double *b = <const double *>cnp.PyArray_DATA(batch)
-    cdef double om = 1.0 - momentum, v
-    cdef cnp.ndarray new = np.empty(C, dtype)
-    if cnp.PyArray_TYPE(new) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64):
-        raise TypeError(f"running_update: dtype must be float32 or float64, got {new.dtype}")
-    cdef cnp.ndarray o = None
-    cdef const float *of = NULL
-    cdef const double *od = NULL
-    cdef float *nf = NULL
-    cdef double *nd = NULL
+    cdef cnp.ndarray o
+    cdef const float *o32 = NULL
+    cdef const double *o64 = NULL
     if old is not None:
         o = <cnp.ndarray>old
         if not (cnp.PyArray_ISCARRAY_RO(o) and cnp.PyArray_ISNOTSWAPPED(o) and
                 cnp.PyArray_TYPE(o) in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)):
             o = np.ascontiguousarray(old, dtype=np.float64)
         if cnp.PyArray_TYPE(o) == cnp.NPY_FLOAT32:
-            of = <const float *>cnp.PyArray_DATA(o)
+            o32 = <const float *>cnp.PyArray_DATA(o)
         else:
-            od = <const double *>cnp.PyArray_DATA(o)
+            o64 = <const double *>cnp.PyArray_DATA(o)
+    c_running_update(o32, o64, b, momentum, out, C)
+
+
+def running_update(old, cnp.ndarray batch, double momentum, dtype):
+    """new[c] = (1 - momentum) * batch[c] + momentum * old[c] in float64,
+    rounded once to dtype (float32 or float64); old None counts as zeros.
+    batch: C-contiguous float64 (C,).  Returns a new (C,) array."""
+    cdef cnp.ndarray new = np.empty(cnp.PyArray_SIZE(batch), dtype)
     if cnp.PyArray_TYPE(new) == cnp.NPY_FLOAT32:
-        nf = <float *>cnp.PyArray_DATA(new)
+        _running_update(<float *>_ptr(new), old, batch, momentum)
+    elif cnp.PyArray_TYPE(new) == cnp.NPY_FLOAT64:
+        _running_update(<double *>_ptr(new), old, batch, momentum)
     else:
-        nd = <double *>cnp.PyArray_DATA(new)
-    for c in range(C):
-        v = b[c] * om
-        if of != NULL:
-            v = v + <double>of[c] * momentum
-        elif od != NULL:
-            v = v + od[c] * momentum
-        if nf != NULL:
-            nf[c] = <float>v
-        else:
-            nd[c] = v
+        raise TypeError(f"running_update: dtype must be float32 or float64, got {new.dtype}")
     return new
 
 
-# ------------------------------------------------------------ output buffers
-
-cdef PyDataMem_Handler _pool_handler
-memset(_pool_handler.name, 0, sizeof(_pool_handler.name))
-memcpy(_pool_handler.name, b"normdrop_output_cache", 21)
-_pool_handler.version = 1
-_pool_handler.allocator.ctx = NULL
-_pool_handler.allocator.malloc = nd_pool_malloc
-_pool_handler.allocator.calloc = nd_pool_calloc
-_pool_handler.allocator.realloc = nd_pool_realloc
-_pool_handler.allocator.free = nd_pool_free
-# Arrays hold a reference to this capsule and free through it; the module
-# keeps it (and the static struct it points to) alive for the process.
-_POOL_CAPSULE = PyCapsule_New(<void *>&_pool_handler, "mem_handler", NULL)
-
-
-cdef bint _default_handler(object capsule) except -1:
-    """True when capsule is NumPy's default data allocator (an exception
-    propagates if it is no allocator capsule at all)."""
-    cdef PyDataMem_Handler *h = <PyDataMem_Handler *>PyCapsule_GetPointer(capsule, "mem_handler")
-    return h.name[:17] == b"default_allocator" and h.name[17] == 0
-
-
-def pooled(f, *args):
-    """f(*args) with NumPy's data allocator set to the output cache (NEP 49),
-    so the arrays f allocates take their memory from it and give it back when
-    they are freed.  Restores the previous allocator afterwards.  Where the
-    caller has installed an allocator of their own (numpy.lib's NEP 49 hook),
-    that one is used instead: f(*args) as is."""
-    if not _default_handler(PyDataMem_GetHandler()):
-        return f(*args)
-    old = PyDataMem_SetHandler(_POOL_CAPSULE)
-    try:
-        return f(*args)
-    finally:
-        PyDataMem_SetHandler(old)
-
-
-def cache_set_limit(size_t limit):
-    """Set the cache's byte limit (releasing cached blocks above it); returns
-    the previous limit."""
+cdef object _dropout_fwd(const real *x, real *out, uint8_t *bits, int64_t n, uint64_t seed,
+                         double p):
     with nogil:
-        limit = nd_pool_set_limit(limit)
-    return limit
+        c_dropout_fwd(x, out, bits, n, seed, p)
 
 
-def cache_trim():
-    """Release every cached block."""
+def dropout_fwd(cnp.ndarray x, cnp.ndarray out, cnp.ndarray bits, uint64_t seed, double p):
+    """out = keep ? x * (1/p rounded to x's dtype) : 0 and the packed keep bits
+    (C-contiguous x, out)."""
+    cdef int64_t n = cnp.PyArray_SIZE(x)
+    cdef uint8_t *bp = <uint8_t *>_ptr(bits)
+    if _is_f32(x):
+        _dropout_fwd(<const float *>_ptr(x), <float *>_ptr(out), bp, n, seed, p)
+    else:
+        _dropout_fwd(<const double *>_ptr(x), <double *>_ptr(out), bp, n, seed, p)
+
+
+cdef object _dropout_bwd(const real *dout, const uint8_t *bits, real *dx, int64_t n, double p):
     with nogil:
-        nd_pool_trim()
+        c_dropout_bwd(dout, bits, dx, n, p)
 
 
-def cache_info():
-    """(blocks, bytes, limit, hits, misses) of the output cache."""
-    cdef uint64_t info[5]
-    nd_pool_info(info)
-    return (info[0], info[1], info[2], info[3], info[4])
+def dropout_bwd(cnp.ndarray dout, cnp.ndarray bits, cnp.ndarray dx, double p):
+    """dx = bit ? dout * (1/p rounded to dout's dtype) : 0 (C-contiguous dout, dx)."""
+    cdef int64_t n = cnp.PyArray_SIZE(dout)
+    cdef const uint8_t *bp = <const uint8_t *>_ptr(bits)
+    if _is_f32(dout):
+        _dropout_bwd(<const float *>_ptr(dout), bp, <float *>_ptr(dx), n, p)
+    else:
+        _dropout_bwd(<const double *>_ptr(dout), bp, <double *>_ptr(dx), n, p)
 
 
-def set_stream_bytes(int64_t nbytes):
-    """Outputs of at least nbytes bytes use streaming stores."""
-    nd_set_stream_bytes(nbytes)
+def dropout_mask(cnp.ndarray mask, uint64_t seed, double p):
+    """Keep flags as bytes (0/1) into the C-contiguous bool/uint8 array mask."""
+    cdef int64_t n = cnp.PyArray_SIZE(mask)
+    cdef uint8_t *mp = <uint8_t *>_ptr(mask)
+    with nogil:
+        nd_dropout_mask(mp, n, seed, p)
 
 
-def get_stream_bytes():
-    return nd_get_stream_bytes()
+# ------------------------------------------------- shared helpers, for tests
+def keep_threshold(double p):
+    """floor(p * 2**32), computed by the header the kernels use (nd_philox.h)."""
+    return nd_keep_threshold(p)
 
 
-cdef extern from "nd_philox.h" nogil:
-    void nd_philox4x32_10(const unsigned int *ctr, unsigned int k0, unsigned int k1, unsigned int *out)
+def merge_moments(count, mean, m2):
+    """Merge per-set moments in set order (nd_moments.h).
+
+    Parameters
+    ----------
+    count, mean, m2 : array_like (nsets, ngroups), float64
+
+    Returns
+    -------
+    (count, mean, m2) : new float64 (ngroups,) arrays
+    """
+    cdef cnp.ndarray c = _as_f64(count), m = _as_f64(mean), q = _as_f64(m2)
+    if c.ndim != 2 or m.shape[0] != c.shape[0] or q.shape[0] != c.shape[0] or \
+            m.shape[1] != c.shape[1] or q.shape[1] != c.shape[1]:
+        raise ValueError("merge_moments: count, mean and m2 must have one (nsets, ngroups) shape")
+    cdef int64_t ns = c.shape[0], ng = c.shape[1]
+    cdef cnp.ndarray oc = np.empty(ng, np.float64), om = np.empty(ng, np.float64)
+    cdef cnp.ndarray oq = np.empty(ng, np.float64)
+    with nogil:
+        nd_merge_moments(ns, ng, _dptr(c), _dptr(m), _dptr(q), _dptr(oc), _dptr(om), _dptr(oq))
+    return oc, om, oq
 
 
 def philox4x32_10(counter, key):
@@ -394,3 +449,12 @@ def philox4x32_10(counter, key):
         c[i] = counter[i]
     nd_philox4x32_10(c, key[0], key[1], o)
     return (o[0], o[1], o[2], o[3])
+
+
+def set_stream_bytes(int64_t nbytes):
+    """Outputs of at least nbytes bytes use streaming stores."""
+    nd_set_stream_bytes(nbytes)
+
+
+def get_stream_bytes():
+    return nd_get_stream_bytes()

@@ -71,7 +71,12 @@ ND_FN void nd_dropout_block(nd_u64 b, nd_u32 k0, nd_u32 k1, nd_u32 out[4])
     nd_philox4x32_10(ctr, k0, k1, out);
 }
 
-/* Keep rule: T = floor(p * 2**32) in [1, 2**32]; kept iff r < T. */
+/* Keep threshold T = floor(p * 2**32) for a keep probability p in (0, 1]:
+ * p * 2**32 is exact in double, and the conversion truncates, which is the
+ * floor of a positive value.  T = 2**32 (p = 1) keeps everything. */
+ND_FN nd_u64 nd_dropout_threshold(double p) { return (nd_u64)(p * 4294967296.0); }
+
+/* Keep rule: T = floor(p * 2**32) in [0, 2**32]; kept iff r < T. */
 ND_FN int nd_dropout_keep(nd_u32 r, nd_u64 threshold) { return (nd_u64)r < threshold; }
 
 #endif /* ND_PHILOX_H */

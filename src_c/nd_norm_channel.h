@@ -1,12 +1,27 @@
-/* nd_batchnorm_impl.h -- body of the batchnorm kernels for one data type.
- * Included by nd_batchnorm.c with T (the C type) and SUF (its suffix) defined.
+/* nd_norm_channel.h -- the contract's steps for statistics per channel
+ * (groups == 0: batchnorm and spatial batchnorm), for one data type.
+ * Included by nd_norm_impl.h with T (the C type), SUF (its suffix) and FN
+ * defined; every function here is static and named ch_* or nd_* (inner
+ * loops); nd_norm_impl.h exports the contract's names.
+ *
+ * The statistics use a fixed partition of each channel into units:
+ *   ND_ROWS:   a unit is a block of ND_RB(c) rows x a tile of at most ND_CT
+ *              channels; the tile (at most 256 KiB) is read twice while it is
+ *              in cache (mean, then sum of squared deviations), so x is read
+ *              from memory once.
+ *   ND_PLANES: a unit is a segment of at most ND_SEG values of one plane,
+ *              likewise two passes in cache.
+ * Each unit yields (count, mean, M2) in double; units of a channel are merged in
+ * index order with Chan et al.'s pairwise update (nd_moments.h).  The
+ * partition depends only on the shape, so the result is the same for every
+ * thread count.  Sums inside a segment use ND_LANES fixed accumulators (lane k
+ * takes values k, k+ND_LANES, ...), which vectorizes without reassociating
+ * anything.
  *
  * The inner loops are separate functions compiled for several instruction
  * sets (ND_CLONES); each computes the same IEEE operations in the same order
  * in every variant (no contraction, fixed accumulator lanes), so the variant
  * that runs does not change any bit. */
-
-#define FN(name) ND_CAT(name, SUF)
 
 /* ------------------------------------------------------------ inner loops */
 
@@ -364,7 +379,7 @@ static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m,
 
 /* (mean, M2) of every unit of ND_PLANES channel c, merged in index order. */
 static void FN(nd_planes_channel_stats)(const T *x, const nd_geom *g, int64_t c,
-                                        double *mean, double *var)
+                                        double *mean, double *m2out)
 {
     const int64_t S = g->s, nseg = nd_planes_nseg(g);
     double n = 0.0, mu = 0.0, m2 = 0.0;
@@ -376,7 +391,7 @@ static void FN(nd_planes_channel_stats)(const T *x, const nd_geom *g, int64_t c,
         nd_chan_merge(&n, &mu, &m2, (double)(len > 0 ? len : 0), um, um2);
     }
     *mean = mu;
-    *var = n > 0.0 ? m2 / n : 0.0;
+    *m2out = m2;
 }
 
 /* sum dout and sum dout * (x - m) of ND_PLANES channel c, units in index order. */
@@ -398,13 +413,13 @@ static void FN(nd_planes_channel_reduce)(const T *dout, const T *x, const nd_geo
     *sum_dyxm = b;
 }
 
-/* ------------------------------------------------------------- the kernels */
+/* ------------------------------------------------------------- the steps */
 
 /*
- * nd_bn_stats: mean[c] = sum x / (N S);  var[c] = sum (x - mean)^2 / (N S).
- * IN x, g; SCRATCH work (nd_bn_work_size(g) doubles); OUT mean, var (c doubles).
+ * ch_moments: mean[c] = sum x / (N S);  m2[c] = sum (x - mean)^2.
+ * IN x, g; SCRATCH work (ch_work_size(g) doubles); OUT mean, m2 (c doubles).
  */
-void FN(nd_bn_stats)(const T *x, const nd_geom *g, double *work, double *mean, double *var)
+static void FN(ch_moments)(const T *x, const nd_geom *g, double *work, double *mean, double *m2)
 {
     const int64_t C = g->c, N = g->n;
     if (C <= 0) return;
@@ -419,27 +434,26 @@ void FN(nd_bn_stats)(const T *x, const nd_geom *g, double *work, double *mean, d
             FN(nd_rows_stats_unit)(x, g->sn, r0, r1, c0, w, work + 2 * ((u / ntile) * C + c0));
         }
         if (nrb == 1) {   /* one row block: the merge below would return its unit's values */
-            const double cnt = (double)N;
             for (int64_t c = 0; c < C; ++c) {
                 mean[c] = work[2 * c];
-                var[c] = cnt > 0.0 ? work[2 * c + 1] / cnt : 0.0;
+                m2[c] = N > 0 ? work[2 * c + 1] : 0.0;
             }
             return;
         }
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
-            double n = 0.0, mu = 0.0, m2 = 0.0;
+            double n = 0.0, mu = 0.0, q = 0.0;
             for (int64_t b = 0; b < nrb; ++b) {
                 const double cnt = (double)(nd_min64((b + 1) * rb, N) - b * rb);
-                nd_chan_merge(&n, &mu, &m2, cnt, work[2 * (b * C + c)], work[2 * (b * C + c) + 1]);
+                nd_chan_merge(&n, &mu, &q, cnt, work[2 * (b * C + c)], work[2 * (b * C + c) + 1]);
             }
             mean[c] = mu;
-            var[c] = n > 0.0 ? m2 / n : 0.0;
+            m2[c] = q;
         }
     } else if (C >= ND_FUSE_MIN_C) {
         ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c)
-            FN(nd_planes_channel_stats)(x, g, c, &mean[c], &var[c]);
+            FN(nd_planes_channel_stats)(x, g, c, &mean[c], &m2[c]);
     } else {
         /* few channels: the units of all channels in parallel, then the merge */
         const int64_t S = g->s, nseg = nd_planes_nseg(g);
@@ -448,35 +462,34 @@ void FN(nd_bn_stats)(const T *x, const nd_geom *g, double *work, double *mean, d
         for (int64_t u = 0; u < units; ++u) {
             const int64_t seg = u % nseg, n = (u / nseg) % N, c = u / (nseg * N);
             const int64_t s0 = seg * ND_SEG, len = nd_min64(ND_SEG, S - s0);
-            double m = 0.0, m2 = 0.0;
-            if (len > 0) FN(nd_seg_stats)(x + n * g->sn + c * g->sc + s0, len, &m, &m2);
+            double m = 0.0, q = 0.0;
+            if (len > 0) FN(nd_seg_stats)(x + n * g->sn + c * g->sc + s0, len, &m, &q);
             work[2 * u] = m;
-            work[2 * u + 1] = m2;
+            work[2 * u + 1] = q;
         }
         for (int64_t c = 0; c < C; ++c) {
-            double n = 0.0, mu = 0.0, m2 = 0.0;
+            double n = 0.0, mu = 0.0, q = 0.0;
             for (int64_t k = 0; k < N * nseg; ++k) {
                 const int64_t seg = k % nseg, u = c * N * nseg + k;
                 const int64_t len = nd_min64(ND_SEG, S - seg * ND_SEG);
-                nd_chan_merge(&n, &mu, &m2, (double)(len > 0 ? len : 0), work[2 * u], work[2 * u + 1]);
+                nd_chan_merge(&n, &mu, &q, (double)(len > 0 ? len : 0), work[2 * u], work[2 * u + 1]);
             }
             mean[c] = mu;
-            var[c] = n > 0.0 ? m2 / n : 0.0;
+            m2[c] = q;
         }
     }
 }
 
 /*
- * nd_bn_affine: out = (x - mean[c]) * scale[c] + shift[c]: for float64 in double;
+ * ch_affine: out = (x - mean[c]) * scale[c] + shift[c]: for float64 in double;
  * for float32 in float with the mean split in two floats (see nd_aff32).
- * Forward in training (scale = gamma * invstd, shift = beta) and in test mode.
  * IN x, g, mean, scale, shift; OUT out (same geometry as x).
  */
-void FN(nd_bn_affine)(const T *x, T *out, const nd_geom *g, const double *mean,
-                      const double *scale, const double *shift)
+static void FN(ch_affine)(const T *x, T *out, const nd_geom *g, const double *mean,
+                          const double *scale, const double *shift)
 {
     const int64_t C = g->c, N = g->n;
-    const int st = nd_bn_stream(out, g, (int64_t)sizeof(T));
+    const int st = nd_norm_stream(out, g, (int64_t)sizeof(T));
     if (g->kind == ND_ROWS) {
         const int64_t rb = ND_AFFINE_ROWS;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
@@ -494,24 +507,41 @@ void FN(nd_bn_affine)(const T *x, T *out, const nd_geom *g, const double *mean,
 }
 
 /*
- * nd_bn_train_fwd: the training forward in one call.  mean, var as
- * nd_bn_stats; invstd = 1 / sqrt(var + eps); out = (x - mean) * (gamma *
+ * ch_normalize: out = (x - mean[c]) * (gamma[c] * invstd[c]) + beta[c] (the
+ * per-channel scale formed in work, then ch_affine).
+ * IN x, g, mean, invstd, gamma, beta; SCRATCH work (c doubles); OUT out.
+ */
+static void FN(ch_normalize)(const T *x, T *out, const nd_geom *g, const double *mean,
+                             const double *invstd, const double *gamma, const double *beta,
+                             double *work)
+{
+    for (int64_t c = 0; c < g->c; ++c) work[c] = gamma[c] * invstd[c];
+    FN(ch_affine)(x, out, g, mean, work, beta);
+}
+
+/*
+ * ch_train_fwd: the training forward in one call.  mean, m2 as ch_moments;
+ * var = m2 / (N S); invstd = 1 / sqrt(var + eps); out = (x - mean) * (gamma *
  * invstd) + beta.  An ND_PLANES channel whose values fit in ND_FUSE_BYTES is
  * normalized right after its statistics, while it is still in cache.
  * IN x, g, gamma, beta (c doubles), eps; SCRATCH work; OUT out, mean, var,
- * invstd, scale (c doubles each).
+ * invstd (c doubles each).
  */
-void FN(nd_bn_train_fwd)(const T *x, T *out, const nd_geom *g, const double *gamma,
-                         const double *beta, double eps, double *work, double *mean,
-                         double *var, double *invstd, double *scale)
+static void FN(ch_train_fwd)(const T *x, T *out, const nd_geom *g, const double *gamma,
+                             const double *beta, double eps, double *work, double *mean,
+                             double *var, double *invstd)
 {
     const int64_t C = g->c, N = g->n, S = g->s;
     if (C <= 0) return;
+    const double cnt = (double)(N * S);
+    double *scale = work + ch_reduce_work(g);
     if (g->kind == ND_PLANES && C >= ND_FUSE_MIN_C && N * S * (int64_t)sizeof(T) <= ND_FUSE_BYTES) {
-        const int st = nd_bn_stream(out, g, (int64_t)sizeof(T));
+        const int st = nd_norm_stream(out, g, (int64_t)sizeof(T));
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
-            FN(nd_planes_channel_stats)(x, g, c, &mean[c], &var[c]);
+            double m2;
+            FN(nd_planes_channel_stats)(x, g, c, &mean[c], &m2);
+            var[c] = cnt > 0.0 ? m2 / cnt : 0.0;
             invstd[c] = 1.0 / sqrt(var[c] + eps);
             scale[c] = gamma[c] * invstd[c];
             for (int64_t n = 0; n < N; ++n) {
@@ -521,20 +551,21 @@ void FN(nd_bn_train_fwd)(const T *x, T *out, const nd_geom *g, const double *gam
         }
         return;
     }
-    FN(nd_bn_stats)(x, g, work, mean, var);
+    FN(ch_moments)(x, g, work, mean, var);
     for (int64_t c = 0; c < C; ++c) {
+        var[c] = cnt > 0.0 ? var[c] / cnt : 0.0;
         invstd[c] = 1.0 / sqrt(var[c] + eps);
         scale[c] = gamma[c] * invstd[c];
     }
-    FN(nd_bn_affine)(x, out, g, mean, scale, beta);
+    FN(ch_affine)(x, out, g, mean, scale, beta);
 }
 
 /*
- * nd_bn_bwd_reduce: sum_dy[c] = sum dout;  sum_dyxm[c] = sum dout * (x - mean[c]).
+ * ch_grad_sums: sum_dy[c] = sum dout;  sum_dyxm[c] = sum dout * (x - mean[c]).
  * IN dout, x, g, mean; SCRATCH work; OUT sum_dy, sum_dyxm (c doubles).
  */
-void FN(nd_bn_bwd_reduce)(const T *dout, const T *x, const nd_geom *g, const double *mean,
-                          double *work, double *sum_dy, double *sum_dyxm)
+static void FN(ch_grad_sums)(const T *dout, const T *x, const nd_geom *g, const double *mean,
+                             double *work, double *sum_dy, double *sum_dyxm)
 {
     const int64_t C = g->c, N = g->n;
     if (C <= 0) return;
@@ -587,17 +618,33 @@ void FN(nd_bn_bwd_reduce)(const T *dout, const T *x, const nd_geom *g, const dou
 }
 
 /*
- * nd_bn_bwd_dx: dx = a[c] * dout + b[c] * (x - mean[c]) + e[c], in double, rounded
+ * ch_grad_reduce: s1 = sum dout, s2 = sum dout * (x - mean) per channel (the
+ * channel's one gamma is applied by ch_grad_input); dbeta = s1,
+ * dgamma = s2 * invstd.  IN dout, x, g, mean, invstd; SCRATCH work;
+ * OUT s1, s2, dgamma, dbeta (c doubles).
+ */
+static void FN(ch_grad_reduce)(const T *dout, const T *x, const nd_geom *g, const double *mean,
+                               const double *invstd, double *work, double *s1, double *s2,
+                               double *dgamma, double *dbeta)
+{
+    FN(ch_grad_sums)(dout, x, g, mean, work, s1, s2);
+    for (int64_t c = 0; c < g->c; ++c) {
+        dbeta[c] = s1[c];
+        dgamma[c] = s2[c] * invstd[c];
+    }
+}
+
+/*
+ * ch_dx: dx = a[c] * dout + b[c] * (x - mean[c]) + e[c], in double, rounded
  * once.  Not in float for float32: in training a * dout and e cancel (dx sums
  * to 0), so float arithmetic would leave errors of the size of the terms.
- * Training: a = gamma*invstd, b = -a*invstd*sum_dyxm*invstd/M, e = -a*sum_dy/M;
- * test mode: b = e = 0.  IN dout, x, g, mean, a, b, e; OUT dx.
+ * IN dout, x, g, mean, a, b, e; OUT dx.
  */
-void FN(nd_bn_bwd_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, const double *mean,
+static void FN(ch_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, const double *mean,
                       const double *a, const double *b, const double *e)
 {
     const int64_t C = g->c, N = g->n;
-    const int st = nd_bn_stream(dx, g, (int64_t)sizeof(T));
+    const int st = nd_norm_stream(dx, g, (int64_t)sizeof(T));
     if (g->kind == ND_ROWS) {
         const int64_t rb = ND_AFFINE_ROWS;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
@@ -615,43 +662,46 @@ void FN(nd_bn_bwd_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, const 
 }
 
 /*
- * nd_bn_backward: the whole backward in one call.
- *   sum_dy, sum_dyxm as nd_bn_bwd_reduce; dgamma = sum_dyxm * invstd;
- *   a = gamma * invstd; training: e = -a * sum_dy / M, b = -a * invstd * dgamma / M
- *   (M = values per channel); test: b = e = 0;  dx as nd_bn_bwd_dx.
+ * ch_grad_input: dx from ch_grad_reduce's s1 (sum dout) and s2 (sum dout *
+ * (x - mean)) through ch_coef.  IN dout, x, g, mean, invstd, gamma, s1, s2,
+ * train; SCRATCH work (3 c doubles); OUT dx.
+ */
+static void FN(ch_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g,
+                              const double *mean, const double *invstd, const double *gamma,
+                              const double *s1, const double *s2, int train, double *work)
+{
+    const int64_t C = g->c;
+    if (C <= 0) return;
+    const double M = (double)(g->n * g->s);
+    double *a = work, *b = work + C, *e = work + 2 * C;
+    for (int64_t c = 0; c < C; ++c) ch_coef(c, M, train, gamma, invstd, s1[c], s2[c], a, b, e);
+    FN(ch_dx)(dout, x, dx, g, mean, a, b, e);
+}
+
+/*
+ * ch_bwd: the whole backward in one call: ch_grad_reduce, ch_grad_input.
  * An ND_PLANES channel whose dout and x fit in ND_FUSE_BYTES gets its dx right
  * after its sums, while both are in cache.
- * IN dout, x, g, gamma, mean, invstd, train; SCRATCH work, coef (3 c doubles);
- * OUT dx, dgamma, dbeta (= sum_dy) (c doubles).
+ * IN dout, x, g, gamma, mean, invstd, train; SCRATCH work;
+ * OUT dx, dgamma, dbeta (c doubles).
  */
-void FN(nd_bn_backward)(const T *dout, const T *x, T *dx, const nd_geom *g, const double *gamma,
-                        const double *mean, const double *invstd, int train, double *work,
-                        double *coef, double *dgamma, double *dbeta)
+static void FN(ch_bwd)(const T *dout, const T *x, T *dx, const nd_geom *g, const double *mean,
+                       const double *invstd, const double *gamma, int train, double *work,
+                       double *dgamma, double *dbeta)
 {
     const int64_t C = g->c, N = g->n, S = g->s;
     if (C <= 0) return;
     const double M = (double)(N * S);
-    double *a = coef, *b = coef + C, *e = coef + 2 * C;
-#define ND_COEF(c, sdyxm)                                                 \
-    do {                                                                  \
-        dgamma[c] = (sdyxm) * invstd[c];                                  \
-        a[c] = gamma[c] * invstd[c];                                      \
-        if (train) {                                                      \
-            e[c] = -a[c] * dbeta[c] / M;                                  \
-            b[c] = -a[c] * invstd[c] * dgamma[c] / M;                     \
-        } else {                                                          \
-            b[c] = 0.0;                                                   \
-            e[c] = 0.0;                                                   \
-        }                                                                 \
-    } while (0)
+    double *a = work + ch_reduce_work(g), *b = a + C, *e = b + C;
     if (g->kind == ND_PLANES && C >= ND_FUSE_MIN_C &&
         2 * N * S * (int64_t)sizeof(T) <= ND_FUSE_BYTES) {
-        const int st = nd_bn_stream(dx, g, (int64_t)sizeof(T));
+        const int st = nd_norm_stream(dx, g, (int64_t)sizeof(T));
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
             double sdyxm;
             FN(nd_planes_channel_reduce)(dout, x, g, c, mean[c], &dbeta[c], &sdyxm);
-            ND_COEF(c, sdyxm);
+            dgamma[c] = sdyxm * invstd[c];
+            ch_coef(c, M, train, gamma, invstd, dbeta[c], sdyxm, a, b, e);
             for (int64_t n = 0; n < N; ++n) {
                 const int64_t off = n * g->sn + c * g->sc;
                 FN(nd_plane_dx)(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c], st);
@@ -659,12 +709,13 @@ void FN(nd_bn_backward)(const T *dout, const T *x, T *dx, const nd_geom *g, cons
         }
         return;
     }
-    /* dgamma holds sum_dyxm until ND_COEF turns it into the gradient */
-    FN(nd_bn_bwd_reduce)(dout, x, g, mean, work, dbeta, dgamma);
-    for (int64_t c = 0; c < C; ++c) ND_COEF(c, dgamma[c]);
-#undef ND_COEF
-    FN(nd_bn_bwd_dx)(dout, x, dx, g, mean, a, b, e);
+    /* dgamma holds sum_dyxm until it is turned into the gradient */
+    FN(ch_grad_sums)(dout, x, g, mean, work, dbeta, dgamma);
+    for (int64_t c = 0; c < C; ++c) {
+        ch_coef(c, M, train, gamma, invstd, dbeta[c], dgamma[c], a, b, e);
+        dgamma[c] = dgamma[c] * invstd[c];
+    }
+    FN(ch_dx)(dout, x, dx, g, mean, a, b, e);
 }
 
 #undef ND_SCH
-#undef FN

@@ -1,0 +1,246 @@
+/*
+ * nd_norm.c -- the normalization kernels of the backend contract (normdrop.h),
+ * float32 and float64: nd_moments, nd_normalize, nd_grad_reduce,
+ * nd_grad_input and the composites nd_norm_train_fwd, nd_norm_bwd, for both
+ * kinds of statistics groups -- per channel (nd_norm_channel.h: batchnorm)
+ * and per sample and group of channels (nd_norm_group.h: groupnorm,
+ * layernorm) -- plus nd_running_update and the moments merge of nd_moments.h.
+ *
+ * This file holds the partitions (which depend only on the shape) and the
+ * type-independent helpers; nd_norm_impl.h is included once per data type.
+ */
+#include <math.h>
+
+#include "normdrop.h"
+#include "nd_common.h"
+#include "nd_moments.h"
+#include "nd_philox.h"
+
+/* ------------------------------------------- per channel (groups == 0) */
+#define ND_CT 256          /* channels per ND_ROWS tile */
+#define ND_TILE_VALUES 32768
+#define ND_SEG 16384       /* values per ND_PLANES segment */
+#define ND_LANES 32        /* fixed accumulators of a segment sum */
+#define ND_AFFINE_ROWS 16  /* rows per work item of the elementwise ND_ROWS passes */
+/* An ND_PLANES channel whose operands take at most this many bytes is finished
+ * (statistics, then the elementwise pass) by one thread while it is in cache. */
+#define ND_FUSE_BYTES (1 << 20)
+/* Channels needed to split the work by channel rather than by unit. */
+#define ND_FUSE_MIN_C 8
+
+static int64_t nd_rows_ct(const nd_geom *g) { return g->c < ND_CT ? (g->c > 0 ? g->c : 1) : ND_CT; }
+static int64_t nd_rows_rb(const nd_geom *g)
+{
+    int64_t rb = ND_TILE_VALUES / nd_rows_ct(g);
+    return rb > 0 ? rb : 1;
+}
+static int64_t nd_planes_nseg(const nd_geom *g) { return g->s > 0 ? nd_cdiv(g->s, ND_SEG) : 1; }
+
+/* Doubles of unit results the per-channel reductions need. */
+static int64_t ch_reduce_work(const nd_geom *g)
+{
+    if (g->kind == ND_ROWS)
+        return 2 * nd_cdiv(g->n > 0 ? g->n : 1, nd_rows_rb(g)) * (g->c > 0 ? g->c : 1);
+    return 2 * (g->c > 0 ? g->c : 1) * (g->n > 0 ? g->n : 1) * nd_planes_nseg(g);
+}
+
+/* The coefficients of dx = a * dout + b * (x - mean) + e for channel c, from
+ * its sums: a = gamma * invstd; training: dgamma = sum_dyxm * invstd,
+ * b = -a * invstd * dgamma / M, e = -a * sum_dy / M (M values per channel);
+ * test mode: b = e = 0. */
+static inline void ch_coef(int64_t c, double M, int train, const double *gamma,
+                           const double *invstd, double sum_dy, double sum_dyxm, double *a,
+                           double *b, double *e)
+{
+    const double dg = sum_dyxm * invstd[c];
+    a[c] = gamma[c] * invstd[c];
+    if (train) {
+        e[c] = -a[c] * sum_dy / M;
+        b[c] = -a[c] * invstd[c] * dg / M;
+    } else {
+        b[c] = 0.0;
+        e[c] = 0.0;
+    }
+}
+
+
+/* ---------------------------------- per sample and channel group (groups > 0) */
+/* A group of at most this many values is one statistics unit (two passes in
+ * cache); larger groups are cut into units of about this size. */
+#define ND_GR_UNIT 32768
+/* Values per block of whole samples in the backward (its per-channel partial
+ * sums are one row of the scratch) ... */
+#define ND_GR_BLOCK 32768
+/* ... and at most this many doubles of such partial sums in all. */
+#define ND_GR_SCRATCH ((int64_t)1 << 20)
+
+/* One statistics group: nrun runs of len contiguous values, stride apart,
+ * from base; per_run: run r is channel c0 + r, else position t of every run is
+ * channel c0 + t. */
+typedef struct {
+    int64_t base, nrun, len, stride, c0;
+    int per_run;
+} nd_grp;
+
+static inline nd_grp nd_group(const nd_geom *g, int64_t k)
+{
+    const int64_t G = g->groups, cg = g->c / G, i = k / G, q = k % G;
+    nd_grp r;
+    r.c0 = q * cg;
+    if (g->kind == ND_PLANES) {
+        r.base = i * g->sn + q * cg * g->sc;
+        r.nrun = cg;
+        r.len = g->s;
+        r.stride = g->sc;
+        r.per_run = 1;
+    } else if (g->kind == ND_CLAST) {
+        r.base = i * g->sn + q * cg;
+        r.nrun = g->s;
+        r.len = cg;
+        r.stride = g->ss;
+        r.per_run = 0;
+    } else {
+        r.base = i * g->sn + q * cg;
+        r.nrun = 1;
+        r.len = cg;
+        r.stride = 0;
+        r.per_run = 0;
+    }
+    return r;
+}
+
+/* Values per group. */
+static int64_t nd_group_count(const nd_geom *g) { return (g->c / g->groups) * g->s; }
+
+/* Samples per block of the backward: about ND_GR_BLOCK values, and few
+ * enough blocks that their partial sums (3 c doubles each) stay within
+ * ND_GR_SCRATCH (or one block where c alone exceeds it). */
+static int64_t nd_group_block(const nd_geom *g)
+{
+    const int64_t N = g->n > 0 ? g->n : 1, C = g->c > 0 ? g->c : 1;
+    const int64_t per = C * (g->s > 0 ? g->s : 1);
+    int64_t nb = ND_GR_BLOCK / per;
+    if (nb < 1) nb = 1;
+    int64_t maxb = ND_GR_SCRATCH / (3 * C);
+    if (maxb < 1) maxb = 1;
+    if (nd_cdiv(N, nb) > maxb) nb = nd_cdiv(N, maxb);
+    return nb;
+}
+
+/* The coefficients b, e of group k's dx from its sums (M values):
+ * training dx = r (gamma dout - s1 / M - x_hat r s2 / M), i.e.
+ * b = -r^3 s2 / M, e = -r s1 / M; test mode b = e = 0. */
+static inline void gr_coef(double r, double s1, double s2, double M, int train, double *b,
+                           double *e)
+{
+    if (train && M > 0.0) {
+        *b = -(r * r * r) * s2 / M;
+        *e = -r * s1 / M;
+    } else {
+        *b = 0.0;
+        *e = 0.0;
+    }
+}
+
+/* dgamma[ch], dbeta[ch]: the blocks' partials (P, 3 c doubles each: dg, db,
+ * scratch) added in block order. */
+static void gr_finish_channels(const nd_geom *g, int64_t nblk, const double *P, double *dgamma,
+                               double *dbeta)
+{
+    const int64_t C = g->c;
+    ND_OMP_FOR(nblk * C >= ND_PARALLEL_MIN)
+    for (int64_t c = 0; c < C; ++c) {
+        double a = 0.0, b = 0.0;
+        for (int64_t k = 0; k < nblk; ++k) {
+            a += P[3 * C * k + c];
+            b += P[3 * C * k + C + c];
+        }
+        dgamma[c] = a;
+        dbeta[c] = b;
+    }
+}
+
+/* ----------------------------------------------------------- shared */
+
+/* Sum of the ND_LANES accumulators, pairwise in a fixed order (a tree of
+ * halves: lane k + h is added to lane k, h = ND_LANES/2, ..., 1). */
+static inline double nd_lanes_sum(const double *a)
+{
+    double t[ND_LANES];
+    for (int k = 0; k < ND_LANES; ++k) t[k] = a[k];
+    for (int h = ND_LANES / 2; h > 0; h /= 2)
+        for (int k = 0; k < h; ++k) t[k] += t[k + h];
+    return t[0];
+}
+
+/* Streaming stores for this output: large enough (nd_stream_ok), 64-byte
+ * aligned, and written in contiguous runs (a row of an ND_ROWS output, a plane
+ * of an ND_PLANES one) of whole cache lines, at least 1 KiB long.  Shorter or
+ * ragged runs would share cache lines between streamed and cached stores,
+ * which is slower than not streaming at all. */
+static int nd_norm_stream(const void *out, const nd_geom *g, int64_t elsize)
+{
+    const int64_t run = (g->kind == ND_PLANES ? g->s : g->c) * elsize;
+    return ((uintptr_t)out & 63) == 0 && run % 64 == 0 && run >= 1024 &&
+           nd_stream_ok(g->n * g->c * g->s * elsize);
+}
+
+int64_t nd_ngroups(const nd_geom *g) { return g->groups == 0 ? g->c : g->n * g->groups; }
+
+int64_t nd_work_size(const nd_geom *g)
+{
+    const int64_t C = g->c > 0 ? g->c : 1;
+    if (g->groups == 0) return ch_reduce_work(g) + 4 * C;
+    const int64_t nblk = nd_cdiv(g->n > 0 ? g->n : 1, nd_group_block(g));
+    return 3 * C * nblk + 2 * (nd_ngroups(g) > 0 ? nd_ngroups(g) : 1);
+}
+
+int nd_max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int nd_have_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+uint64_t nd_keep_threshold(double p) { return nd_dropout_threshold(p); }
+
+void nd_merge_moments(int64_t nsets, int64_t ngroups, const double *count, const double *mean,
+                      const double *m2, double *out_count, double *out_mean, double *out_m2)
+{
+    for (int64_t k = 0; k < ngroups; ++k) {
+        double n = 0.0, mu = 0.0, q = 0.0;
+        for (int64_t s = 0; s < nsets; ++s)
+            nd_chan_merge(&n, &mu, &q, count[s * ngroups + k], mean[s * ngroups + k],
+                          m2[s * ngroups + k]);
+        out_count[k] = n;
+        out_mean[k] = mu;
+        out_m2[k] = q;
+    }
+}
+
+#define T float
+#define SUF f32
+#define ND_AFFINE_FLOAT 1
+#include "nd_norm_impl.h"
+#undef T
+#undef SUF
+#undef ND_AFFINE_FLOAT
+
+#define T double
+#define SUF f64
+#define ND_AFFINE_FLOAT 0
+#include "nd_norm_impl.h"
+#undef T
+#undef SUF
+#undef ND_AFFINE_FLOAT
