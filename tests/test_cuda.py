@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import normdrop as nd
-from normdrop import _cuda, _reference
+from normdrop import _cuda, _philox
+from normdrop._cuda import _backend as cuda_backend
 from normdrop._cuda import _loader
 from conftest import LAYOUTS_2D, LAYOUTS_4D, _layout, assert_close, oracle
 
@@ -28,7 +29,7 @@ IN_SOURCE_TREE = os.path.isfile(os.path.join(ROOT, "pyproject.toml"))
 # ============================================================ no GPU needed
 def _launched_kernels():
     """Kernel names the backend launches (first argument of _launch(...))."""
-    with open(os.path.join(CUDA_DIR, "__init__.py"), encoding="utf-8") as f:
+    with open(os.path.join(CUDA_DIR, "_backend.py"), encoding="utf-8") as f:
         text = f.read()
     return set(re.findall(r'_launch\(\s*"(\w+)"', text))
 
@@ -36,11 +37,12 @@ def _launched_kernels():
 def test_loader_sources_are_complete_and_well_formed():
     for module, (filename, templated, plain) in _loader.MODULES.items():
         src = _loader.source(module)
-        with open(_loader.HEADER_PATH, encoding="utf-8") as f:
-            header = f.read()
-        assert header in src, "nd_philox.h is inlined verbatim"
-        assert src.index("ND_PHILOX_H") < src.index("ND_COMMON_CU") < src.index(f'"{filename}"')
-        for name in ("nd_philox.h", _loader.COMMON_FILE, filename):
+        for path in _loader.HEADERS:
+            with open(path, encoding="utf-8") as f:
+                assert f.read() in src, f"{path} is inlined verbatim"
+        assert src.index("ND_PHILOX_H") < src.index("ND_MOMENTS_H") < src.index("ND_COMMON_CU") \
+            < src.index(f'"{filename}"')
+        for name in ("nd_philox.h", "nd_moments.h", _loader.COMMON_FILE, filename):
             assert f'#line 1 "{name}"' in src
         defined = _loader.defined_kernels(src)
         # every kernel the loader instantiates is defined, and every kernel
@@ -63,34 +65,34 @@ def test_name_expressions():
     for module, (_, templated, plain) in _loader.MODULES.items():
         exprs = _loader.name_expressions(module)
         assert len(exprs) == len(templated) * len(_loader.CTYPES) + len(plain)
-    assert _loader.kernel_name("nd_bn_affine", np.dtype(np.float16)) == "nd_bn_affine<nd_half>"
-    assert _loader.kernel_name("nd_bn_affine", "float32") == "nd_bn_affine<float>"
-    assert _loader.kernel_name("nd_bn_stats_merge") == "nd_bn_stats_merge"
+    assert _loader.kernel_name("nd_normalize", np.dtype(np.float16)) == "nd_normalize<nd_half>"
+    assert _loader.kernel_name("nd_normalize", "float32") == "nd_normalize<float>"
+    assert _loader.kernel_name("nd_moments_merge") == "nd_moments_merge"
     with pytest.raises(KeyError):
         _loader.module_of("nd_no_such_kernel")
 
 
 def test_every_launched_kernel_exists():
     launched = _launched_kernels()
-    assert {"nd_bn_stats", "nd_bn_affine", "nd_bn_bwd_dx", "nd_dropout_fwd",
-            "nd_dropout_mask"} <= launched
+    assert {"nd_moments_part", "nd_moments_merge", "nd_normalize", "nd_grad_reduce_part",
+            "nd_grad_reduce_merge", "nd_grad_input", "nd_running_update", "nd_dropout_fwd",
+            "nd_dropout_bwd", "nd_dropout_mask"} == launched
     for k in launched:
         module = _loader.module_of(k)
         assert k in _loader.defined_kernels(_loader.source(module))
 
 
 def test_kernel_types_cover_the_supported_dtypes():
-    from normdrop import _cuda
-    assert [d.name for d in _cuda.supported_dtypes(None)] == list(_loader.CTYPES)
-    assert _cuda.stats_dtype(None, np.float16) is np.float64
-    assert _cuda.NAME == "cuda"
+    assert [d.name for d in cuda_backend.supported_dtypes(None)] == list(_loader.CTYPES)
+    assert cuda_backend.NAME == "cuda"
 
 
 def test_sources_are_package_data():
     for filename, _, _ in _loader.MODULES.values():
         assert os.path.isfile(_loader.cu_path(filename))
     assert os.path.isfile(_loader.cu_path(_loader.COMMON_FILE))
-    assert os.path.isfile(_loader.HEADER_PATH)
+    for path in _loader.HEADERS:
+        assert os.path.isfile(path)
     if IN_SOURCE_TREE:                  # (an installed wheel has no pyproject.toml)
         with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
             pyproject = f.read()
@@ -98,7 +100,7 @@ def test_sources_are_package_data():
 
 
 def test_thread_count_agrees_with_the_kernels():
-    src = _loader.source("nd_batchnorm")
+    src = _loader.source("nd_norm")
     m = re.search(r"#define ND_THREADS (\d+)", src)
     assert m and int(m.group(1)) == _loader.THREADS
 
@@ -106,7 +108,8 @@ def test_thread_count_agrees_with_the_kernels():
 def test_backend_imports_without_cupy():
     """The loader and the backend module import where CuPy is absent (CI)."""
     code = ("import sys; sys.modules['cupy'] = None\n"
-            "from normdrop._cuda import _loader, NAME, supported_dtypes\n"
+            "from normdrop._cuda import _loader\n"
+            "from normdrop._cuda._backend import NAME, supported_dtypes\n"
             "assert _loader.source('nd_dropout')\n"
             "assert 'cupy' not in [k for k, v in sys.modules.items() if v is not None]\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -120,12 +123,12 @@ def test_backend_imports_without_cupy():
 def test_reduction_plan_covers_and_fits_the_grid(geom):
     """Parts depend on the shape only, cover every value once, and the grid
     respects CUDA's limits."""
-    from normdrop import _cuda
-    kind, N, C, S, _, _ = geom
-    grid, pn, ps, G = _cuda._reduce_plan(geom)
+    geom = geom + (1, 0)                     # ss, groups
+    kind, N, C, S = geom[:4]
+    grid, pn, ps, G = cuda_backend._reduce_plan(geom)
     assert grid[0] <= 2**31 - 1 and grid[1] <= 65535 and grid[2] == 1
     assert min(grid) >= 1
-    if kind == _cuda.ROWS:
+    if kind == cuda_backend._ROWS:
         assert grid[1] == G and (G - 1) * pn < N <= G * pn
         assert grid[0] * min(C, 32) >= C
     else:
@@ -134,7 +137,7 @@ def test_reduction_plan_covers_and_fits_the_grid(geom):
         gp = G // nseg
         assert (gp - 1) * pn < N <= gp * pn
         assert grid[0] == G and grid[1] == min(C, 65535)
-    eg = _cuda._elementwise_grid(geom)
+    eg = cuda_backend._elementwise_grid(geom)
     assert min(eg) >= 1 and eg[0] <= 2**31 - 1 and eg[1] <= 65535
 
 
@@ -441,8 +444,8 @@ def test_philox_reference_on_cupy_matches_kernels(cp):
     """The reference's Philox on CuPy arrays agrees with the CUDA kernel."""
     import array_api_compat.cupy as xp
     n, seed = 1000, 2**64 - 1
-    words = _reference.dropout_words(xp, n, seed)
-    t = _reference.keep_threshold(0.37)
+    words = _philox.dropout_words(xp, n, seed)
+    t = _philox.keep_threshold(0.37)
     np.testing.assert_array_equal(cp.asnumpy(words < t),
                                   cp.asnumpy(nd.dropout_mask((n,), 0.37, seed, like=cp.zeros(1))))
     assert math.floor(0.37 * 2**32) == t

@@ -1,11 +1,12 @@
 """Sources, compile options and lazy compilation of the CUDA kernels.
 
 The kernels live in ``.cu`` files shipped beside this module (package data);
-the dropout generator is the one header ``normdrop/include/nd_philox.h`` that
-the C kernels compile too.  A module's source is assembled as the text of
-``nd_philox.h``, ``nd_common.cu`` and the module's ``.cu`` file, each behind a
-``#line`` directive so that compiler messages name the original file and line.
-The header is inlined rather than passed as ``-I``: the source string then
+the dropout generator and the moments merge are the headers
+``normdrop/include/nd_philox.h`` and ``nd_moments.h`` that the C kernels
+compile too.  A module's source is assembled as the text of those headers,
+``nd_common.cu`` and the module's ``.cu`` file, each behind a ``#line``
+directive so that compiler messages name the original file and line.  The
+headers are inlined rather than passed as ``-I``: the source string then
 covers every byte that is compiled, so CuPy's on-disk kernel cache (keyed on
 the source and options) can never serve a binary built from an older header.
 
@@ -23,7 +24,9 @@ import os
 import re
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-HEADER_PATH = os.path.join(os.path.dirname(_HERE), "include", "nd_philox.h")
+#: The shared C/CUDA headers, in the order they are inlined.
+HEADERS = tuple(os.path.join(os.path.dirname(_HERE), "include", h)
+                for h in ("nd_philox.h", "nd_moments.h"))
 COMMON_FILE = "nd_common.cu"
 
 #: C++ type of each supported NumPy/CuPy dtype name in the kernels.
@@ -32,10 +35,10 @@ CTYPES = {"float16": "nd_half", "float32": "float", "float64": "double"}
 #: module name -> (its .cu file, templated kernels, plain kernels).  Every
 #: templated kernel is instantiated for every type of CTYPES.
 MODULES = {
-    "nd_batchnorm": ("nd_batchnorm.cu",
-                     ("nd_bn_stats", "nd_bn_test_stats", "nd_bn_affine", "nd_bn_bwd_reduce",
-                      "nd_bn_bwd_merge", "nd_bn_bwd_dx"),
-                     ("nd_bn_stats_merge",)),
+    "nd_norm": ("nd_norm.cu",
+                ("nd_moments_part", "nd_normalize", "nd_grad_reduce_part",
+                 "nd_grad_reduce_merge", "nd_grad_input", "nd_running_update"),
+                ("nd_moments_merge",)),
     "nd_dropout": ("nd_dropout.cu",
                    ("nd_dropout_fwd", "nd_dropout_bwd"),
                    ("nd_dropout_mask",)),
@@ -71,12 +74,11 @@ def source(module: str) -> str:
     Returns
     -------
     str
-        ``nd_philox.h``, ``nd_common.cu`` and the module's ``.cu`` file, in
-        this order, each preceded by a ``#line`` directive.
+        ``nd_philox.h``, ``nd_moments.h``, ``nd_common.cu`` and the module's
+        ``.cu`` file, in this order, each preceded by a ``#line`` directive.
     """
     filename = MODULES[module][0]
-    return "".join([
-        _piece("nd_philox.h", _read(HEADER_PATH)),
+    return "".join([_piece(os.path.basename(h), _read(h)) for h in HEADERS] + [
         _piece(COMMON_FILE, _read(cu_path(COMMON_FILE))),
         _piece(filename, _read(cu_path(filename))),
     ])
@@ -88,8 +90,8 @@ def kernel_name(base: str, dtype=None) -> str:
 
     Examples
     --------
-    >>> kernel_name("nd_bn_affine", "float32")
-    'nd_bn_affine<float>'
+    >>> kernel_name("nd_normalize", "float32")
+    'nd_normalize<float>'
     >>> kernel_name("nd_dropout_mask")
     'nd_dropout_mask'
     """

@@ -23,25 +23,35 @@
 /* Values per block and loop step of nd_dropout_fwd (4 per thread). */
 #define ND_DROP_TILE (4 * ND_THREADS)
 
+/* Whether p and q allow the aligned vector accesses of load4/store4. */
+template <typename T>
+ND_DEV int nd_vec_ok(const T *p, const T *q)
+{
+    const nd_u64 a = (nd_u64)(const void *)p | (nd_u64)(const void *)q;
+    return (a & (4 * sizeof(T) - 1)) == 0;
+}
+
 /*
- * nd_dropout_fwd: out[i] = keep(i) ? x[i] * s : 0,  s = scale rounded to T
- * (scale is 1/p already rounded to T, so the conversion is exact);
+ * nd_dropout_fwd: out[i] = keep(i) ? x[i] * s : 0,  s = 1/p rounded once to
+ * T; keep(i): word < nd_dropout_threshold(p) (nd_philox.h);
  * bits[i / 8] bit i % 8 = keep(i).
  * Layout: x, out C-contiguous, n values; bits ceil(n / 8) bytes, 4-byte
  * aligned.  Grid: any number of blocks (grid-stride over tiles of
  * ND_DROP_TILE values); block: ND_THREADS.  Each tile's 128 bit bytes are
  * assembled in shared memory and written as 32 words by 32 threads.
- * vec != 0: x and out are 16-byte aligned.
- * IN x, n, seed, threshold, scale, vec; OUT out, bits.
+ * Where x and out are aligned for it, one vector access per thread.
+ * IN x, n, seed, p; OUT out, bits.
  */
 template <typename T>
 __global__ void __launch_bounds__(ND_THREADS)
 nd_dropout_fwd(const T *__restrict__ x, T *__restrict__ out, unsigned char *__restrict__ bits,
-               nd_i64 n, nd_u64 seed, nd_u64 threshold, double scale, int vec)
+               nd_i64 n, nd_u64 seed, double p)
 {
     __shared__ unsigned char nib[ND_THREADS];
     const nd_u32 k0 = (nd_u32)seed, k1 = (nd_u32)(seed >> 32);
-    const T s = nd_type<T>::from_f64(scale);
+    const nd_u64 threshold = nd_dropout_threshold(p);
+    const T s = nd_type<T>::from_f64(1.0 / p);
+    const int vec = nd_vec_ok(x, out);
     const nd_i64 ntiles = (n + ND_DROP_TILE - 1) / ND_DROP_TILE;
     const nd_i64 nbytes = (n + 7) >> 3;
     const int tid = (int)threadIdx.x;
@@ -99,18 +109,19 @@ nd_dropout_fwd(const T *__restrict__ x, T *__restrict__ out, unsigned char *__re
 }
 
 /*
- * nd_dropout_bwd: dx[i] = bit(i) ? dout[i] * s : 0,  s = scale rounded to T.
+ * nd_dropout_bwd: dx[i] = bit(i) ? dout[i] * s : 0,  s = 1/p rounded once to T.
  * Layout: dout, dx C-contiguous, n values; bits as written by nd_dropout_fwd.
  * Grid-stride over groups of four values (one nibble of bits each).
- * vec != 0: dout and dx are 16-byte aligned.
- * IN dout, bits, n, scale, vec; OUT dx.
+ * Where dout and dx are aligned for it, one vector access per thread.
+ * IN dout, bits, n, p; OUT dx.
  */
 template <typename T>
 __global__ void __launch_bounds__(ND_THREADS)
 nd_dropout_bwd(const T *__restrict__ dout, const unsigned char *__restrict__ bits,
-               T *__restrict__ dx, nd_i64 n, double scale, int vec)
+               T *__restrict__ dx, nd_i64 n, double p)
 {
-    const T s = nd_type<T>::from_f64(scale);
+    const T s = nd_type<T>::from_f64(1.0 / p);
+    const int vec = nd_vec_ok(dout, dx);
     const nd_i64 ngroups = (n + 3) >> 2;
     const nd_i64 stride = (nd_i64)gridDim.x * ND_THREADS;
     for (nd_i64 q = (nd_i64)blockIdx.x * ND_THREADS + threadIdx.x; q < ngroups; q += stride) {
@@ -140,11 +151,12 @@ nd_dropout_bwd(const T *__restrict__ dout, const unsigned char *__restrict__ bit
 /*
  * nd_dropout_mask: mask[i] = keep(i) as a 0/1 byte, n values (a C-contiguous
  * bool array, 4-byte aligned).  Grid-stride over Philox blocks.
- * IN n, seed, threshold; OUT mask.
+ * IN n, seed, p; OUT mask.
  */
 __global__ void __launch_bounds__(ND_THREADS)
-nd_dropout_mask(unsigned char *__restrict__ mask, nd_i64 n, nd_u64 seed, nd_u64 threshold)
+nd_dropout_mask(unsigned char *__restrict__ mask, nd_i64 n, nd_u64 seed, double p)
 {
+    const nd_u64 threshold = nd_dropout_threshold(p);
     const nd_u32 k0 = (nd_u32)seed, k1 = (nd_u32)(seed >> 32);
     const nd_i64 nblocks = (n + 3) >> 2;
     const nd_i64 stride = (nd_i64)gridDim.x * ND_THREADS;

@@ -1,17 +1,20 @@
 /*
- * nd_batchnorm.cu -- batchnorm kernels of the CUDA backend (CuPy arrays).
+ * nd_norm.cu -- the normalization kernels of the CUDA backend (CuPy arrays):
+ * the backend contract's steps (normdrop/_contract.py) under the names of
+ * the C kernels (src_c/normdrop.h): nd_moments, nd_normalize, nd_grad_reduce,
+ * nd_grad_input, each reduction as a `_part` kernel and a `_merge` kernel;
+ * T is nd_half, float or double.  Every kernel runs ND_THREADS threads per
+ * block.
  *
- * Same operations, formulas and names as the C kernels (src_c/nd_batchnorm.c):
- * nd_bn_stats, nd_bn_affine, nd_bn_bwd_reduce, nd_bn_bwd_dx; T is nd_half,
- * float or double.  Every kernel runs ND_THREADS threads per block.
- *
- * Geometry of an operand (see nd_common.cu): C channels of N * S values,
+ * Geometry of an operand (see nd_common.cu): (kind, N, C, S, sn, sc, ss,
+ * groups), C channels of N * S values,
  *   ND_ROWS   value (m, c) at m * sn + c  (S == 1): a C-contiguous (N, D)
  *             matrix, an NCHW array with H * W == 1, or an NHWC array seen
  *             as (N*H*W, C) rows;
  *   ND_PLANES value (n, c, j) at n * sn + c * sc + j: a C-contiguous NCHW
  *             array (S = H * W), or a Fortran-ordered (N, D) matrix (one
  *             plane of S = N values per channel).
+ * Statistics per channel (groups == 0).
  * ND_ROWS thread mapping: a block covers a tile of ct = min(C, 32)
  *   consecutive channels and rt = ND_THREADS / ct rows at a time; thread tid
  *   has channel tile_start + tid % ct and row slot tid / ct, so a warp reads
@@ -22,7 +25,7 @@
  *
  * Reductions are deterministic and use no atomics: the values of each
  * channel are cut into G parts that depend on the shape only (the launch
- * geometry computed in normdrop/_cuda/__init__.py); one block reduces one
+ * geometry computed in normdrop/_cuda/_backend.py); one block reduces one
  * part of one channel (ND_PLANES) or of a tile of channels (ND_ROWS) with a
  * fixed pairwise tree in shared memory and writes the part's result to
  * `part`; a second kernel merges the G parts of each channel in a fixed
@@ -30,6 +33,8 @@
  * fixed tree).  Results are identical from run to run; the partition does
  * not depend on the GPU either (only the compiled code of each architecture,
  * e.g. its use of fused multiply-adds, may differ in the last bit).
+ * Moments are merged with nd_chan_merge from normdrop/include/nd_moments.h,
+ * the function the C kernels use.
  *
  * Precision (DESIGN section 4): float32 and float64 data are accumulated
  * and computed in double; float16 data per thread in float, merged in
@@ -42,17 +47,9 @@
 #include "nd_common.cu"
 #endif
 
-/* Chan et al.: merge (nb, mb, qb) into (*na, *ma, *qa): counts, means and
- * sums of squared deviations (M2) of two disjoint sets (src_c: nd_chan_merge). */
-ND_DEV void nd_chan_merge(double *na, double *ma, double *qa, double nb, double mb, double qb)
-{
-    if (nb <= 0.0) return;
-    const double n = *na + nb;
-    const double d = mb - *ma;
-    *ma += d * (nb / n);
-    *qa += qb + d * d * (*na * nb / n);
-    *na = n;
-}
+#ifndef ND_MOMENTS_H
+#include "nd_moments.h"
+#endif
 
 /* Combiners of the block trees: slot dst <- slot dst (+) slot src. */
 struct nd_chan_comb {           /* (count, mean, M2) by nd_chan_merge */
@@ -171,7 +168,7 @@ struct nd_bwd_acc {
  *            blockIdx.y + gridDim.y, ... (grid-stride).
  */
 template <typename Acc>
-ND_DEV void nd_bn_reduce_part(Acc &acc, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
+ND_DEV void nd_channel_reduce_part(Acc &acc, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
                               nd_i64 sc, nd_i64 pn, nd_i64 ps, nd_i64 G, double *part,
                               double (*sh)[ND_THREADS])
 {
@@ -223,36 +220,37 @@ ND_DEV void nd_bn_reduce_part(Acc &acc, int kind, nd_i64 N, nd_i64 C, nd_i64 S, 
 }
 
 /*
- * nd_bn_stats: partial (count, mean, M2) of x per channel and part:
+ * nd_moments_part: partial (count, mean, M2) of x per channel and part:
  *   count = #values, mean = sum x / count, M2 = sum (x - mean)^2
- * over the values of part g (see nd_bn_reduce_part; per-thread shifted sums,
+ * over the values of part g (see nd_channel_reduce_part; per-thread shifted sums,
  * then a fixed Chan-merge tree).  Layout: x in geometry (kind, N, C, S, sn,
- * sc); part as in the file comment, width 3.
+ * sc, ss, groups); part as in the file comment, width 3.
  * IN x, geometry, pn, ps, G; OUT part (3 * C * G doubles).
  */
 template <typename T>
 __global__ void __launch_bounds__(ND_THREADS)
-nd_bn_stats(const T *__restrict__ x, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
-            nd_i64 sc, nd_i64 pn, nd_i64 ps, nd_i64 G, double *__restrict__ part)
+nd_moments_part(const T *__restrict__ x, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
+                nd_i64 sc, nd_i64 ss, int groups, nd_i64 pn, nd_i64 ps, nd_i64 G,
+                double *__restrict__ part)
 {
     __shared__ double sh[3][ND_THREADS];
     nd_stats_acc<T> acc;
     acc.x = x;
-    nd_bn_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
+    nd_channel_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
 }
 
 /*
- * nd_bn_stats_merge: per channel c, the G partials of nd_bn_stats merged in
- * a fixed order (Chan et al.):
- *   mean[c] = batch mean, var[c] = M2 / count (biased),
- *   invstd[c] = 1 / sqrt(var[c] + eps).
- * Grid: any (grid-stride over channels), one block per channel at a time.
- * IN part, C, G, eps; OUT mean, var, invstd (C doubles each).
+ * nd_moments_merge: per statistics group c < C, the G partials of
+ * nd_moments_part merged in a fixed order (Chan et al., nd_moments.h):
+ *   mean[c] = mean, m2[c] = M2, var[c] = M2 / count (biased),
+ *   invstd[c] = 1 / sqrt(var[c] + eps)   (the composite's finish).
+ * Grid: any (grid-stride over groups), one block per group at a time.
+ * IN part, C, G, eps; OUT mean, m2, var, invstd (C doubles each).
  */
 __global__ void __launch_bounds__(ND_THREADS)
-nd_bn_stats_merge(const double *__restrict__ part, nd_i64 C, nd_i64 G, double eps,
-                  double *__restrict__ mean, double *__restrict__ var,
-                  double *__restrict__ invstd)
+nd_moments_merge(const double *__restrict__ part, nd_i64 C, nd_i64 G, double eps,
+                 double *__restrict__ mean, double *__restrict__ m2, double *__restrict__ var,
+                 double *__restrict__ invstd)
 {
     __shared__ double sh[3][ND_THREADS];
     const int tid = (int)threadIdx.x;
@@ -271,28 +269,11 @@ nd_bn_stats_merge(const double *__restrict__ part, nd_i64 C, nd_i64 G, double ep
             const double cnt = sh[0][0];
             const double v = cnt > 0.0 ? sh[2][0] / cnt : 0.0;
             mean[ch] = sh[1][0];
+            m2[ch] = sh[2][0];
             var[ch] = v;
             invstd[ch] = 1.0 / sqrt(v + eps);
         }
         __syncthreads();
-    }
-}
-
-/*
- * nd_bn_test_stats: test-mode statistics from the running ones:
- *   mean[c] = running_mean[c],  invstd[c] = 1 / sqrt(running_var[c] + eps).
- * IN running_mean, running_var (C values of T, contiguous), C, eps;
- * OUT mean, invstd (C doubles).
- */
-template <typename T>
-__global__ void __launch_bounds__(ND_THREADS)
-nd_bn_test_stats(const T *__restrict__ running_mean, const T *__restrict__ running_var,
-                 nd_i64 C, double eps, double *__restrict__ mean, double *__restrict__ invstd)
-{
-    const nd_i64 stride = (nd_i64)gridDim.x * ND_THREADS;
-    for (nd_i64 c = (nd_i64)blockIdx.x * ND_THREADS + threadIdx.x; c < C; c += stride) {
-        mean[c] = nd_type<T>::to_f64(running_mean[c]);
-        invstd[c] = 1.0 / sqrt(nd_type<T>::to_f64(running_var[c]) + eps);
     }
 }
 
@@ -305,7 +286,7 @@ nd_bn_test_stats(const T *__restrict__ running_mean, const T *__restrict__ runni
  *            slot, grid-stride over planes; st threads along each plane.
  */
 template <typename Op>
-ND_DEV void nd_bn_elementwise(Op &op, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
+ND_DEV void nd_channel_elementwise(Op &op, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
                               nd_i64 sc)
 {
     const int tid = (int)threadIdx.x;
@@ -359,20 +340,20 @@ struct nd_affine_op {
 };
 
 /*
- * nd_bn_affine: out = (x - mean[c]) * (gamma[c] * invstd[c]) + beta[c],
- * computed in nd_type<T>::acc and rounded once (src_c: nd_bn_affine with
- * scale = gamma * invstd, shift = beta).  Forward in training (batch
- * statistics) and in test mode (running statistics).
- * Layout: x and out share the geometry (kind, N, C, S, sn, sc); mean,
- * invstd C doubles; gamma, beta C values of T, contiguous.
+ * nd_normalize: out = (x - mean[c]) * (gamma[c] * invstd[c]) + beta[c],
+ * computed in nd_type<T>::acc and rounded once (src_c: nd_normalize).
+ * Forward in training (batch statistics) and in test mode (running
+ * statistics).
+ * Layout: x and out share the geometry (kind, N, C, S, sn, sc, ss, groups);
+ * mean, invstd C doubles; gamma, beta C values of T, contiguous.
  * IN x, geometry, mean, invstd, gamma, beta; OUT out.
  */
 template <typename T>
 __global__ void __launch_bounds__(ND_THREADS)
-nd_bn_affine(const T *__restrict__ x, T *__restrict__ out, int kind, nd_i64 N, nd_i64 C,
-             nd_i64 S, nd_i64 sn, nd_i64 sc, const double *__restrict__ mean,
-             const double *__restrict__ invstd, const T *__restrict__ gamma,
-             const T *__restrict__ beta)
+nd_normalize(const T *__restrict__ x, T *__restrict__ out, int kind, nd_i64 N, nd_i64 C,
+             nd_i64 S, nd_i64 sn, nd_i64 sc, nd_i64 ss, int groups,
+             const double *__restrict__ mean, const double *__restrict__ invstd,
+             const T *__restrict__ gamma, const T *__restrict__ beta)
 {
     nd_affine_op<T> op;
     op.x = x;
@@ -381,43 +362,44 @@ nd_bn_affine(const T *__restrict__ x, T *__restrict__ out, int kind, nd_i64 N, n
     op.invstd = invstd;
     op.gamma = gamma;
     op.beta = beta;
-    nd_bn_elementwise(op, kind, N, C, S, sn, sc);
+    nd_channel_elementwise(op, kind, N, C, S, sn, sc);
 }
 
 /*
- * nd_bn_bwd_reduce: partial sums per channel and part (see
- * nd_bn_reduce_part):  sum dout  and  sum dout * (x - mean[c]).
+ * nd_grad_reduce_part: partial sums per channel and part (see
+ * nd_channel_reduce_part):  sum dout  and  sum dout * (x - mean[c]).
  * Layout: dout and x share the geometry; part width 2.
  * IN dout, x, geometry, pn, ps, G, mean (C doubles); OUT part (2 * C * G).
  */
 template <typename T>
 __global__ void __launch_bounds__(ND_THREADS)
-nd_bn_bwd_reduce(const T *__restrict__ dout, const T *__restrict__ x, int kind, nd_i64 N,
-                 nd_i64 C, nd_i64 S, nd_i64 sn, nd_i64 sc, nd_i64 pn, nd_i64 ps, nd_i64 G,
-                 const double *__restrict__ mean, double *__restrict__ part)
+nd_grad_reduce_part(const T *__restrict__ dout, const T *__restrict__ x, int kind, nd_i64 N,
+                    nd_i64 C, nd_i64 S, nd_i64 sn, nd_i64 sc, nd_i64 ss, int groups, nd_i64 pn,
+                    nd_i64 ps, nd_i64 G, const double *__restrict__ mean,
+                    double *__restrict__ part)
 {
     __shared__ double sh[3][ND_THREADS];
     nd_bwd_acc<T> acc;
     acc.dout = dout;
     acc.x = x;
     acc.mean = mean;
-    nd_bn_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
+    nd_channel_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
 }
 
 /*
- * nd_bn_bwd_merge: per channel c, the G partials of nd_bn_bwd_reduce summed
- * in a fixed order:
- *   sum_dy[c] = sum dout,  sum_dyxm[c] = sum dout * (x - mean[c]),
- *   dbeta[c] = sum_dy[c],  dgamma[c] = sum_dyxm[c] * invstd[c]  (rounded to T).
+ * nd_grad_reduce_merge: per channel c, the G partials of nd_grad_reduce_part
+ * summed in a fixed order:
+ *   s1[c] = sum dout,  s2[c] = sum dout * (x - mean[c]),
+ *   dbeta[c] = s1[c],  dgamma[c] = s2[c] * invstd[c]  (rounded to T).
  * Grid: any (grid-stride over channels).
- * IN part, C, G, invstd; OUT sum_dy, sum_dyxm (C doubles), dgamma, dbeta
- * (C values of T).
+ * IN part, C, G, invstd; OUT s1, s2 (C doubles), dgamma, dbeta (C values of T).
  */
 template <typename T>
 __global__ void __launch_bounds__(ND_THREADS)
-nd_bn_bwd_merge(const double *__restrict__ part, nd_i64 C, nd_i64 G,
-                const double *__restrict__ invstd, double *__restrict__ sum_dy,
-                double *__restrict__ sum_dyxm, T *__restrict__ dgamma, T *__restrict__ dbeta)
+nd_grad_reduce_merge(const double *__restrict__ part, nd_i64 C, nd_i64 G,
+                     const double *__restrict__ invstd, double *__restrict__ sum_dy,
+                     double *__restrict__ sum_dyxm, T *__restrict__ dgamma,
+                     T *__restrict__ dbeta)
 {
     __shared__ double sh[3][ND_THREADS];
     const int tid = (int)threadIdx.x;
@@ -474,24 +456,24 @@ struct nd_bwd_dx_op {
 };
 
 /*
- * nd_bn_bwd_dx: with a = gamma[c] * invstd[c] and M values per channel,
+ * nd_grad_input: with a = gamma[c] * invstd[c] and M values per channel,
  *   training:  dx = a * dout + b * (x - mean[c]) + e,
- *              b = -a * invstd[c] * dgamma / M,  e = -a * sum_dy[c] / M,
- *              dgamma = sum_dyxm[c] * invstd[c];
+ *              b = -a * invstd[c] * dgamma / M,  e = -a * s1[c] / M,
+ *              dgamma = s2[c] * invstd[c];
  *   test mode: dx = a * dout  (x is not read);
- * computed in nd_type<T>::acc, rounded once (src_c: nd_bn_bwd_dx).  This is
+ * computed in nd_type<T>::acc, rounded once (src_c: nd_grad_input).  This is
  * gamma * invstd / M * (M * dout - dbeta - x_hat * dgamma).
  * Layout: dout, x, dx share the geometry; per-channel arrays contiguous.
- * IN dout, x, geometry, mean, invstd, gamma, sum_dy, sum_dyxm, M, train;
- * OUT dx.
+ * IN dout, x, geometry, mean, invstd, gamma, s1, s2 (from nd_grad_reduce_merge),
+ * M, train; OUT dx.
  */
 template <typename T>
 __global__ void __launch_bounds__(ND_THREADS)
-nd_bn_bwd_dx(const T *__restrict__ dout, const T *__restrict__ x, T *__restrict__ dx, int kind,
-             nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn, nd_i64 sc,
-             const double *__restrict__ mean, const double *__restrict__ invstd,
-             const T *__restrict__ gamma, const double *__restrict__ sum_dy,
-             const double *__restrict__ sum_dyxm, double M, int train)
+nd_grad_input(const T *__restrict__ dout, const T *__restrict__ x, T *__restrict__ dx, int kind,
+              nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn, nd_i64 sc, nd_i64 ss, int groups,
+              const double *__restrict__ mean, const double *__restrict__ invstd,
+              const T *__restrict__ gamma, const double *__restrict__ sum_dy,
+              const double *__restrict__ sum_dyxm, double M, int train)
 {
     nd_bwd_dx_op<T> op;
     op.dout = dout;
@@ -505,5 +487,26 @@ nd_bn_bwd_dx(const T *__restrict__ dout, const T *__restrict__ x, T *__restrict_
     op.M = M;
     op.train = train;
     op.m = op.b = op.e = 0;
-    nd_bn_elementwise(op, kind, N, C, S, sn, sc);
+    nd_channel_elementwise(op, kind, N, C, S, sn, sc);
+}
+
+/*
+ * nd_running_update: out[c] = (1 - momentum) * batch[c] + momentum * old[c]
+ * in double, rounded once to T (has_old == 0: old counts as zeros and is not
+ * read; src_c: nd_running_update).  Grid: any (grid-stride).
+ * IN old (C doubles), has_old, batch (C doubles), momentum, C; OUT out (C of T).
+ */
+template <typename T>
+__global__ void __launch_bounds__(ND_THREADS)
+nd_running_update(const double *__restrict__ old, int has_old,
+                  const double *__restrict__ batch, double momentum, T *__restrict__ out,
+                  nd_i64 C)
+{
+    const double om = 1.0 - momentum;
+    const nd_i64 stride = (nd_i64)gridDim.x * ND_THREADS;
+    for (nd_i64 c = (nd_i64)blockIdx.x * ND_THREADS + threadIdx.x; c < C; c += stride) {
+        double v = nd_dmul(batch[c], om);
+        if (has_old) v = v + nd_dmul(old[c], momentum);
+        out[c] = nd_type<T>::from_f64(v);
+    }
 }
