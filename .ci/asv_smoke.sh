@@ -25,5 +25,5 @@ asv check --python=same
 
 asv run --python=same --machine smoke --quick --dry-run --show-stderr \
     --bench "\('cpu'" \
-    --bench "\('reference', '[a-z0-9]+', '64x256'" \
+    --bench "\('reference', '[a-z0-9]+', '[a-z_]+:(64x256|16x37|4x5x6x7|3x4x5x7):" \
     --bench "\('cupy'"

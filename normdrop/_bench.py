@@ -44,6 +44,7 @@ import numpy as np
 import normdrop as nd
 
 from . import _bench_seed
+from ._optable import bench_rows
 
 COLUMNS = ("normdrop", "reference", "seed", "torch")
 FAST = ("normdrop", "torch")            # the A/B pair: alternated every round
@@ -138,195 +139,96 @@ class Env:
 
 
 # ------------------------------------------------------------------ the ops
-@dataclasses.dataclass(frozen=True)
-class Op:
-    key: str
-    title: str
-    shape: tuple
-    arrays: float        # value-sized arrays the op must move (see the module docstring)
-    mask_bits: bool      # plus one bit per value (the packed dropout mask)
-    build: Callable      # (env, op, dtype, columns) -> ({column: call}, {column: note})
-    in_cache: bool = False
-
-    def bytes(self, dtype) -> int:
-        n = math.prod(self.shape)
-        return int(self.arrays * n * np.dtype(dtype).itemsize + (n / 8 if self.mask_bits else 0))
-
-
-def _data(shape, dtype, seed=0):
+def _data(shape, dtype, channels, seed=0):
     rng = np.random.default_rng(seed)
-    c = shape[1]
     x = rng.standard_normal(shape, dtype=np.dtype(dtype))
     dout = rng.standard_normal(shape, dtype=np.dtype(dtype))
-    gamma = 1.0 + 0.1 * rng.standard_normal(c, dtype=np.dtype(dtype))
-    beta = 0.1 * rng.standard_normal(c, dtype=np.dtype(dtype))
+    gamma = 1.0 + 0.1 * rng.standard_normal(channels, dtype=np.dtype(dtype))
+    beta = 0.1 * rng.standard_normal(channels, dtype=np.dtype(dtype))
     return x, dout, gamma, beta
 
 
-def _bn_builder(spatial: bool, part: str):
-    """part: 'fwd' (training forward), 'bwd' (backward of a training forward)
-    or 'both' (forward then backward)."""
-    fwd = nd.spatial_batchnorm_forward if spatial else nd.batchnorm_forward
-    bwd = nd.spatial_batchnorm_backward if spatial else nd.batchnorm_backward
+def _normdrop_part(op, row, x, dout, gamma, beta, forced):
+    """The call that row times on normdrop (built under force_reference when
+    forced, so that a backward's cache comes from the same backend)."""
+    ctx = nd.force_reference if forced else contextlib.nullcontext
+    if op.kind == "dropout":
+        param = op.params("train")
+        if row.part == "fwd":
+            return lambda: op.forward(x, param)
+        with ctx():
+            _, cache = op.forward(x, dict(param))
+        return lambda: op.backward(dout, cache)
+    param = op.params("train", eps=EPS, momentum=MOMENTUM) if op.running else op.params()
+    if row.part == "fwd":
+        return lambda: op.call_forward(x, gamma, beta, param, row.extra)
+    if row.part == "bwd":
+        with ctx():
+            _, cache = op.call_forward(x, gamma, beta, dict(param), row.extra)
+        return lambda: op.backward(dout, cache)
 
-    def build(env: Env, op: Op, dtype, columns):
-        hx, hdout, hgamma, hbeta = _data(op.shape, dtype)
-        x, dout, gamma, beta = (env.asarray(a) for a in (hx, hdout, hgamma, hbeta))
-        calls, notes = {}, {}
-
-        def ours(forced):
-            ctx = nd.force_reference if forced else contextlib.nullcontext
-            param = {"mode": "train", "eps": EPS, "momentum": MOMENTUM}
-            if part == "fwd":
-                fn = lambda: fwd(x, gamma, beta, param)  # noqa: E731
-            elif part == "bwd":
-                with ctx():
-                    _, cache = fwd(x, gamma, beta, param)
-                fn = lambda: bwd(dout, cache)  # noqa: E731
-            else:
-                def fn():
-                    _, cache = fwd(x, gamma, beta, param)
-                    bwd(dout, cache)
-            return env.normdrop_call(fn, forced)
-
-        for col, forced in (("normdrop", env.backend == "reference"), ("reference", True)):
-            if col in columns:
-                calls[col] = ours(forced)
-
-        if "seed" in columns:
-            s = env.seed
-            sfwd = s.spatial_batchnorm_forward if spatial else s.batchnorm_forward
-            sbwd = s.spatial_batchnorm_backward if spatial else s.batchnorm_backward
-            sparam = {"mode": "train", "eps": EPS, "momentum": MOMENTUM}
-            if part == "fwd":
-                fn = lambda: sfwd(x, gamma, beta, sparam)  # noqa: E731
-            elif part == "bwd":
-                _, scache = sfwd(x, gamma, beta, sparam)
-                fn = lambda: sbwd(dout, scache)  # noqa: E731
-            else:
-                def fn():
-                    _, c = sfwd(x, gamma, beta, sparam)
-                    sbwd(dout, c)
-            calls["seed"] = env.seed_call(fn)
-
-        if "torch" in columns and env.torch is not None:
-            fn, notes["torch"] = _torch_bn(env, part, hx, hdout, hgamma, hbeta)
-            calls["torch"] = env.torch_call(fn)
-        return calls, notes
-
-    return build
+    def both():
+        _, cache = op.call_forward(x, gamma, beta, param, row.extra)
+        op.backward(dout, cache)
+    return both
 
 
-def _torch_bn(env: Env, part, hx, hdout, hgamma, hbeta):
-    """PyTorch's batch norm: F.batch_norm(training=True) forward; the backward
-    kernel that its autograd calls (aten.native_batch_norm_backward with the
-    saved mean and 1/std), or autograd itself where that op is missing."""
-    torch = env.torch
-    F = torch.nn.functional
-    x, dout, w, b = (env.to_torch(a) for a in (hx, hdout, hgamma, hbeta))
-    c = x.shape[1]
-    rm = torch.zeros(c, dtype=x.dtype, device=x.device)
-    rv = torch.ones(c, dtype=x.dtype, device=x.device)
-    # PyTorch's momentum is the weight of the new value: cs231n's 0.9 is 0.1 here.
-    tm = 1.0 - MOMENTUM
-    if part == "fwd":
-        return (lambda: F.batch_norm(x, rm, rv, w, b, training=True, momentum=tm, eps=EPS),
-                "F.batch_norm(training=True)")
-    aten = getattr(torch.ops, "aten", None)
-    try:
-        nbn, nbn_bwd = aten.native_batch_norm, aten.native_batch_norm_backward
-    except (AttributeError, RuntimeError):
-        nbn = nbn_bwd = None
-    if nbn_bwd is not None:
-        mask = [True, True, True]
-        if part == "bwd":
-            _, sm, si = nbn(x, w, b, rm, rv, True, tm, EPS)
-            return (lambda: nbn_bwd(dout, x, w, rm, rv, sm, si, True, EPS, mask),
-                    "aten.native_batch_norm_backward (autograd's kernel)")
+def _seed_part(seed_mod, op, row, x, dout, gamma, beta):
+    """The same call on the cs231n NumPy code (normdrop._bench_seed)."""
+    fwd = getattr(seed_mod, f"{op.seed}_forward")
+    bwd = getattr(seed_mod, f"{op.seed}_backward")
+    if op.kind == "dropout":
+        param = {"p": KEEP, "mode": "train", "seed": 1234}
+        if row.part == "fwd":
+            return lambda: fwd(x, param)
+        _, cache = fwd(x, param)
+        return lambda: bwd(dout, cache)
+    param = {"mode": "train", "eps": EPS, "momentum": MOMENTUM}
+    args = (x, gamma, beta) + (() if row.extra is None else (row.extra,)) + (param,)
+    if row.part == "fwd":
+        return lambda: fwd(*args)
+    if row.part == "bwd":
+        _, cache = fwd(*args)
+        return lambda: bwd(dout, cache)
 
-        def both():
-            _, sm, si = nbn(x, w, b, rm, rv, True, tm, EPS)
-            nbn_bwd(dout, x, w, rm, rv, sm, si, True, EPS, mask)
-        return both, "aten.native_batch_norm + native_batch_norm_backward"
-    xg, wg, bg = (t.detach().clone().requires_grad_() for t in (x, w, b))
-    if part == "bwd":
-        out = F.batch_norm(xg, rm, rv, wg, bg, training=True, momentum=tm, eps=EPS)
-        return (lambda: torch.autograd.grad(out, (xg, wg, bg), dout, retain_graph=True),
-                "autograd backward of F.batch_norm")
-
-    def both_autograd():
-        out = F.batch_norm(xg, rm, rv, wg, bg, training=True, momentum=tm, eps=EPS)
-        torch.autograd.grad(out, (xg, wg, bg), dout)
-    return both_autograd, "F.batch_norm + autograd backward"
+    def both():
+        _, c = fwd(*args)
+        bwd(dout, c)
+    return both
 
 
-def _dropout_builder(part: str):
-    def build(env: Env, op: Op, dtype, columns):
-        hx, hdout, _, _ = _data(op.shape, dtype)
-        x, dout = env.asarray(hx), env.asarray(hdout)
-        calls, notes = {}, {}
-
-        def ours(forced):
-            ctx = nd.force_reference if forced else contextlib.nullcontext
-            param = {"p": KEEP, "mode": "train", "seed": 1234}
-            if part == "fwd":
-                fn = lambda: nd.dropout_forward(x, param)  # noqa: E731
-            else:
-                with ctx():
-                    _, cache = nd.dropout_forward(x, param)
-                fn = lambda: nd.dropout_backward(dout, cache)  # noqa: E731
-            return env.normdrop_call(fn, forced)
-
-        for col, forced in (("normdrop", env.backend == "reference"), ("reference", True)):
-            if col in columns:
-                calls[col] = ours(forced)
-
-        if "seed" in columns:
-            s = env.seed
-            sparam = {"p": KEEP, "mode": "train", "seed": 1234}
-            if part == "fwd":
-                fn = lambda: s.dropout_forward(x, sparam)  # noqa: E731
-            else:
-                _, scache = s.dropout_forward(x, sparam)
-                fn = lambda: s.dropout_backward(dout, scache)  # noqa: E731
-            calls["seed"] = env.seed_call(fn)
-
-        if "torch" in columns and env.torch is not None:
-            torch = env.torch
-            torch.manual_seed(0)
-            tx, tdout = env.to_torch(hx), env.to_torch(hdout)
-            if part == "fwd":
-                fn = lambda: torch.nn.functional.dropout(tx, p=1.0 - KEEP, training=True)  # noqa: E731
-                notes["torch"] = "F.dropout(p=0.5, training=True)"
-            elif env.torch_device == "cpu":
-                # What autograd does for F.dropout on the CPU: grad times the
-                # saved noise (the keep mask scaled by 1/keep).
-                noise = torch.empty_like(tx).bernoulli_(KEEP).div_(KEEP)
-                fn = lambda: tdout.mul(noise)  # noqa: E731
-                notes["torch"] = "dout * noise (F.dropout's autograd backward)"
-            else:
-                # On a GPU, F.dropout is the fused native_dropout; its backward:
-                _, mask = torch.ops.aten.native_dropout(tx, 1.0 - KEEP, True)
-                fn = lambda: torch.ops.aten.native_dropout_backward(tdout, mask, 1.0 / KEEP)  # noqa: E731
-                notes["torch"] = "aten.native_dropout_backward (F.dropout's autograd backward)"
-            calls["torch"] = env.torch_call(fn)
-        return calls, notes
-
-    return build
+def build(env: Env, op, row, dtype, columns):
+    """({column: call}, {column: note}) for one row: normdrop (on the backend
+    under test), its reference backend, the seed code and PyTorch."""
+    hx, hdout, hgamma, hbeta = _data(row.shape, dtype, op.channels(row.shape))
+    x, dout, gamma, beta = (env.asarray(a) for a in (hx, hdout, hgamma, hbeta))
+    calls, notes = {}, {}
+    for col, forced in (("normdrop", env.backend == "reference"), ("reference", True)):
+        if col in columns:
+            calls[col] = env.normdrop_call(
+                _normdrop_part(op, row, x, dout, gamma, beta, forced), forced)
+    if "seed" in columns:
+        if op.seed is None:
+            notes["seed"] = "no cs231n code for this op"
+        else:
+            calls["seed"] = env.seed_call(_seed_part(env.seed, op, row, x, dout, gamma, beta))
+    if "torch" in columns and env.torch is not None:
+        tx, tdout, tw, tb = (env.to_torch(a) for a in (hx, hdout, hgamma, hbeta))
+        fn, notes["torch"] = op.torch(env.torch, row.part, tx, tdout, tw, tb, row.extra)
+        calls["torch"] = env.torch_call(fn)
+    return calls, notes
 
 
-OPS = {op.key: op for op in (
-    Op("bn-fwd", "batchnorm forward (train)", (4096, 1024), 3, False, _bn_builder(False, "fwd")),
-    Op("bn-bwd", "batchnorm backward", (4096, 1024), 5, False, _bn_builder(False, "bwd")),
-    Op("spatial-fwd", "spatial batchnorm forward (train)", (32, 64, 56, 56), 3, False,
-       _bn_builder(True, "fwd")),
-    Op("spatial-bwd", "spatial batchnorm backward", (32, 64, 56, 56), 5, False,
-       _bn_builder(True, "bwd")),
-    Op("dropout-fwd", "dropout forward (p=0.5)", (4096, 4096), 2, True, _dropout_builder("fwd")),
-    Op("dropout-bwd", "dropout backward", (4096, 4096), 2, True, _dropout_builder("bwd")),
-    Op("bn-small", "batchnorm forward+backward, small", (64, 256), 8, False,
-       _bn_builder(False, "both"), in_cache=True),
-)}
+#: Every bench row, (op, row), from the op table; ``--ops`` picks rows by key.
+ROWS = bench_rows()
+KEYS = tuple(dict.fromkeys(row.key for _, row in ROWS))
+
+
+def _row(key: str, label: str):
+    for op, row in ROWS:
+        if row.key == key and row.label == label:
+            return op, row
+    raise KeyError((key, label))
 
 
 # ------------------------------------------------------------------ timing
@@ -560,12 +462,12 @@ def _paired(a: list, b: list):
     return statistics.median(pairs) if pairs else None
 
 
-def run_row(env: Env, op: Op, dtype: str, columns, st: Settings) -> dict:
+def run_row(env: Env, op, row, dtype: str, columns, st: Settings) -> dict:
     """Measure one op x dtype; the bound is filled in by :func:`run`."""
     notes = {c: "skipped (--skip)" for c in COLUMNS if c not in columns}
     if "torch" in columns and env.torch is None:
         notes["torch"] = env.torch_note
-    calls, built_notes = op.build(env, op, dtype, columns)
+    calls, built_notes = build(env, op, row, dtype, columns)
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
@@ -580,11 +482,11 @@ def run_row(env: Env, op: Op, dtype: str, columns, st: Settings) -> dict:
     notes.update({k: v for k, v in built_notes.items() if k not in notes})
     med = {c: (res[c]["median"] if c in res else None) for c in COLUMNS}
     return {
-        "op": op.key,
-        "title": op.title,
-        "shape": list(op.shape),
+        "op": row.key,
+        "title": row.title,
+        "shape": list(row.shape),
         "dtype": dtype,
-        "bytes": op.bytes(dtype),
+        "bytes": row.bytes(np.dtype(dtype).itemsize),
         **{f"{c}_s": med[c] for c in COLUMNS},
         "bound_s": None,
         "normdrop_over_torch": _ratio(med["normdrop"], med["torch"]),
@@ -593,7 +495,7 @@ def run_row(env: Env, op: Op, dtype: str, columns, st: Settings) -> dict:
         "fraction_of_bound": None,
         "seed_over_normdrop": _ratio(med["seed"], med["normdrop"]),
         "reference_over_normdrop": _ratio(med["reference"], med["normdrop"]),
-        "bound_in_cache": op.in_cache,
+        "bound_in_cache": row.in_cache,
         "samples": {c: len(r["samples"]) for c, r in res.items()},
         "calls_per_sample": {c: r["number"] for c, r in res.items()},
         "quartiles_s": {c: r["quartiles"] for c, r in res.items()},
@@ -706,7 +608,7 @@ def worker(spec: str) -> int:
     columns = tuple(spec["columns"])
     env = Env(spec["backend"], _import_torch() if "torch" in columns else None)
     limiter = set_threads(spec["threads"], env.torch)
-    row = run_row(env, OPS[spec["op"]], spec["dtype"], columns,
+    row = run_row(env, *_row(spec["op"], spec["shape"]), spec["dtype"], columns,
                   QUICK if spec["quick"] else DEFAULT)
     result = {"row": row, "runtime": runtime_info(env)}
     if limiter is not None:
@@ -729,12 +631,12 @@ def _run_worker(spec: dict):
     return None, f"failed: the worker process exited with code {proc.returncode}"
 
 
-def _failed_row(op: Op, dtype: str, error: str) -> dict:
-    return {"op": op.key, "title": op.title, "shape": list(op.shape), "dtype": dtype,
-            "bytes": op.bytes(dtype), **{f"{c}_s": None for c in COLUMNS},
+def _failed_row(row, dtype: str, error: str) -> dict:
+    return {"op": row.key, "title": row.title, "shape": list(row.shape), "dtype": dtype,
+            "bytes": row.bytes(np.dtype(dtype).itemsize), **{f"{c}_s": None for c in COLUMNS},
             "bound_s": None, "normdrop_over_torch": None, "normdrop_over_torch_paired": None,
             "fraction_of_bound": None, "seed_over_normdrop": None,
-            "reference_over_normdrop": None, "bound_in_cache": op.in_cache, "samples": {},
+            "reference_over_normdrop": None, "bound_in_cache": row.in_cache, "samples": {},
             "calls_per_sample": {}, "quartiles_s": {}, "notes": {"normdrop": error}}
 
 
@@ -779,18 +681,23 @@ def run(backend="cpu", dtypes=("float32", "float64"), threads=None, quick=False,
         first = meter.sample(st.copy_reps)
         print(f"bench: streaming copy {first / 1e9:.1f} GB/s", file=progress, flush=True)
         rows = []
-        for key in ops or list(OPS):
+        wanted = set(ops or KEYS)
+        for _, brow in ROWS:
+            if brow.key not in wanted:
+                continue
+            key = brow.key
             for dtype in dtypes:
-                spec = {"backend": backend, "op": key, "dtype": dtype, "columns": columns,
-                        "quick": quick, "threads": threads}
+                spec = {"backend": backend, "op": key, "shape": brow.label, "dtype": dtype,
+                        "columns": columns, "quick": quick, "threads": threads}
                 result, error = _run_worker(spec)
                 if result is None:
-                    rows.append(_failed_row(OPS[key], dtype, error))
+                    rows.append(_failed_row(brow, dtype, error))
                 else:
                     rows.append(result["row"])
                     report["runtime"] = report["runtime"] or result["runtime"]
                 meter.sample(max(1, st.copy_reps // 3))
-                print(f"bench: {key} {dtype}: normdrop {_fmt_time(rows[-1]['normdrop_s'])}",
+                print(f"bench: {key} {brow.label} {dtype}: normdrop "
+                      f"{_fmt_time(rows[-1]['normdrop_s'])}",
                       file=progress, flush=True)
         last = meter.sample(st.copy_reps)
     finally:
@@ -824,7 +731,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="few repetitions, for a smoke test; the numbers are rough")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
     p.add_argument("--ops", default="all", metavar="LIST",
-                   help="comma-separated ops (default all): " + ", ".join(OPS))
+                   help="comma-separated ops (default all): " + ", ".join(KEYS))
     p.add_argument("--skip", default="", metavar="LIST",
                    help="comma-separated columns not to measure: reference, seed, torch")
 
@@ -834,10 +741,10 @@ def _split(text: str) -> list:
 
 
 def main(args) -> int:
-    ops = list(OPS) if args.ops.strip() in ("", "all") else _split(args.ops)
-    bad = [o for o in ops if o not in OPS]
+    ops = list(KEYS) if args.ops.strip() in ("", "all") else _split(args.ops)
+    bad = [o for o in ops if o not in KEYS]
     if bad:
-        print(f"bench: unknown op(s) {', '.join(bad)}; known: {', '.join(OPS)}", file=sys.stderr)
+        print(f"bench: unknown op(s) {', '.join(bad)}; known: {', '.join(KEYS)}", file=sys.stderr)
         return 2
     skip = _split(args.skip)
     bad = [c for c in skip if c not in COLUMNS[1:]]

@@ -14,11 +14,12 @@ import normdrop as nd
 from conftest import (GRAD_REL_ERROR, LAYOUTS_2D, LAYOUTS_4D, assert_close, oracle,
                       rel_error)
 
-OPS = {
-    "batchnorm": (nd.batchnorm_forward, nd.batchnorm_backward, (16, 37), LAYOUTS_2D),
-    "spatial": (nd.spatial_batchnorm_forward, nd.spatial_batchnorm_backward, (4, 5, 6, 7),
-                LAYOUTS_4D),
-}
+from normdrop._optable import NORM_OPS
+
+# The ops with running statistics, from the op table: (forward, backward,
+# the matrix's shape, its layouts).
+OPS = {name: (op.forward, op.backward, op.test_shape, op.layouts)
+       for name, op in NORM_OPS.items() if op.running}
 CASES = [(op, layout) for op, v in OPS.items() for layout in v[3]]
 CASE_IDS = [f"{op}-{layout}" for op, layout in CASES]
 

@@ -85,13 +85,13 @@ class Backend:
         return fn
 
 
-def arrays(backend, dtype, shape, layout="nchw", with_dout=True):
+def arrays(backend, dtype, shape, layout="nchw", with_dout=True, channels=None):
     """(x, dout, gamma, beta) on the backend (dout None unless with_dout);
     x and dout in the given memory layout ('nhwc': channels-last memory
-    viewed as NCHW)."""
+    viewed as NCHW); gamma and beta of `channels` values (default shape[1])."""
     rng = np.random.default_rng(0)
     dt = np.dtype(dtype)
-    c = shape[1]
+    c = shape[1] if channels is None else channels
     made = shape if layout == "nchw" else (shape[0], shape[2], shape[3], c)
     x = backend.asarray(rng.standard_normal(made, dtype=dt))
     dout = backend.asarray(rng.standard_normal(made, dtype=dt)) if with_dout else None
