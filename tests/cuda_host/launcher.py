@@ -254,7 +254,10 @@ class HostModule:
             for i in range(n)}
         self.context_switch = lib.nd_shim_context_switch().decode()
         log = path[:-3] + ".log"
-        self.warnings = open(log, encoding="utf-8").read() if os.path.isfile(log) else ""
+        self.warnings = ""
+        if os.path.isfile(log):
+            with open(log, encoding="utf-8") as f:
+                self.warnings = f.read()
 
     def _pack(self, name, args):
         """(keep-alive list, void*[]) for the arguments of kernel ``name``."""
