@@ -203,19 +203,6 @@ class FakeCupy:
         """``cupy.RawModule``: ``code`` compiled for the host by the launcher."""
         return RawModule(self, code, tuple(options), tuple(name_expressions))
 
-    @staticmethod
-    def memoize(for_each_device=False):
-        """``cupy.memoize``: a plain per-arguments cache (one device)."""
-        def deco(fn):
-            memo = {}
-
-            def wrapper(*args):
-                if args not in memo:
-                    memo[args] = fn(*args)
-                return memo[args]
-            return wrapper
-        return deco
-
 
 class RawModule:
     def __init__(self, cp, code, options, name_expressions):
