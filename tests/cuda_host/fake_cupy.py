@@ -205,6 +205,9 @@ class FakeCupy:
 
 
 class RawModule:
+    """``cupy.RawModule``: ``code`` and its ``name_expressions`` built for the
+    host (:func:`launcher.build`); ``options`` are NVRTC's and only kept."""
+
     def __init__(self, cp, code, options, name_expressions):
         self._cp = cp
         self.options = options
