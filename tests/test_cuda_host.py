@@ -1,6 +1,6 @@
 """The CUDA kernels on the CPU: ``normdrop/_cuda/*.cu`` compiled by the host
 C++ compiler against ``tests/cuda_host/cuda_shim.h`` and run through the CUDA
-backend (``normdrop/_cuda/__init__.py``, unchanged) with a NumPy-backed
+backend (``normdrop/_cuda/_backend.py``, unchanged) with a NumPy-backed
 stand-in for CuPy.  No GPU is needed; the module is skipped, with the
 reason, where g++ or the kernel sources are missing.
 
@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 import normdrop as nd
-from normdrop import _cuda, _reference
+from normdrop import _contract as K
+from normdrop import _reference
+from normdrop._cuda import _backend as cuda_be
 from normdrop._cuda import _loader
 from conftest import TOLERANCES, _layout, assert_close
 
@@ -38,7 +40,7 @@ def _skip_reason():
         return "tests/cuda_host/cuda_shim.h is missing"
     if cuda_host.compiler() is None:
         return "no host C++ compiler (g++) on PATH"
-    sources = [_loader.HEADER_PATH, _loader.cu_path(_loader.COMMON_FILE)] + \
+    sources = list(_loader.HEADERS) + [_loader.cu_path(_loader.COMMON_FILE)] + \
         [_loader.cu_path(f) for f, _, _ in _loader.MODULES.values()]
     missing = [p for p in sources if not os.path.isfile(p)]
     if missing:
@@ -59,6 +61,34 @@ EPS = 1e-5
 DTYPES = ("float16", "float32", "float64")
 
 
+# The batchnorm steps of a backend (the CUDA one, or the reference) through
+# the contract: training forward, test-mode forward, backward.
+def _geom_of(x):
+    return K.channels_geometry(tuple(x.shape))
+
+
+def _geometry(x):
+    return cuda_be._geometry(x, _geom_of(x))
+
+
+def _train(be, xp, x, gamma, beta, eps):
+    return be.norm_train_fwd(xp, x, _geom_of(x), gamma, beta, eps)
+
+
+def _test(be, xp, x, gamma, beta, rm, rv, eps):
+    """normalize with the running statistics, as normdrop._api does."""
+    host = FakeCupy.asnumpy if be is cuda_be else np.asarray
+    mean = np.asarray(host(rm), np.float64)
+    invstd = 1.0 / np.sqrt(np.asarray(host(rv), np.float64) + eps)
+    if be is cuda_be:
+        mean, invstd = xp.asarray(mean), xp.asarray(invstd)
+    return be.normalize(xp, x, _geom_of(x), mean, invstd, gamma, beta), mean, invstd
+
+
+def _backward(be, xp, dout, x, gamma, mean, invstd, train):
+    return be.norm_bwd(xp, dout, x, _geom_of(x), mean, invstd, gamma, train)
+
+
 # ================================================================ fixtures
 @pytest.fixture(scope="module")
 def modules():
@@ -74,7 +104,7 @@ def cp(monkeypatch, modules):
     """The fake CuPy, installed where the CUDA backend looks for CuPy and its
     kernels; its guard bytes are checked once more at the end."""
     fake = FakeCupy()
-    monkeypatch.setattr(_cuda, "_cupy", lambda: fake)
+    monkeypatch.setattr(cuda_be, "_cupy", lambda: fake)
     monkeypatch.setattr(_loader, "function", loader_function(fake, _loader))
     yield fake
     fake.check_guards()
@@ -455,7 +485,7 @@ def _f64(*arrays):
 
 
 # (shape, layout): what each exercises, in the launch geometry of
-# normdrop/_cuda/__init__.py (ROWS: rows x channel tiles of 32; PLANES:
+# normdrop/_cuda/_backend.py (ROWS: rows x channel tiles of 32; PLANES:
 # planes x segments of a plane); test_cases_cover_the_geometry checks it.
 BN_CASES = [
     ((7, 5), "contiguous"),            # ROWS, one part, partial warp of channels
@@ -493,16 +523,16 @@ def test_cases_cover_the_geometry(cp):
     seen = set()
     for shape, layout in BN_CASES:
         xd = cp.asarray(_layout(np.zeros(shape, np.float32), layout))
-        _, geom, _ = _cuda.geometry(xd)
-        kind, N, C, S, _, _ = geom
-        _, pn, ps, G = _cuda._reduce_plan(geom)
-        name = "rows" if kind == _cuda.ROWS else "planes"
+        _, geom, _ = _geometry(xd)
+        kind, N, C, S = geom[:4]
+        _, pn, ps, G = cuda_be._reduce_plan(geom)
+        name = "rows" if kind == cuda_be._ROWS else "planes"
         seen.add(f"{name}-G{min(G, 2)}")
-        if kind == _cuda.PLANES and ps < S:
+        if kind == cuda_be._PLANES and ps < S:
             seen.add("segments")
-        if kind == _cuda.ROWS and C > 32:
+        if kind == cuda_be._ROWS and C > 32:
             seen.add("tiles")
-        if kind == _cuda.PLANES and S > _cuda.THREADS:
+        if kind == cuda_be._PLANES and S > cuda_be._THREADS:
             seen.add("long-planes")
     assert {"rows-G1", "rows-G2", "planes-G1", "planes-G2", "segments", "tiles",
             "long-planes"} <= seen, seen
@@ -523,8 +553,8 @@ def test_batchnorm_against_reference(cp, case, dtype):
     gd, bd = cp.asarray(gamma), cp.asarray(beta)
     out_layout = "contiguous" if layout == "noncontiguous" else layout
 
-    out, mean, var, invstd = _cuda.bn_train(cp, xd, gd, bd, EPS)
-    eout, emean, evar, einvstd = _reference.bn_train(npx, x64, g64, b64, EPS)
+    out, mean, var, invstd = _train(cuda_be, cp, xd, gd, bd, EPS)
+    eout, emean, evar, einvstd = _train(_reference, npx, x64, g64, b64, EPS)
     assert isinstance(out, cp.ndarray) and out.dtype == np.dtype(dtype) and out.shape == shape
     assert _is_layout(out, out_layout)
     assert_close(_np(out), eout, dtype, "train out")
@@ -533,8 +563,8 @@ def test_batchnorm_against_reference(cp, case, dtype):
         assert_close(_np(got), exp, stats_tol, what)
 
     dxd = cp.asarray(_layout(dout, layout))
-    dx, dgamma, dbeta = _cuda.bn_backward(cp, dxd, xd, gd, mean, invstd, True)
-    edx, edgamma, edbeta = _reference.bn_backward(npx, d64, x64, g64, emean, einvstd, True)
+    dx, dgamma, dbeta = _backward(cuda_be, cp, dxd, xd, gd, mean, invstd, True)
+    edx, edgamma, edbeta = _backward(_reference, npx, d64, x64, g64, emean, einvstd, True)
     assert _is_layout(dx, out_layout) and dgamma.dtype == np.dtype(dtype)
     assert_close(_np(dx), edx, dtype, "train dx")
     assert_close(_np(dgamma), edgamma, dtype, "train dgamma")
@@ -543,14 +573,14 @@ def test_batchnorm_against_reference(cp, case, dtype):
     C = shape[1]
     rm = np.linspace(-1, 1, C).astype(dtype)
     rv = np.linspace(0.5, 2, C).astype(dtype)
-    out, mean, invstd = _cuda.bn_test(cp, xd, gd, bd, cp.asarray(rm), cp.asarray(rv), EPS)
-    eout, emean, einvstd = _reference.bn_test(npx, x64, g64, b64, *_f64(rm, rv), EPS)
+    out, mean, invstd = _test(cuda_be, cp, xd, gd, bd, cp.asarray(rm), cp.asarray(rv), EPS)
+    eout, emean, einvstd = _test(_reference, npx, x64, g64, b64, *_f64(rm, rv), EPS)
     assert _is_layout(out, out_layout)
     assert_close(_np(out), eout, dtype, "test out")
     assert_close(_np(invstd), einvstd, "float64", "test invstd")
     np.testing.assert_array_equal(_np(mean), rm.astype(np.float64))
-    dx, dgamma, dbeta = _cuda.bn_backward(cp, dxd, xd, gd, mean, invstd, False)
-    edx, edgamma, edbeta = _reference.bn_backward(npx, d64, x64, g64, emean, einvstd, False)
+    dx, dgamma, dbeta = _backward(cuda_be, cp, dxd, xd, gd, mean, invstd, False)
+    edx, edgamma, edbeta = _backward(_reference, npx, d64, x64, g64, emean, einvstd, False)
     assert_close(_np(dx), edx, dtype, "test dx")
     assert_close(_np(dgamma), edgamma, dtype, "test dgamma")
     assert_close(_np(dbeta), edbeta, dtype, "test dbeta")
@@ -559,10 +589,10 @@ def test_batchnorm_against_reference(cp, case, dtype):
 def test_batchnorm_dout_in_another_layout_and_dtype(cp):
     x, gamma, beta, dout = _data((6, 5, 4, 3), "float32", seed=2)
     xd = cp.asarray(_layout(x, "channels_last"))
-    _, mean, _, invstd = _cuda.bn_train(cp, xd, cp.asarray(gamma), cp.asarray(beta), EPS)
-    same = _cuda.bn_backward(cp, cp.asarray(_layout(dout, "channels_last")), xd,
+    _, mean, _, invstd = _train(cuda_be, cp, xd, cp.asarray(gamma), cp.asarray(beta), EPS)
+    same = _backward(cuda_be, cp, cp.asarray(_layout(dout, "channels_last")), xd,
                              cp.asarray(gamma), mean, invstd, True)
-    other = _cuda.bn_backward(cp, cp.asarray(_layout(dout.astype(np.float64), "noncontiguous")),
+    other = _backward(cuda_be, cp, cp.asarray(_layout(dout.astype(np.float64), "noncontiguous")),
                               xd, cp.asarray(gamma), mean, invstd, True)
     for a, b in zip(same, other):
         np.testing.assert_array_equal(_bits(a), _bits(b))
@@ -571,21 +601,21 @@ def test_batchnorm_dout_in_another_layout_and_dtype(cp):
 def test_batchnorm_more_than_256_parts(cp):
     """More parts per channel than a merge block has threads (each merge
     thread takes a strided subset of the parts)."""
-    _, pn, _, G = _cuda._reduce_plan((_cuda.ROWS, 10**6, 1, 1, 1, 1))
+    _, pn, _, G = cuda_be._reduce_plan((cuda_be._ROWS, 10**6, 1, 1, 1, 1, 1, 0))
     N = 257 * pn + 1
     x, gamma, beta, dout = _data((N, 1), "float32", seed=4)
     xd = cp.asarray(x)
-    _, geom, _ = _cuda.geometry(xd)
-    assert _cuda._reduce_plan(geom)[3] > _cuda.THREADS
-    out, mean, var, invstd = _cuda.bn_train(cp, xd, cp.asarray(gamma), cp.asarray(beta), EPS)
+    _, geom, _ = _geometry(xd)
+    assert cuda_be._reduce_plan(geom)[3] > cuda_be._THREADS
+    out, mean, var, invstd = _train(cuda_be, cp, xd, cp.asarray(gamma), cp.asarray(beta), EPS)
     x64, g64, b64, d64 = _f64(x, gamma, beta, dout)
-    eout, emean, evar, einvstd = _reference.bn_train(npx, x64, g64, b64, EPS)
+    eout, emean, evar, einvstd = _train(_reference, npx, x64, g64, b64, EPS)
     assert_close(_np(out), eout, "float32", "out")
     assert_close(_np(mean), emean, "float64", "mean")
     assert_close(_np(var), evar, "float64", "var")
-    dx, dgamma, dbeta = _cuda.bn_backward(cp, cp.asarray(dout), xd, cp.asarray(gamma), mean,
+    dx, dgamma, dbeta = _backward(cuda_be, cp, cp.asarray(dout), xd, cp.asarray(gamma), mean,
                                           invstd, True)
-    edx, edgamma, edbeta = _reference.bn_backward(npx, d64, x64, g64, emean, einvstd, True)
+    edx, edgamma, edbeta = _backward(_reference, npx, d64, x64, g64, emean, einvstd, True)
     assert_close(_np(dx), edx, "float32", "dx")
     assert_close(_np(dgamma), edgamma, "float32", "dgamma")
     assert_close(_np(dbeta), edbeta, "float32", "dbeta")
@@ -595,11 +625,11 @@ def test_batchnorm_zero_sizes(cp):
     for shape in [(0, 3), (0, 2, 3, 3)]:
         x = cp.zeros(shape, np.float32)
         g, b = cp.zeros(shape[1], np.float32), cp.zeros(shape[1], np.float32)
-        out, mean, invstd = _cuda.bn_test(cp, x, g, b, g, g + 1, EPS)
+        out, mean, invstd = _test(cuda_be, cp, x, g, b, g, g + 1, EPS)
         assert out.shape == shape and _np(invstd).tolist() == [1 / math.sqrt(1 + EPS)] * shape[1]
-        dx, dg, db = _cuda.bn_backward(cp, x, x, g, mean, invstd, False)
+        dx, dg, db = _backward(cuda_be, cp, x, x, g, mean, invstd, False)
         assert dx.shape == shape and (_np(dg) == 0).all() and (_np(db) == 0).all()
-    out, mean, var, invstd = _cuda.bn_train(cp, cp.zeros((4, 0), np.float64),
+    out, mean, var, invstd = _train(cuda_be, cp, cp.zeros((4, 0), np.float64),
                                             cp.zeros(0), cp.zeros(0), EPS)
     assert out.shape == (4, 0) and mean.shape == (0,)
 
@@ -620,11 +650,11 @@ def test_results_do_not_depend_on_thread_or_block_order(cp, case, dtype):
     def run():
         xd = cp.asarray(_layout(x, layout))
         gd, bd = cp.asarray(gamma), cp.asarray(beta)
-        out, mean, var, invstd = _cuda.bn_train(cp, xd, gd, bd, EPS)
-        grads = _cuda.bn_backward(cp, cp.asarray(_layout(dout, layout)), xd, gd, mean, invstd,
+        out, mean, var, invstd = _train(cuda_be, cp, xd, gd, bd, EPS)
+        grads = _backward(cuda_be, cp, cp.asarray(_layout(dout, layout)), xd, gd, mean, invstd,
                                   True)
-        drop, bits = _cuda.dropout_train(cp, xd, 0.4, 123)
-        ddx = _cuda.dropout_backward(cp, cp.asarray(dout), bits, 0.4)
+        drop, bits = cuda_be.dropout_fwd(cp, xd, 0.4, 123)
+        ddx = cuda_be.dropout_bwd(cp, cp.asarray(dout), bits, 0.4)
         return [_bits(a) for a in (out, mean, var, invstd, *grads, drop, bits, ddx)]
 
     forward = run()
@@ -641,18 +671,18 @@ def _small_grids(monkeypatch):
     reduction; the backend's own grids reach the grid-stride loops only for
     sizes too large to run here."""
     def elementwise(geom):
-        kind, N, C, S, _, _ = geom
-        return (-(-C // min(C, 32)), 1, 1) if kind == _cuda.ROWS else (1, 1, 1)
+        kind, N, C, S = geom[:4]
+        return (-(-C // min(C, 32)), 1, 1) if kind == cuda_be._ROWS else (1, 1, 1)
 
-    plan = _cuda._reduce_plan
+    plan = cuda_be._reduce_plan
 
     def reduce_plan(geom):                  # PLANES: one block row for all channels
         grid, pn, ps, G = plan(geom)
-        return ((grid[0], 1, 1) if geom[0] == _cuda.PLANES else grid), pn, ps, G
-    monkeypatch.setattr(_cuda, "_elementwise_grid", elementwise)
-    monkeypatch.setattr(_cuda, "_reduce_plan", reduce_plan)
-    monkeypatch.setattr(_cuda, "_channel_grid", lambda C: (min(C, 2), 1, 1))
-    monkeypatch.setattr(_cuda, "_tiles_grid", lambda n, per_block: (1, 1, 1))
+        return ((grid[0], 1, 1) if geom[0] == cuda_be._PLANES else grid), pn, ps, G
+    monkeypatch.setattr(cuda_be, "_elementwise_grid", elementwise)
+    monkeypatch.setattr(cuda_be, "_reduce_plan", reduce_plan)
+    monkeypatch.setattr(cuda_be, "_channel_grid", lambda C: (min(C, 2), 1, 1))
+    monkeypatch.setattr(cuda_be, "_tiles_grid", lambda n, per_block: (1, 1, 1))
 
 
 @pytest.mark.parametrize("case", [((600, 70), "contiguous"), ((7, 5), "fortran"),
@@ -670,14 +700,14 @@ def test_kernels_accept_any_grid(cp, monkeypatch, case):
     def run():
         xd = cp.asarray(_layout(x, layout))
         gd, bd = cp.asarray(gamma), cp.asarray(beta)
-        out, mean, var, invstd = _cuda.bn_train(cp, xd, gd, bd, EPS)
+        out, mean, var, invstd = _train(cuda_be, cp, xd, gd, bd, EPS)
         ddx = cp.asarray(_layout(dout, layout))
-        grads = _cuda.bn_backward(cp, ddx, xd, gd, mean, invstd, True)
-        tout, tmean, tinvstd = _cuda.bn_test(cp, xd, gd, bd, cp.asarray(rm), cp.asarray(rv), EPS)
-        tgrads = _cuda.bn_backward(cp, ddx, xd, gd, tmean, tinvstd, False)
-        drop, bits = _cuda.dropout_train(cp, xd, 0.4, 5)
-        dropdx = _cuda.dropout_backward(cp, ddx, bits, 0.4)
-        mask = _cuda.dropout_mask(cp, shape, 0.4, 5)
+        grads = _backward(cuda_be, cp, ddx, xd, gd, mean, invstd, True)
+        tout, tmean, tinvstd = _test(cuda_be, cp, xd, gd, bd, cp.asarray(rm), cp.asarray(rv), EPS)
+        tgrads = _backward(cuda_be, cp, ddx, xd, gd, tmean, tinvstd, False)
+        drop, bits = cuda_be.dropout_fwd(cp, xd, 0.4, 5)
+        dropdx = cuda_be.dropout_bwd(cp, ddx, bits, 0.4)
+        mask = cuda_be.dropout_mask(cp, shape, 0.4, 5)
         return [_bits(a) for a in (out, mean, var, invstd, *grads, tout, tinvstd, *tgrads,
                                    drop, bits, dropdx, mask)]
 
@@ -703,7 +733,7 @@ PS = [1e-9, 0.25, 0.5, 0.7, 0.999999, 1.0]
 def test_mask_equals_the_cpu_backend_bit_for_bit(cp, seed):
     for shape in MASK_SHAPES:
         for p in PS:
-            m = _cuda.dropout_mask(cp, shape, p, seed)
+            m = cuda_be.dropout_mask(cp, shape, p, seed)
             assert isinstance(m, cp.ndarray) and m.dtype == np.bool_ and m.shape == shape
             expected = nd.dropout_mask(shape, p, seed)
             np.testing.assert_array_equal(_bits(m), _bits(expected), err_msg=f"{shape} p={p}")
@@ -713,8 +743,8 @@ def _dropout_expected(x, dout, p, seed):
     """(out, bits, dx) of the CPU backend (float32, float64) or, for float16,
     which NumPy arrays do not take, the reference on NumPy float16."""
     if x.dtype == np.float16:
-        out, bits = _reference.dropout_train(npx, x, p, seed)
-        return out, bits, _reference.dropout_backward(npx, dout, bits, p)
+        out, bits = _reference.dropout_fwd(npx, x, p, seed)
+        return out, bits, _reference.dropout_bwd(npx, dout, bits, p)
     param = {"p": p, "mode": "train", "seed": seed}
     out, cache = nd.dropout_forward(x, param)
     return out, cache.bits, nd.dropout_backward(dout, cache)
@@ -735,8 +765,8 @@ def test_dropout_bit_for_bit(cp, dtype, seed):
             x.flat[3] = np.finfo(dtype).max / 1.5
         for p in (0.3, 0.6, 1.0):
             with np.errstate(over="ignore"):
-                out, bits = _cuda.dropout_train(cp, cp.asarray(x), p, seed)
-                dx = _cuda.dropout_backward(cp, cp.asarray(dout), bits, p)
+                out, bits = cuda_be.dropout_fwd(cp, cp.asarray(x), p, seed)
+                dx = cuda_be.dropout_bwd(cp, cp.asarray(dout), bits, p)
                 eout, ebits, edx = _dropout_expected(x, dout, p, seed)
             assert out.shape == shape and out.dtype == np.dtype(dtype) and bits.dtype == np.uint8
             np.testing.assert_array_equal(_bits(out), _bits(eout), err_msg=f"{shape} p={p} out")
@@ -751,8 +781,8 @@ def test_dropout_unaligned_and_strided_inputs(cp, dtype):
     x = np.random.default_rng(2).standard_normal(4099).astype(dtype)
     xd = cp.asarray(x)
     for view, host in [(xd[1:], x[1:]), (xd[3:], x[3:]), (xd[::2], x[::2])]:
-        out, bits = _cuda.dropout_train(cp, view, 0.45, 11)
-        dx = _cuda.dropout_backward(cp, view, bits, 0.45)
+        out, bits = cuda_be.dropout_fwd(cp, view, 0.45, 11)
+        dx = cuda_be.dropout_bwd(cp, view, bits, 0.45)
         eout, ebits, edx = _dropout_expected(np.ascontiguousarray(host),
                                              np.ascontiguousarray(host), 0.45, 11)
         np.testing.assert_array_equal(_bits(out), _bits(eout))
@@ -762,31 +792,27 @@ def test_dropout_unaligned_and_strided_inputs(cp, dtype):
 
 def test_dropout_zero_sizes(cp):
     x = cp.zeros((0, 5), np.float16)
-    out, bits = _cuda.dropout_train(cp, x, 0.5, 1)
+    out, bits = cuda_be.dropout_fwd(cp, x, 0.5, 1)
     assert out.shape == (0, 5) and bits.shape == (0,)
-    assert _cuda.dropout_backward(cp, x, bits, 0.5).shape == (0, 5)
+    assert cuda_be.dropout_bwd(cp, x, bits, 0.5).shape == (0, 5)
 
 
 # ------------------------------------------------------------ extreme data
-CHAN_MERGE_BUG = ("nd_bn_stats_merge starts each thread from an empty (0, 0, 0) and "
-                  "nd_chan_merge has no first-unit guard: d * d overflows to inf and "
-                  "inf * (0 * nb / n) is NaN for |mean| > ~1.3e154 (src_c/nd_batchnorm.c "
-                  "takes the first unit as is)")
-
 HUGE_CASES = [((4, 2), "contiguous"), ((4, 2), "fortran"), ((1, 2, 4, 1), "contiguous"),
               ((1, 2, 4, 1), "channels_last"), ((4, 40), "contiguous")]
 
 
-@pytest.mark.xfail(strict=True, reason=CHAN_MERGE_BUG)
 @pytest.mark.parametrize("case", HUGE_CASES, ids=_case_id)
 def test_huge_constant_channel(cp, case):
     """Channels of four 1e200s: their mean is exact in every summation order,
-    the variance is 0 and out is beta exactly (as on the CPU backend)."""
+    the variance is 0 and out is beta exactly (as on the CPU backend).  Each
+    merge thread starts empty: the first-unit guard of nd_moments.h keeps d * d
+    (inf) from meeting a count of 0."""
     shape, layout = case
     C = shape[1]
     x = np.full(shape, 1e200)
     beta = np.linspace(-3.0, 0.25, C)
-    out, mean, var, invstd = _cuda.bn_train(cp, cp.asarray(_layout(x, layout)),
+    out, mean, var, invstd = _train(cuda_be, cp, cp.asarray(_layout(x, layout)),
                                             cp.asarray(np.ones(C)), cp.asarray(beta), EPS)
     np.testing.assert_array_equal(_np(mean), 1e200)
     np.testing.assert_array_equal(_np(var), 0.0)
@@ -794,8 +820,7 @@ def test_huge_constant_channel(cp, case):
     np.testing.assert_array_equal(_np(out), np.broadcast_to(beta.reshape(bshape), shape))
 
 
-@pytest.mark.parametrize("value", [3.5, pytest.param(1e200, marks=pytest.mark.xfail(
-    strict=True, reason=CHAN_MERGE_BUG))], ids=["normal", "huge"])
+@pytest.mark.parametrize("value", [3.5, 1e200], ids=["normal", "huge"])
 @pytest.mark.parametrize("case", [((1, 5), "contiguous"), ((1, 5), "fortran"),
                                   ((1, 40), "contiguous"), ((1, 3, 1, 1), "contiguous"),
                                   ((1, 3, 1, 1), "channels_last")], ids=_case_id)
@@ -808,31 +833,25 @@ def test_one_value_per_channel(cp, case, value):
     beta = np.linspace(-1.0, 1.0, C)
     xd = cp.asarray(_layout(x, layout))
     gd = cp.asarray(np.ones(C))
-    out, mean, var, invstd = _cuda.bn_train(cp, xd, gd, cp.asarray(beta), EPS)
+    out, mean, var, invstd = _train(cuda_be, cp, xd, gd, cp.asarray(beta), EPS)
     np.testing.assert_array_equal(_np(mean), x.reshape(C))
     np.testing.assert_array_equal(_np(var), 0.0)
     np.testing.assert_array_equal(_np(out).reshape(C), beta)
-    dx, dgamma, dbeta = _cuda.bn_backward(cp, cp.asarray(_layout(np.ones(shape), layout)), xd,
+    dx, dgamma, dbeta = _backward(cuda_be, cp, cp.asarray(_layout(np.ones(shape), layout)), xd,
                                           gd, mean, invstd, True)
     np.testing.assert_array_equal(np.abs(_np(dx)), 0.0)
     np.testing.assert_array_equal(_np(dbeta), 1.0)
     np.testing.assert_array_equal(_np(dgamma), 0.0)
 
 
-HALF_RANGE_BUG = ("the float16 kernels keep the per-channel coefficients in float "
-                  "(nd_set_acc in nd_affine_op / nd_bwd_dx_op): gamma * invstd overflows to "
-                  "inf once var + eps < ~1e-77, and (x - mean) * a = 0 * inf is NaN where the "
-                  "reference gives beta (the CPU float32 path takes the float64 formula for "
-                  "such channels)")
-
-
-@pytest.mark.parametrize("dtype", [pytest.param("float16", marks=pytest.mark.xfail(
-    strict=True, reason=HALF_RANGE_BUG)), "float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [((8, 3), "contiguous"), ((8, 3), "fortran"),
                                   ((2, 3, 2, 2), "contiguous")], ids=_case_id)
 def test_constant_channel_with_tiny_eps(cp, case, dtype):
     """var = 0 and eps = 1e-300 make invstd = 1e150: x - mean = 0, so out is
-    beta exactly, and dx is the reference's (infinite where it overflows)."""
+    beta exactly, and dx is the reference's (infinite where it overflows).
+    float16 keeps its coefficients in float, which cannot hold 1e150: such a
+    channel is computed in double (nd_acc_holds)."""
     shape, layout = case
     C = shape[1]
     x = np.ones(shape, dtype)
@@ -841,13 +860,13 @@ def test_constant_channel_with_tiny_eps(cp, case, dtype):
     dout = np.linspace(-1, 1, x.size).reshape(shape).astype(dtype)
     x64, g64, b64, d64 = _f64(x, gamma, beta, dout)
     xd = cp.asarray(_layout(x, layout))
-    out, mean, var, invstd = _cuda.bn_train(cp, xd, cp.asarray(gamma), cp.asarray(beta), 1e-300)
+    out, mean, var, invstd = _train(cuda_be, cp, xd, cp.asarray(gamma), cp.asarray(beta), 1e-300)
     bshape = (1, C) if len(shape) == 2 else (1, C, 1, 1)
     np.testing.assert_array_equal(_np(out), np.broadcast_to(beta.reshape(bshape), shape))
-    _, emean, _, einvstd = _reference.bn_train(npx, x64, g64, b64, 1e-300)
-    dx, _, _ = _cuda.bn_backward(cp, cp.asarray(_layout(dout, layout)), xd, cp.asarray(gamma),
+    _, emean, _, einvstd = _train(_reference, npx, x64, g64, b64, 1e-300)
+    dx, _, _ = _backward(cuda_be, cp, cp.asarray(_layout(dout, layout)), xd, cp.asarray(gamma),
                                  mean, invstd, True)
-    edx = _reference.bn_backward(npx, d64, x64, g64, emean, einvstd, True)[0]
+    edx = _backward(_reference, npx, d64, x64, g64, emean, einvstd, True)[0]
     with np.errstate(over="ignore"):
         edx = edx.astype(dtype).astype(np.float64)     # the reference rounded to dtype
     _assert_close_nonfinite(dx, edx, dtype, "dx")
@@ -874,7 +893,7 @@ def test_large_mean_small_std(cp, case):
     x = -3e7 + 1e-2 * rng.standard_normal(shape)
     C = shape[1]
     gamma, beta = rng.uniform(0.5, 2.0, C), rng.standard_normal(C)
-    out, mean, var, invstd = _cuda.bn_train(cp, cp.asarray(_layout(x, layout)),
+    out, mean, var, invstd = _train(cuda_be, cp, cp.asarray(_layout(x, layout)),
                                             cp.asarray(gamma), cp.asarray(beta), EPS)
     rows = np.moveaxis(x, 1, 0).reshape(C, -1)
     tmean = np.array([math.fsum(r) / r.size for r in rows])
@@ -911,13 +930,13 @@ def test_inf_and_nan_in_x(cp, case, dtype):
     xd = cp.asarray(_layout(x, layout))
     gd = cp.asarray(gamma)
     with np.errstate(invalid="ignore"):
-        out, mean, var, invstd = _cuda.bn_train(cp, xd, gd, cp.asarray(beta), EPS)
-        eout, emean, evar, einvstd = _reference.bn_train(npx, x64, g64, b64, EPS)
+        out, mean, var, invstd = _train(cuda_be, cp, xd, gd, cp.asarray(beta), EPS)
+        eout, emean, evar, einvstd = _train(_reference, npx, x64, g64, b64, EPS)
         _assert_close_nonfinite(out, eout, dtype, "out")
         _assert_close_nonfinite(var, evar, "float32" if dtype == "float16" else "float64", "var")
-        dx, dgamma, dbeta = _cuda.bn_backward(cp, cp.asarray(_layout(dout, layout)), xd, gd,
+        dx, dgamma, dbeta = _backward(cuda_be, cp, cp.asarray(_layout(dout, layout)), xd, gd,
                                               mean, invstd, True)
-        edx, edgamma, edbeta = _reference.bn_backward(npx, d64, x64, g64, emean, einvstd, True)
+        edx, edgamma, edbeta = _backward(_reference, npx, d64, x64, g64, emean, einvstd, True)
     _assert_close_nonfinite(dx, edx, dtype, "dx")
     _assert_close_nonfinite(dgamma, edgamma, dtype, "dgamma")
     assert_close(_np(dbeta), edbeta, dtype, "dbeta")

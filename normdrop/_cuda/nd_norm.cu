@@ -319,6 +319,19 @@ ND_DEV void nd_channel_elementwise(Op &op, int kind, nd_i64 N, nd_i64 C, nd_i64 
     }
 }
 
+/* Whether the per-channel coefficients c[0..n) can be held in the
+ * accumulation type: always for double; for float (float16 data) only where
+ * each is finite within float's range -- a constant channel with a tiny eps
+ * has invstd ~1e150, which float turns into inf and (x - mean) * inf into NaN,
+ * so such a channel is computed in double instead. */
+ND_DEV bool nd_acc_holds(const double *, int, double) { return true; }
+ND_DEV bool nd_acc_holds(const double *c, int n, float)
+{
+    bool ok = true;
+    for (int k = 0; k < n; ++k) ok = ok && fabs(c[k]) <= 3.0e38;
+    return ok;
+}
+
 template <typename T>
 struct nd_affine_op {
     typedef typename nd_type<T>::acc A;
@@ -327,15 +340,24 @@ struct nd_affine_op {
     const double *mean, *invstd;
     const T *gamma, *beta;
     A m, a, b;
+    double md[3];     /* mean, scale, shift in double; used when !narrow */
+    bool narrow;      /* the coefficients fit A */
     ND_DEVM void channel(nd_i64 c)
     {
-        nd_set_acc(&m, mean[c]);
-        nd_set_acc(&a, nd_type<T>::to_f64(gamma[c]) * invstd[c]);
-        nd_set_acc(&b, nd_type<T>::to_f64(beta[c]));
+        md[0] = mean[c];
+        md[1] = nd_type<T>::to_f64(gamma[c]) * invstd[c];
+        md[2] = nd_type<T>::to_f64(beta[c]);
+        narrow = nd_acc_holds(md, 3, A());
+        nd_set_acc(&m, md[0]);
+        nd_set_acc(&a, md[1]);
+        nd_set_acc(&b, md[2]);
     }
     ND_DEVM void apply(nd_i64 off)
     {
-        out[off] = nd_type<T>::from_acc((nd_type<T>::to_acc(x[off]) - m) * a + b);
+        if (narrow)
+            out[off] = nd_type<T>::from_acc((nd_type<T>::to_acc(x[off]) - m) * a + b);
+        else
+            out[off] = nd_type<T>::from_f64((nd_type<T>::to_f64(x[off]) - md[0]) * md[1] + md[2]);
     }
 };
 
@@ -433,20 +455,35 @@ struct nd_bwd_dx_op {
     double M;
     int train;
     A m, a, b, e;
+    double cd[4];     /* m, a, b, e in double; used when !narrow */
+    bool narrow;      /* the coefficients fit A (nd_acc_holds) */
     ND_DEVM void channel(nd_i64 c)
     {
         const double iv = invstd[c];
         const double ad = nd_type<T>::to_f64(gamma[c]) * iv;
-        nd_set_acc(&a, ad);
+        cd[0] = cd[2] = cd[3] = 0.0;
+        cd[1] = ad;
         if (train) {
             const double dg = sum_dyxm[c] * iv;
-            nd_set_acc(&m, mean[c]);
-            nd_set_acc(&b, -ad * iv * dg / M);
-            nd_set_acc(&e, -ad * sum_dy[c] / M);
+            cd[0] = mean[c];
+            cd[2] = -ad * iv * dg / M;
+            cd[3] = -ad * sum_dy[c] / M;
         }
+        narrow = nd_acc_holds(cd, 4, A());
+        nd_set_acc(&m, cd[0]);
+        nd_set_acc(&a, cd[1]);
+        nd_set_acc(&b, cd[2]);
+        nd_set_acc(&e, cd[3]);
     }
     ND_DEVM void apply(nd_i64 off)
     {
+        if (!narrow) {
+            const double g = nd_type<T>::to_f64(dout[off]);
+            dx[off] = nd_type<T>::from_f64(
+                train ? cd[1] * g + cd[2] * (nd_type<T>::to_f64(x[off]) - cd[0]) + cd[3]
+                      : cd[1] * g);
+            return;
+        }
         const A g = nd_type<T>::to_acc(dout[off]);
         if (train)
             dx[off] = nd_type<T>::from_acc(a * g + b * (nd_type<T>::to_acc(x[off]) - m) + e);
@@ -486,7 +523,6 @@ nd_grad_input(const T *__restrict__ dout, const T *__restrict__ x, T *__restrict
     op.gamma = gamma;
     op.M = M;
     op.train = train;
-    op.m = op.b = op.e = 0;
     nd_channel_elementwise(op, kind, N, C, S, sn, sc);
 }
 
