@@ -1,5 +1,6 @@
-"""normdrop: fast, exact batchnorm and dropout layers (forward and backward)
-for NumPy, CuPy and array-API arrays, with the cs231n functional API."""
+"""normdrop: fast, exact normalization (batchnorm, layernorm, groupnorm) and
+dropout layers, forward and backward, for NumPy, CuPy and array-API arrays,
+with the cs231n functional API."""
 from ._version import __version__
 from ._api import (
     batchnorm_backward,
@@ -8,8 +9,12 @@ from ._api import (
     dropout_backward,
     dropout_forward,
     dropout_mask,
+    layernorm_backward,
+    layernorm_forward,
     spatial_batchnorm_backward,
     spatial_batchnorm_forward,
+    spatial_groupnorm_backward,
+    spatial_groupnorm_forward,
 )
 from ._dispatch import force_reference
 from ._info import show_config
@@ -26,8 +31,12 @@ __all__ = [
     "dropout_mask",
     "empty_cache",
     "force_reference",
+    "layernorm_backward",
+    "layernorm_forward",
     "set_cache_limit",
     "show_config",
     "spatial_batchnorm_backward",
     "spatial_batchnorm_forward",
+    "spatial_groupnorm_backward",
+    "spatial_groupnorm_forward",
 ]

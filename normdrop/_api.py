@@ -185,14 +185,15 @@ class _NormOp:
     (layernorm, groupnorm)."""
 
     def __init__(self, name, backward, param_name, check_x, geometry, spatial_params,
-                 running):
+                 running, channel_axis=1):
         self.name = name                    # "batchnorm_forward", ...
         self.backward = backward            # "batchnorm_backward", ...
         self.param_name = param_name        # "bn_param", ...
         self.check_x = check_x              # (x, op) -> None, raises on a bad shape
-        self.geometry = geometry            # (shape, extra) -> Geometry
+        self.geometry = geometry            # (shape, extra) -> Geometry (raises on a bad extra)
         self.spatial_params = spatial_params  # gamma may be (1, C, 1, 1)
         self.running = running              # keeps running statistics, has modes
+        self.channel_axis = channel_axis    # the axis gamma and beta run along
 
 
 def _check_2d(x, op):
@@ -208,6 +209,19 @@ _BATCHNORM = _NormOp("batchnorm_forward", "batchnorm_backward", "bn_param", _che
 _SPATIAL_BATCHNORM = _NormOp("spatial_batchnorm_forward", "spatial_batchnorm_backward",
                              "bn_param", _check_4d,
                              lambda shape, _: K.channels_geometry(shape), True, True)
+
+
+def _check_rows(x, op):
+    V.rows_ndim(x, "x", op)
+
+
+_LAYERNORM = _NormOp("layernorm_forward", "layernorm_backward", "ln_param", _check_rows,
+                     lambda shape, _: K.rows_geometry(shape), False, False, channel_axis=-1)
+_SPATIAL_GROUPNORM = _NormOp(
+    "spatial_groupnorm_forward", "spatial_groupnorm_backward", "gn_param", _check_4d,
+    lambda shape, G: K.groups_geometry(shape, V.group_count(G, shape[1],
+                                                            "spatial_groupnorm_forward")),
+    True, False)
 
 
 def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
@@ -231,7 +245,7 @@ def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
     V.floating_x(x, "x", backend.supported_dtypes(xp), xp)
     spec.check_x(x, spec.name)
     geom = spec.geometry(tuple(x.shape), extra)
-    C = geom.c
+    C = x.shape[spec.channel_axis]
     gamma_shape = tuple(gamma.shape)
     g = V.channel_param(gamma, "gamma", C, spec.spatial_params, xp)
     b = V.channel_param(beta, "beta", C, spec.spatial_params, xp)
@@ -376,3 +390,91 @@ def spatial_batchnorm_backward(dout, cache):
     dgamma, dbeta : arrays in gamma's shape, x's dtype
     """
     return _norm_backward(_SPATIAL_BATCHNORM, "spatial_batchnorm_backward", dout, cache)
+
+
+# ---------------------------------------------------------------- layernorm
+def layernorm_forward(x, gamma, beta, ln_param):
+    """Layer normalization forward (cs231n API): each row normalized by its
+    own mean and biased variance.
+
+    Parameters
+    ----------
+    x : array (N, D), or (..., D) normalized over the last axis (e.g. a
+        transformer's (B, T, D)); float32 or float64 (float16 too on CuPy)
+    gamma, beta : arrays (D,) or (1, D), any real dtype
+        Scale and shift per feature; cast to x's dtype.
+    ln_param : dict
+        ``eps`` (1e-5); ``mode`` is optional and ignored (training and test
+        are the same).  Not modified.
+
+    Returns
+    -------
+    out : array, x's shape and dtype (C order; other strides are copied once)
+        ``gamma * (x - mean) / sqrt(var + eps) + beta`` with per-row mean and
+        variance.
+    cache : NormCache
+        For :func:`layernorm_backward`: x, gamma and the per-row mean and
+        1/std (no (N, D) temporary).
+    """
+    return _norm_forward(_LAYERNORM, x, gamma, beta, ln_param)
+
+
+def layernorm_backward(dout, cache):
+    """Gradients of :func:`layernorm_forward`.
+
+    Parameters
+    ----------
+    dout : array, the forward output's shape, floating
+    cache : NormCache
+        From :func:`layernorm_forward`.
+
+    Returns
+    -------
+    dx : array, x's shape and dtype
+    dgamma, dbeta : arrays in gamma's shape, x's dtype
+    """
+    return _norm_backward(_LAYERNORM, "layernorm_backward", dout, cache)
+
+
+# ------------------------------------------------------------ groupnorm
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+    """Spatial group normalization forward (cs231n API): statistics per
+    sample and per group of C/G consecutive channels, over (C/G, H, W).
+
+    Parameters
+    ----------
+    x : array (N, C, H, W), float32 or float64 (float16 too on CuPy)
+        NCHW memory is read in place, and so is channels-last memory (an NHWC
+        array viewed as NCHW); other strides are copied once.
+    gamma, beta : arrays (1, C, 1, 1) (as in cs231n), (C,) or (1, C), any real
+        dtype; per channel.
+    G : int
+        The number of groups; a positive divisor of C.
+    gn_param : dict
+        ``eps`` (1e-5); ``mode`` is optional and ignored.  Not modified.
+
+    Returns
+    -------
+    out : array (N, C, H, W), x's dtype and memory layout
+    cache : NormCache
+        For :func:`spatial_groupnorm_backward`: x, gamma and the per-group
+        mean and 1/std.
+    """
+    return _norm_forward(_SPATIAL_GROUPNORM, x, gamma, beta, gn_param, G)
+
+
+def spatial_groupnorm_backward(dout, cache):
+    """Gradients of :func:`spatial_groupnorm_forward`.
+
+    Parameters
+    ----------
+    dout : array (N, C, H, W), floating
+    cache : NormCache
+        From :func:`spatial_groupnorm_forward`.
+
+    Returns
+    -------
+    dx : array (N, C, H, W), x's dtype and memory layout
+    dgamma, dbeta : arrays in gamma's shape, x's dtype
+    """
+    return _norm_backward(_SPATIAL_GROUPNORM, "spatial_groupnorm_backward", dout, cache)

@@ -3,7 +3,9 @@ baseline for ``python -m normdrop bench``.  Not part of the library.
 
 The functions are the assignment's code as it is commonly written (dropout,
 batchnorm with the staged backward, and the transpose-and-reshape spatial
-batchnorm), unchanged apart from comments.  They run on any module with
+batchnorm), unchanged apart from comments; layernorm and spatial groupnorm
+in the same style (the simplified backward the notebook derives), with
+layernorm over the last axis so that (B, T, D) inputs run too.  They run on any module with
 NumPy's names: :func:`on` rebinds ``np`` (for CuPy).
 """
 import types
@@ -109,8 +111,59 @@ def spatial_batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
+def layernorm_forward(x, gamma, beta, ln_param):
+    eps = ln_param.get('eps', 1e-5)
+    mu = np.mean(x, axis=-1, keepdims=True)
+    var = np.var(x, axis=-1, keepdims=True)
+    std = np.sqrt(var + eps)
+    x_hat = (x - mu) / std
+    out = gamma * x_hat + beta
+    cache = (x_hat, std, gamma)
+    return out, cache
+
+
+def layernorm_backward(dout, cache):
+    x_hat, std, gamma = cache
+    D = x_hat.shape[-1]
+    axes = tuple(range(dout.ndim - 1))
+    dgamma = np.sum(dout * x_hat, axis=axes)
+    dbeta = np.sum(dout, axis=axes)
+    dx_hat = dout * gamma
+    dx = (1.0 / D) / std * (D * dx_hat - np.sum(dx_hat, axis=-1, keepdims=True)
+                            - x_hat * np.sum(dx_hat * x_hat, axis=-1, keepdims=True))
+    return dx, dgamma, dbeta
+
+
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+    eps = gn_param.get('eps', 1e-5)
+    N, C, H, W = x.shape
+    gamma, beta = gamma.reshape(1, C, 1, 1), beta.reshape(1, C, 1, 1)
+    xg = x.reshape(N, G, C // G, H, W)
+    mu = np.mean(xg, axis=(2, 3, 4), keepdims=True)
+    var = np.var(xg, axis=(2, 3, 4), keepdims=True)
+    std = np.sqrt(var + eps)
+    x_hat = ((xg - mu) / std).reshape(N, C, H, W)
+    out = gamma * x_hat + beta
+    cache = (G, x_hat, std, gamma)
+    return out, cache
+
+
+def spatial_groupnorm_backward(dout, cache):
+    G, x_hat, std, gamma = cache
+    N, C, H, W = dout.shape
+    dgamma = np.sum(dout * x_hat, axis=(0, 2, 3), keepdims=True)
+    dbeta = np.sum(dout, axis=(0, 2, 3), keepdims=True)
+    M = C // G * H * W
+    dxg_hat = (dout * gamma).reshape(N, G, C // G, H, W)
+    xg_hat = x_hat.reshape(N, G, C // G, H, W)
+    dx = (1.0 / M) / std * (M * dxg_hat - np.sum(dxg_hat, axis=(2, 3, 4), keepdims=True)
+                            - xg_hat * np.sum(dxg_hat * xg_hat, axis=(2, 3, 4), keepdims=True))
+    return dx.reshape(N, C, H, W), dgamma, dbeta
+
+
 OPS = ("dropout_forward", "dropout_backward", "batchnorm_forward", "batchnorm_backward",
-       "spatial_batchnorm_forward", "spatial_batchnorm_backward")
+       "spatial_batchnorm_forward", "spatial_batchnorm_backward", "layernorm_forward",
+       "layernorm_backward", "spatial_groupnorm_forward", "spatial_groupnorm_backward")
 
 
 def on(xp):

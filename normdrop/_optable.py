@@ -121,6 +121,46 @@ def _torch_batchnorm(torch, part, x, dout, w, b, extra):
     return both_autograd, "F.batch_norm + autograd backward"
 
 
+def _torch_layernorm(torch, part, x, dout, w, b, extra):
+    """aten.native_layer_norm and native_layer_norm_backward (what F.layer_norm
+    and its autograd run), over the last axis."""
+    aten, shape, eps = torch.ops.aten, [x.shape[-1]], 1e-5
+    mask = [True, True, True]
+    if part == "fwd":
+        return (lambda: aten.native_layer_norm(x, shape, w, b, eps),
+                "aten.native_layer_norm (F.layer_norm)")
+    _, mean, rstd = aten.native_layer_norm(x, shape, w, b, eps)
+    if part == "bwd":
+        return (lambda: aten.native_layer_norm_backward(dout, x, shape, mean, rstd, w, b, mask),
+                "aten.native_layer_norm_backward (autograd's kernel)")
+
+    def both():
+        _, m, r = aten.native_layer_norm(x, shape, w, b, eps)
+        aten.native_layer_norm_backward(dout, x, shape, m, r, w, b, mask)
+    return both, "aten.native_layer_norm + native_layer_norm_backward"
+
+
+def _torch_groupnorm(torch, part, x, dout, w, b, G):
+    """aten.native_group_norm and native_group_norm_backward (what
+    F.group_norm and its autograd run)."""
+    aten, eps = torch.ops.aten, 1e-5
+    N, C = x.shape[:2]
+    hw = x.numel() // (N * C) if N * C else 0
+    mask = [True, True, True]
+    if part == "fwd":
+        return (lambda: aten.native_group_norm(x, w, b, N, C, hw, G, eps),
+                "aten.native_group_norm (F.group_norm)")
+    _, mean, rstd = aten.native_group_norm(x, w, b, N, C, hw, G, eps)
+    if part == "bwd":
+        return (lambda: aten.native_group_norm_backward(dout, x, mean, rstd, w, N, C, hw, G, mask),
+                "aten.native_group_norm_backward (autograd's kernel)")
+
+    def both():
+        _, m, r = aten.native_group_norm(x, w, b, N, C, hw, G, eps)
+        aten.native_group_norm_backward(dout, x, m, r, w, N, C, hw, G, mask)
+    return both, "aten.native_group_norm + native_group_norm_backward"
+
+
 def _torch_dropout(torch, part, x, dout, w, b, extra):
     """F.dropout forward; its autograd backward (dout times the saved noise on
     the CPU, aten.native_dropout_backward on a GPU)."""
@@ -157,6 +197,26 @@ OPS = {op.name: op for op in (
               BenchRow("spatial-bwd", "spatial batchnorm backward", "bwd",
                        (32, 64, 56, 56), 5)),
        running=True, seed="spatial_batchnorm", torch=_torch_batchnorm),
+    Op("layernorm", "norm", _api.layernorm_forward, _api.layernorm_backward,
+       test_shape=(12, 37), layouts=("contiguous", "fortran", "noncontiguous"),
+       bench=(BenchRow("ln-fwd", "layernorm forward", "fwd", (4096, 1024), 2),
+              BenchRow("ln-fwd", "layernorm forward", "fwd", (8, 512, 768), 2),
+              BenchRow("ln-bwd", "layernorm backward", "bwd", (4096, 1024), 3),
+              BenchRow("ln-bwd", "layernorm backward", "bwd", (8, 512, 768), 3)),
+       channel_axis=-1, seed="layernorm", torch=_torch_layernorm),
+    Op("spatial_groupnorm", "norm", _api.spatial_groupnorm_forward,
+       _api.spatial_groupnorm_backward,
+       test_shape=(4, 6, 5, 7), layouts=("contiguous", "channels_last", "noncontiguous"),
+       test_extra=3,
+       bench=(BenchRow("gn-fwd", "spatial groupnorm forward", "fwd", (32, 64, 56, 56), 2,
+                       extra=8),
+              BenchRow("gn-fwd", "spatial groupnorm forward", "fwd", (8, 256, 28, 28), 2,
+                       extra=32),
+              BenchRow("gn-bwd", "spatial groupnorm backward", "bwd", (32, 64, 56, 56), 3,
+                       extra=8),
+              BenchRow("gn-bwd", "spatial groupnorm backward", "bwd", (8, 256, 28, 28), 3,
+                       extra=32)),
+       seed="spatial_groupnorm", torch=_torch_groupnorm),
     Op("dropout", "dropout", _api.dropout_forward, _api.dropout_backward,
        test_shape=(3, 4, 5, 7), layouts=("contiguous", "channels_last", "noncontiguous"),
        bench=(BenchRow("dropout-fwd", "dropout forward (p=0.5)", "fwd", (4096, 4096), 2,

@@ -127,6 +127,25 @@ def ndim(x, expected: int, name: str, what: str) -> None:
         raise ValueError(f"{what} expects {name} of shape {dims}, got shape {tuple(x.shape)}")
 
 
+def rows_ndim(x, name: str, what: str) -> None:
+    """At least one axis: (N, D) or (..., D), normalized over the last."""
+    if x.ndim < 1:
+        raise ValueError(f"{what} expects {name} of shape (N, D) or (..., D), got shape "
+                         f"{tuple(x.shape)}")
+
+
+def group_count(G, C: int, what: str) -> int:
+    """G, the number of groups: an int (not a bool) with G > 0 and C % G == 0."""
+    if isinstance(G, bool) or not isinstance(G, numbers.Integral):
+        raise TypeError(f"{what}: G must be an int (the number of groups), got "
+                        f"{_type_name(G)} {G!r}")
+    G = int(G)
+    if G <= 0 or C % G != 0:
+        raise ValueError(f"{what}: G must be a positive divisor of the channel count; got "
+                         f"C = {C} and G = {G}")
+    return G
+
+
 def channel_param(a, name: str, C: int, spatial: bool, xp):
     """gamma/beta/running statistics: shape (C,), (1, C) or, for spatial ops,
     (1, C, 1, 1); any real dtype.  Returns a (C,) view."""

@@ -940,3 +940,80 @@ def test_inf_and_nan_in_x(cp, case, dtype):
     _assert_close_nonfinite(dx, edx, dtype, "dx")
     _assert_close_nonfinite(dgamma, edgamma, dtype, "dgamma")
     assert_close(_np(dbeta), edbeta, dtype, "dbeta")
+
+
+# ----------------------------------------- every op through the contract
+CONTRACT_CASES = [
+    ((7, 5), "contiguous", 0), ((300, 37), "fortran", 0), ((3, 5, 4, 6), "channels_last", 0),
+    ((33, 48), "contiguous", 1),            # layernorm rows
+    ((3, 7, 300), "contiguous", 1),         # layernorm (B, T, D): a run longer than a block
+    ((4, 12, 5, 7), "contiguous", 3),       # groupnorm planes
+    ((4, 12, 5, 7), "channels_last", 4),    # groupnorm channels-last runs
+    ((2, 6, 40, 50), "contiguous", 2),      # groupnorm: several parts per group
+    ((2, 64, 3, 3), "channels_last", 1),    # one group per sample, runs of 64
+]
+
+
+def _contract_geom(shape, groups):
+    if groups and len(shape) != 4:
+        return K.rows_geometry(shape)
+    return K.groups_geometry(shape, groups) if groups else K.channels_geometry(shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,layout,groups", CONTRACT_CASES,
+                         ids=[f"{'x'.join(map(str, s))}-{lay}-g{g}" for s, lay, g in CONTRACT_CASES])
+def test_contract_steps_and_composites(cp, shape, layout, groups, dtype):
+    """Every step on the CUDA kernels against the reference (float16 with
+    float32 data on the reference and the float16 tolerance), and the
+    composites equal to the composition of the CUDA steps, bit for bit."""
+    rng = np.random.default_rng(sum(shape) + groups)
+    geom = _contract_geom(shape, groups)
+    C = geom.c
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.uniform(0.5, 2, C).astype(dtype)
+    beta = rng.standard_normal(C).astype(dtype)
+    od = "float32" if dtype == "float16" else dtype
+    xd, dd = cp.asarray(_layout(x, layout)), cp.asarray(_layout(dout, layout))
+    gd, bd = cp.asarray(gamma), cp.asarray(beta)
+    out, mean, var, invstd = cuda_be.norm_train_fwd(cp, xd, geom, gd, bd, EPS)
+    eout, emean, evar, einvstd = _reference.norm_train_fwd(
+        npx, x.astype(od), geom, gamma.astype(od), beta.astype(od), EPS)
+    assert _is_layout(_np(out), layout if layout != "fortran" or groups == 0 else "contiguous")
+    assert_close(_np(out), eout, dtype, "out")
+    assert_close(_np(mean), emean, dtype, "mean")
+    assert_close(_np(var), evar, dtype, "var")
+    count, m, m2 = cuda_be.moments(cp, xd, geom)
+    v, iv = K.finish_moments(np, count, _np(m), _np(m2), EPS)
+    np.testing.assert_array_equal(_bits(m), _bits(mean))
+    np.testing.assert_array_equal(_bits(cp.asarray(v)), _bits(var))
+    np.testing.assert_array_equal(_bits(cp.asarray(iv)), _bits(invstd))
+    o2 = cuda_be.normalize(cp, xd, geom, mean, invstd, gd, bd)
+    np.testing.assert_array_equal(_bits(o2), _bits(out))
+    dx, dgamma, dbeta = cuda_be.norm_bwd(cp, dd, xd, geom, mean, invstd, gd, True)
+    edx, edgamma, edbeta = _reference.norm_bwd(npx, dout.astype(od), x.astype(od), geom,
+                                               emean, einvstd, gamma.astype(od), True)
+    assert_close(_np(dx), edx, dtype, "dx")
+    assert_close(_np(dgamma), edgamma, dtype, "dgamma")
+    assert_close(_np(dbeta), edbeta, dtype, "dbeta")
+    s1, s2, dg, db = cuda_be.grad_reduce(cp, dd, xd, geom, mean, invstd, gd)
+    es1, es2, _, _ = _reference.grad_reduce(npx, dout.astype(od), x.astype(od), geom, emean,
+                                            einvstd, gamma.astype(od))
+    assert_close(_np(s1), es1, dtype, "s1")
+    assert_close(_np(s2), es2, dtype, "s2")
+    d2 = cuda_be.grad_input(cp, dd, xd, geom, mean, invstd, gd, s1, s2, True)
+    for a, b in ((d2, dx), (dg, dgamma), (db, dbeta)):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+def test_running_update_matches_the_cpu_kernel(cp):
+    rng = np.random.default_rng(0)
+    batch = rng.standard_normal(300)
+    for old in (None, rng.standard_normal(300).astype(np.float32), rng.standard_normal(300)):
+        for dtype in ("float32", "float64"):
+            got = cuda_be.running_update(cp, None if old is None else cp.asarray(old),
+                                         cp.asarray(batch), 0.8, np.dtype(dtype))
+            from normdrop._cpu import _backend as cpu_be
+            exp = cpu_be.running_update(np, old, batch, 0.8, np.dtype(dtype))
+            np.testing.assert_array_equal(_bits(got), _bits(cp.asarray(exp)))

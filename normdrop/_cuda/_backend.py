@@ -25,7 +25,7 @@ import numpy as np
 from . import _loader
 
 NAME = "cuda"
-_ROWS, _PLANES = 0, 1
+_ROWS, _PLANES, _CLAST = 0, 1, 2
 _THREADS = _loader.THREADS
 
 _SUPPORTED = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -67,8 +67,10 @@ def _geometry(x, geom):
         return x, (_PLANES, n, c, s, c * s, s, 1, groups), "C"
     if x.ndim == 2 and groups == 0 and x.flags.f_contiguous:
         return x, (_PLANES, 1, c, n, 0, n, 1, 0), "F"
-    if x.ndim == 4 and s > 1 and groups == 0 and x.transpose(0, 2, 3, 1).flags.c_contiguous:
-        return x, (_ROWS, n * s, c, 1, c, 1, 1, 0), "NHWC"
+    if x.ndim == 4 and s > 1 and x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        if groups == 0:
+            return x, (_ROWS, n * s, c, 1, c, 1, 1, 0), "NHWC"
+        return x, (_CLAST, n, c, s, s * c, 1, c, groups), "NHWC"
     return _geometry(cp.ascontiguousarray(x), geom)
 
 
@@ -99,6 +101,16 @@ def _contig(a):
     return a if a.flags.c_contiguous else _cupy().ascontiguousarray(a)
 
 
+def _runs(g):
+    """(runs per group, values per run) of a geometry with groups > 0
+    (nd_group_runs in nd_norm.cu)."""
+    kind, N, C, S, groups = g[0], g[1], g[2], g[3], g[7]
+    cg = C // groups
+    if kind == _PLANES:
+        return cg, S
+    return (S if kind == _CLAST else 1), cg
+
+
 def _reduce_plan(g):
     """Launch geometry of the ``*_part`` reduction kernels for g.
 
@@ -109,9 +121,21 @@ def _reduce_plan(g):
     -------
     (grid, pn, ps, G)
         ``pn`` rows (ROWS) or planes (PLANES) per part, ``ps`` values of a
-        plane per part (PLANES; 1 for ROWS), ``G`` parts per channel.
+        plane per part (PLANES; 1 for ROWS), ``G`` parts per channel; for
+        groups > 0, runs and values of a run (nd_group_reduce_part), parts
+        per group.
     """
     kind, N, C, S = g[:4]
+    if g[7]:
+        nrun, L = _runs(g)
+        st = max(1, min(L, _THREADS))
+        npb = _THREADS // st
+        k_s = max(1, min(_cdiv(L, st), _PER_THREAD))
+        ps = st * k_s
+        nseg = max(1, _cdiv(L, ps))
+        pn = npb * max(1, _PER_THREAD // k_s)
+        G = max(1, _cdiv(nrun, pn)) * nseg
+        return (G, max(1, min(N * g[7], _MAX_GRID_Y)), 1), pn, ps, G
     if kind == _ROWS:
         ct = min(C, 32)
         rt = _THREADS // ct
@@ -131,6 +155,10 @@ def _reduce_plan(g):
 def _elementwise_grid(g):
     """Launch grid of nd_normalize / nd_grad_input for g."""
     kind, N, C, S = g[:4]
+    if g[7]:
+        nrun, L = _runs(g)
+        npb = _THREADS // max(1, min(L, _THREADS))
+        return (max(1, min(_MAX_BLOCKS, _cdiv(N * g[7] * nrun, npb))), 1, 1)
     if kind == _ROWS:
         ct = min(C, 32)
         rt = _THREADS // ct
@@ -153,10 +181,14 @@ def _launch(base, dtype, grid, args):
     _loader.function(base, dtype)(grid, (_THREADS, 1, 1), args)
 
 
+def _ngroups(g):
+    return g[2] if g[7] == 0 else g[1] * g[7]
+
+
 def _merged_moments(x, g, eps):
-    """(mean, m2, var, invstd), float64 (C,), of x in kernel geometry g."""
+    """(mean, m2, var, invstd), float64 (ngroups,), of x in kernel geometry g."""
     cp = _cupy()
-    C = g[2]
+    C = _ngroups(g)
     mean, m2, var, invstd = (cp.empty(C, np.float64) for _ in range(4))
     if C == 0:
         return mean, m2, var, invstd
@@ -169,22 +201,43 @@ def _merged_moments(x, g, eps):
     return mean, m2, var, invstd
 
 
-def _grad_sums(dout, x, g, mean, invstd):
+def _channel_view(g):
+    """(kind, N, C, S, sn, sc, ss, 0, rows) of g seen per channel (as
+    batchnorm's geometry) and the positions of a sample per row."""
+    kind, N, C, S, sn, sc, ss, _ = g
+    if kind == _CLAST:
+        return (_ROWS, N * S, C, 1, C, 1, 1, 0), S
+    return (kind, N, C, S, sn, sc, ss, 0), 1
+
+
+def _grad_sums(dout, x, g, mean, invstd, gamma):
     """(s1, s2, dgamma, dbeta) of dout, x in kernel geometry g."""
     cp = _cupy()
-    C = g[2]
-    s1, s2 = cp.empty(C, np.float64), cp.empty(C, np.float64)
+    C, ng = g[2], _ngroups(g)
+    s1, s2 = cp.empty(ng, np.float64), cp.empty(ng, np.float64)
     dgamma, dbeta = cp.empty(C, x.dtype), cp.empty(C, x.dtype)
     if x.size == 0:
         for a in (s1, s2, dgamma, dbeta):
             a[...] = 0
         return s1, s2, dgamma, dbeta
     grid, pn, ps, G = _reduce_plan(g)
-    part = cp.empty(2 * C * G, np.float64)
+    part = cp.empty(2 * ng * G, np.float64)
     _launch("nd_grad_reduce_part", x.dtype, grid,
-            (dout, x) + _geom_args(g) + (_i64(pn), _i64(ps), _i64(G), _contig(mean), part))
-    _launch("nd_grad_reduce_merge", x.dtype, _channel_grid(C),
-            (part, _i64(C), _i64(G), _contig(invstd), s1, s2, dgamma, dbeta))
+            (dout, x) + _geom_args(g) + (_i64(pn), _i64(ps), _i64(G), _contig(mean),
+                                         _contig(gamma), part))
+    mode = 1 if g[7] == 0 else 0            # groups > 0: dgamma, dbeta below
+    _launch("nd_grad_reduce_merge", x.dtype, _channel_grid(ng),
+            (part, _i64(ng), _i64(G), _contig(invstd), np.int32(mode), s1, s2, dgamma, dbeta))
+    if g[7]:
+        cv, rows = _channel_view(g)
+        grid, pn, ps, G = _reduce_plan(cv)
+        part = cp.empty(2 * C * G, np.float64)
+        _launch("nd_grad_reduce_affine_part", x.dtype, grid,
+                (dout, x) + _geom_args(cv)[:6] + (_i64(g[7]), _i64(rows), _i64(pn), _i64(ps),
+                                                  _i64(G), _contig(mean), _contig(invstd), part))
+        c1, c2 = cp.empty(C, np.float64), cp.empty(C, np.float64)
+        _launch("nd_grad_reduce_merge", x.dtype, _channel_grid(C),
+                (part, _i64(C), _i64(G), _contig(invstd), np.int32(2), c1, c2, dgamma, dbeta))
     return s1, s2, dgamma, dbeta
 
 
@@ -213,7 +266,7 @@ def grad_reduce(xp, dout, x, geom, mean, invstd, gamma):
     """(s1, s2, dgamma, dbeta): see normdrop._contract."""
     with x.device:
         x, g, layout = _geometry(x, geom)
-        return _grad_sums(_like(dout, x, layout), x, g, mean, invstd)
+        return _grad_sums(_like(dout, x, layout), x, g, mean, invstd, gamma)
 
 
 def grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train):
@@ -245,7 +298,7 @@ def norm_bwd(xp, dout, x, geom, mean, invstd, gamma, train):
     with x.device:
         xc, g, layout = _geometry(x, geom)
         dout = _like(dout, xc, layout)
-        s1, s2, dgamma, dbeta = _grad_sums(dout, xc, g, mean, invstd)
+        s1, s2, dgamma, dbeta = _grad_sums(dout, xc, g, mean, invstd, gamma)
         dx = grad_input(xp, dout, xc, geom, mean, invstd, gamma, s1, s2, train)
     return dx, dgamma, dbeta
 

@@ -37,7 +37,8 @@ CTYPES = {"float16": "nd_half", "float32": "float", "float64": "double"}
 MODULES = {
     "nd_norm": ("nd_norm.cu",
                 ("nd_moments_part", "nd_normalize", "nd_grad_reduce_part",
-                 "nd_grad_reduce_merge", "nd_grad_input", "nd_running_update"),
+                 "nd_grad_reduce_affine_part", "nd_grad_reduce_merge", "nd_grad_input",
+                 "nd_running_update"),
                 ("nd_moments_merge",)),
     "nd_dropout": ("nd_dropout.cu",
                    ("nd_dropout_fwd", "nd_dropout_bwd"),

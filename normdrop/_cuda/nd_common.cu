@@ -31,11 +31,13 @@ typedef long long nd_i64;
  * normdrop/_cuda/__init__.py relies on it). */
 #define ND_THREADS 256
 
-/* Batchnorm operand geometry, as in src_c/normdrop.h:
+/* Operand geometry, as in src_c/normdrop.h:
  *   ND_ROWS:   value (m, c) at m * sn + c            (s == 1, sc == 1)
- *   ND_PLANES: value (n, c, j) at n * sn + c * sc + j  (j < s)          */
+ *   ND_PLANES: value (n, c, j) at n * sn + c * sc + j  (j < s)
+ *   ND_CLAST:  value (n, c, j) at n * sn + j * ss + c  (groups > 0 only) */
 #define ND_ROWS 0
 #define ND_PLANES 1
+#define ND_CLAST 2
 
 /* float16 storage: the bits of an IEEE binary16 value. */
 struct nd_half {

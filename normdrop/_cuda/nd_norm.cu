@@ -106,7 +106,7 @@ struct nd_stats_acc {
         cnt = 0;
         k0 = s1 = s2 = (A)0;
     }
-    ND_DEVM void add(nd_i64 off)
+    ND_DEVM void add(nd_i64 off, nd_i64, nd_i64)
     {
         const A v = nd_type<T>::to_acc(x[off]);
         if (cnt == 0) k0 = v;
@@ -145,7 +145,7 @@ struct nd_bwd_acc {
         nd_set_acc(&m, mean[c]);
         sdy = sdyxm = (A)0;
     }
-    ND_DEVM void add(nd_i64 off)
+    ND_DEVM void add(nd_i64 off, nd_i64, nd_i64)
     {
         const A g = nd_type<T>::to_acc(dout[off]);
         sdy += g;
@@ -187,7 +187,7 @@ ND_DEV void nd_channel_reduce_part(Acc &acc, int kind, nd_i64 N, nd_i64 C, nd_i6
         if (active) {
             const nd_i64 step = rt;
 #pragma unroll 4
-            for (nd_i64 r = r0 + ty; r < r1; r += step) acc.add(r * sn + col);
+            for (nd_i64 r = r0 + ty; r < r1; r += step) acc.add(r * sn + col, col, r);
         }
         acc.result(sh, tid);
         nd_block_tree<Comb>(sh, tid, ty, ct, rt);
@@ -207,7 +207,7 @@ ND_DEV void nd_channel_reduce_part(Acc &acc, int kind, nd_i64 N, nd_i64 C, nd_i6
                 for (nd_i64 p = p0 + py; p < p1; p += npb) {
                     const nd_i64 base = p * sn + ch * sc;
 #pragma unroll 4
-                    for (nd_i64 j = s0 + sx; j < s1; j += st) acc.add(base + j);
+                    for (nd_i64 j = s0 + sx; j < s1; j += st) acc.add(base + j, ch, p);
                 }
             }
             acc.result(sh, tid);
@@ -219,11 +219,150 @@ ND_DEV void nd_channel_reduce_part(Acc &acc, int kind, nd_i64 N, nd_i64 C, nd_i6
     }
 }
 
+/* Per-thread sums of a group's dout * gamma[ch] and dout * gamma[ch] *
+ * (x - mean[k]) (groups > 0: the affine channel varies inside a group). */
+template <typename T>
+struct nd_group_bwd_acc {
+    typedef typename nd_type<T>::acc A;
+    typedef nd_sum2_comb comb;
+    const T *dout;
+    const T *x;
+    const T *gamma;
+    const double *mean;
+    A m, sdy, sdyxm;
+    ND_DEVM void channel(nd_i64 k)
+    {
+        nd_set_acc(&m, mean[k]);
+        sdy = sdyxm = (A)0;
+    }
+    ND_DEVM void add(nd_i64 off, nd_i64 ch, nd_i64)
+    {
+        const A g = nd_type<T>::to_acc(dout[off]) * nd_type<T>::to_acc(gamma[ch]);
+        sdy += g;
+        sdyxm += g * (nd_type<T>::to_acc(x[off]) - m);
+    }
+    ND_DEVM void result(double (*sh)[ND_THREADS], int tid) const
+    {
+        sh[0][tid] = nd_acc_f64(sdy);
+        sh[1][tid] = nd_acc_f64(sdyxm);
+    }
+};
+
+/* Per-thread sums, over one channel, of dout and dout * (x - mean[k]) *
+ * invstd[k] with k the element's statistics group (groups > 0): the
+ * channel's dbeta and dgamma.  idx, the row or plane index of the channel
+ * view, gives the sample: idx / rows (rows = positions per sample of an
+ * NHWC operand seen as rows, else 1). */
+template <typename T>
+struct nd_group_affine_acc {
+    typedef typename nd_type<T>::acc A;
+    typedef nd_sum2_comb comb;
+    const T *dout;
+    const T *x;
+    const double *mean, *invstd;
+    nd_i64 groups, cg, rows;
+    A sdy, sdyxm;
+    nd_i64 q;
+    ND_DEVM void channel(nd_i64 c)
+    {
+        q = c / cg;
+        sdy = sdyxm = (A)0;
+    }
+    ND_DEVM void add(nd_i64 off, nd_i64, nd_i64 idx)
+    {
+        const nd_i64 k = (rows == 1 ? idx : idx / rows) * groups + q;
+        const A g = nd_type<T>::to_acc(dout[off]);
+        A m, r;
+        nd_set_acc(&m, mean[k]);
+        nd_set_acc(&r, invstd[k]);
+        sdy += g;
+        sdyxm += g * (nd_type<T>::to_acc(x[off]) - m) * r;
+    }
+    ND_DEVM void result(double (*sh)[ND_THREADS], int tid) const
+    {
+        sh[0][tid] = nd_acc_f64(sdy);
+        sh[1][tid] = nd_acc_f64(sdyxm);
+    }
+};
+
+/* The runs of statistics group k (groups > 0): nrun runs of len contiguous
+ * values, rstride apart, from base; per_run: run r is channel c0 + r (planes),
+ * else position j of a run is channel c0 + j.
+ *   ND_PLANES: cg planes of S values;  ND_CLAST: S runs of cg channels;
+ *   ND_ROWS:   one run of cg channels.  */
+struct nd_group_runs {
+    nd_i64 base, nrun, len, rstride, c0;
+    bool per_run;
+    ND_DEVM nd_group_runs(int kind, nd_i64 k, nd_i64 C, nd_i64 S, nd_i64 sn, nd_i64 sc,
+                          nd_i64 ss, nd_i64 groups)
+    {
+        const nd_i64 cg = C / groups, i = k / groups, q = k - i * groups;
+        c0 = q * cg;
+        per_run = kind == ND_PLANES;
+        if (kind == ND_PLANES) {
+            base = i * sn + c0 * sc; nrun = cg; len = S; rstride = sc;
+        } else if (kind == ND_CLAST) {
+            base = i * sn + c0; nrun = S; len = cg; rstride = ss;
+        } else {
+            base = i * sn + c0; nrun = 1; len = cg; rstride = 0;
+        }
+    }
+};
+
+/* Run length of every group of the geometry (the same for all groups). */
+ND_DEV nd_i64 nd_group_len(int kind, nd_i64 C, nd_i64 S, nd_i64 groups)
+{
+    return kind == ND_PLANES ? S : C / groups;
+}
+
 /*
- * nd_moments_part: partial (count, mean, M2) of x per channel and part:
+ * One block's part of a per-group reduction (groups > 0), written to
+ * `part`: grid (G, <= 65535); part g = blockIdx.x is runs [gp * pn, ...) x
+ * values [gs * ps, ...) of a run, g = gp * nseg + gs, nseg = ceil(len / ps);
+ * groups blockIdx.y, blockIdx.y + gridDim.y, ... (grid-stride); st threads
+ * along a run, npb runs at a time (as the ND_PLANES channel reduction).
+ */
+template <typename Acc>
+ND_DEV void nd_group_reduce_part(Acc &acc, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
+                                 nd_i64 sc, nd_i64 ss, nd_i64 groups, nd_i64 pn, nd_i64 ps,
+                                 nd_i64 G, double *part, double (*sh)[ND_THREADS])
+{
+    typedef typename Acc::comb Comb;
+    const int tid = (int)threadIdx.x;
+    const nd_i64 ngr = N * groups, KG = ngr * G;
+    const nd_i64 L = nd_group_len(kind, C, S, groups);
+    const int st = L < ND_THREADS ? (int)(L > 0 ? L : 1) : ND_THREADS;
+    const int npb = ND_THREADS / st;
+    const int py = tid / st, sx = tid - py * st;
+    const nd_i64 nseg = (L + ps - 1) / ps > 0 ? (L + ps - 1) / ps : 1;
+    const nd_i64 g = blockIdx.x, gp = g / nseg, gs = g - gp * nseg;
+    const nd_i64 s0 = gs * ps, s1 = nd_min_i64(L, s0 + ps);
+    for (nd_i64 k = blockIdx.y; k < ngr; k += gridDim.y) {
+        const nd_group_runs R(kind, k, C, S, sn, sc, ss, groups);
+        const nd_i64 p0 = gp * pn, p1 = nd_min_i64(R.nrun, p0 + pn);
+        acc.channel(k);
+        if (py < npb) {
+            for (nd_i64 r = p0 + py; r < p1; r += npb) {
+                const nd_i64 base = R.base + r * R.rstride;
+#pragma unroll 4
+                for (nd_i64 j = s0 + sx; j < s1; j += st)
+                    acc.add(base + j, R.c0 + (R.per_run ? r : j), r);
+            }
+        }
+        acc.result(sh, tid);
+        nd_block_tree<Comb>(sh, tid, tid, 1, ND_THREADS);
+        if (tid == 0)
+            for (int w = 0; w < (int)Comb::width; ++w) part[w * KG + k * G + g] = sh[w][0];
+        __syncthreads();
+    }
+}
+
+/*
+ * nd_moments_part: partial (count, mean, M2) of x per statistics group
+ * (channel, or sample and channel group) and part:
  *   count = #values, mean = sum x / count, M2 = sum (x - mean)^2
- * over the values of part g (see nd_channel_reduce_part; per-thread shifted sums,
- * then a fixed Chan-merge tree).  Layout: x in geometry (kind, N, C, S, sn,
+ * over the values of part g (see nd_channel_reduce_part, nd_group_reduce_part;
+ * per-thread shifted sums, then a fixed Chan-merge tree).  Layout: x in geometry (kind, N, C, S, sn,
  * sc, ss, groups); part as in the file comment, width 3.
  * IN x, geometry, pn, ps, G; OUT part (3 * C * G doubles).
  */
@@ -236,7 +375,10 @@ nd_moments_part(const T *__restrict__ x, int kind, nd_i64 N, nd_i64 C, nd_i64 S,
     __shared__ double sh[3][ND_THREADS];
     nd_stats_acc<T> acc;
     acc.x = x;
-    nd_channel_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
+    if (groups == 0)
+        nd_channel_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
+    else
+        nd_group_reduce_part(acc, kind, N, C, S, sn, sc, ss, groups, pn, ps, G, part, sh);
 }
 
 /*
@@ -319,6 +461,32 @@ ND_DEV void nd_channel_elementwise(Op &op, int kind, nd_i64 N, nd_i64 C, nd_i64 
     }
 }
 
+/*
+ * Group elementwise driver (groups > 0): units u = k * nrun + r (group k,
+ * run r; see nd_group_runs), blockIdx.x * npb + slot, grid-stride; st
+ * threads along a run; op.unit(k) once per unit, then op.apply(offset, ch)
+ * for each of its values (ch: the value's affine channel).
+ */
+template <typename Op>
+ND_DEV void nd_group_elementwise(Op &op, int kind, nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn,
+                                 nd_i64 sc, nd_i64 ss, nd_i64 groups)
+{
+    const int tid = (int)threadIdx.x;
+    const nd_i64 L = nd_group_len(kind, C, S, groups);
+    const int st = L < ND_THREADS ? (int)(L > 0 ? L : 1) : ND_THREADS;
+    const int npb = ND_THREADS / st, py = tid / st, sx = tid - py * st;
+    if (py >= npb) return;
+    const nd_i64 nrun = kind == ND_PLANES ? C / groups : (kind == ND_CLAST ? S : 1);
+    const nd_i64 units = N * groups * nrun, step = (nd_i64)gridDim.x * npb;
+    for (nd_i64 u = (nd_i64)blockIdx.x * npb + py; u < units; u += step) {
+        const nd_i64 k = u / nrun, r = u - k * nrun;
+        const nd_group_runs R(kind, k, C, S, sn, sc, ss, groups);
+        const nd_i64 base = R.base + r * R.rstride;
+        op.unit(k);
+        for (nd_i64 j = sx; j < L; j += st) op.apply(base + j, R.c0 + (R.per_run ? r : j));
+    }
+}
+
 /* Whether the per-channel coefficients c[0..n) can be held in the
  * accumulation type: always for double; for float (float16 data) only where
  * each is finite within float's range -- a constant channel with a tiny eps
@@ -331,6 +499,89 @@ ND_DEV bool nd_acc_holds(const double *c, int n, float)
     for (int k = 0; k < n; ++k) ok = ok && fabs(c[k]) <= 3.0e38;
     return ok;
 }
+
+/* out = (x - mean[k]) * (invstd[k] * gamma[ch]) + beta[ch] over group k
+ * (groups > 0), in nd_type<T>::acc, or in double where a coefficient does not
+ * fit it (nd_acc_holds); rounded once. */
+template <typename T>
+struct nd_group_normalize_op {
+    typedef typename nd_type<T>::acc A;
+    const T *x;
+    T *out;
+    const double *mean, *invstd;
+    const T *gamma, *beta;
+    double md, rd;
+    A m;
+    ND_DEVM void unit(nd_i64 k)
+    {
+        md = mean[k];
+        rd = invstd[k];
+        nd_set_acc(&m, md);
+    }
+    ND_DEVM void apply(nd_i64 off, nd_i64 ch)
+    {
+        double c[3];
+        c[0] = md;
+        c[1] = rd * nd_type<T>::to_f64(gamma[ch]);
+        c[2] = nd_type<T>::to_f64(beta[ch]);
+        if (nd_acc_holds(c, 3, A())) {
+            A a, b;
+            nd_set_acc(&a, c[1]);
+            nd_set_acc(&b, c[2]);
+            out[off] = nd_type<T>::from_acc((nd_type<T>::to_acc(x[off]) - m) * a + b);
+        } else {
+            out[off] = nd_type<T>::from_f64((nd_type<T>::to_f64(x[off]) - c[0]) * c[1] + c[2]);
+        }
+    }
+};
+
+/* dx = (invstd[k] gamma[ch]) * dout + b * (x - mean[k]) + e over group k
+ * (groups > 0), training: b = -invstd^3 s2[k] / M, e = -invstd s1[k] / M
+ * (src_c: gr_coef); test mode b = e = 0.  In nd_type<T>::acc, or in double
+ * where a coefficient does not fit it; rounded once. */
+template <typename T>
+struct nd_group_dx_op {
+    typedef typename nd_type<T>::acc A;
+    const T *dout, *x;
+    T *dx;
+    const double *mean, *invstd, *s1, *s2;
+    const T *gamma;
+    double M;
+    int train;
+    double c[4];       /* mean, invstd, b, e */
+    ND_DEVM void unit(nd_i64 k)
+    {
+        const double r = invstd[k];
+        c[0] = mean[k];
+        c[1] = r;
+        c[2] = c[3] = 0.0;
+        if (train && M > 0.0) {
+            c[2] = -(r * r * r) * s2[k] / M;
+            c[3] = -r * s1[k] / M;
+        }
+    }
+    ND_DEVM void apply(nd_i64 off, nd_i64 ch)
+    {
+        double q[5];
+        q[0] = c[0];
+        q[1] = c[1] * nd_type<T>::to_f64(gamma[ch]);
+        q[2] = c[2];
+        q[3] = c[3];
+        q[4] = c[1];
+        if (nd_acc_holds(q, 5, A())) {
+            A m, a, b, e;
+            nd_set_acc(&m, q[0]);
+            nd_set_acc(&a, q[1]);
+            nd_set_acc(&b, q[2]);
+            nd_set_acc(&e, q[3]);
+            dx[off] = nd_type<T>::from_acc(a * nd_type<T>::to_acc(dout[off]) +
+                                           b * (nd_type<T>::to_acc(x[off]) - m) + e);
+        } else {
+            dx[off] = nd_type<T>::from_f64(q[1] * nd_type<T>::to_f64(dout[off]) +
+                                           q[2] * (nd_type<T>::to_f64(x[off]) - q[0]) + q[3]);
+        }
+    }
+};
 
 template <typename T>
 struct nd_affine_op {
@@ -362,12 +613,14 @@ struct nd_affine_op {
 };
 
 /*
- * nd_normalize: out = (x - mean[c]) * (gamma[c] * invstd[c]) + beta[c],
- * computed in nd_type<T>::acc and rounded once (src_c: nd_normalize).
- * Forward in training (batch statistics) and in test mode (running
- * statistics).
+ * nd_normalize: out = (x - mean[grp]) * (gamma[c] * invstd[grp]) + beta[c],
+ * computed in nd_type<T>::acc and rounded once (src_c: nd_normalize); grp
+ * the channel c (groups == 0: nd_affine_op over nd_channel_elementwise) or
+ * the sample's channel group (nd_group_normalize_op over
+ * nd_group_elementwise).  Forward in training (batch statistics) and in
+ * test mode (running statistics).
  * Layout: x and out share the geometry (kind, N, C, S, sn, sc, ss, groups);
- * mean, invstd C doubles; gamma, beta C values of T, contiguous.
+ * mean, invstd one double per group; gamma, beta C values of T, contiguous.
  * IN x, geometry, mean, invstd, gamma, beta; OUT out.
  */
 template <typename T>
@@ -377,6 +630,17 @@ nd_normalize(const T *__restrict__ x, T *__restrict__ out, int kind, nd_i64 N, n
              const double *__restrict__ mean, const double *__restrict__ invstd,
              const T *__restrict__ gamma, const T *__restrict__ beta)
 {
+    if (groups != 0) {
+        nd_group_normalize_op<T> op;
+        op.x = x;
+        op.out = out;
+        op.mean = mean;
+        op.invstd = invstd;
+        op.gamma = gamma;
+        op.beta = beta;
+        nd_group_elementwise(op, kind, N, C, S, sn, sc, ss, groups);
+        return;
+    }
     nd_affine_op<T> op;
     op.x = x;
     op.out = out;
@@ -388,38 +652,82 @@ nd_normalize(const T *__restrict__ x, T *__restrict__ out, int kind, nd_i64 N, n
 }
 
 /*
- * nd_grad_reduce_part: partial sums per channel and part (see
- * nd_channel_reduce_part):  sum dout  and  sum dout * (x - mean[c]).
- * Layout: dout and x share the geometry; part width 2.
- * IN dout, x, geometry, pn, ps, G, mean (C doubles); OUT part (2 * C * G).
+ * nd_grad_reduce_part: partial sums per statistics group and part:
+ *   groups == 0 (per channel):  sum dout  and  sum dout * (x - mean[c])
+ *                               (nd_channel_reduce_part);
+ *   groups > 0:  sum dout * gamma[ch]  and  sum dout * gamma[ch] * (x - mean[k])
+ *                (nd_group_reduce_part).
+ * Layout: dout and x share the geometry; gamma C values of T; part width 2.
+ * IN dout, x, geometry, pn, ps, G, mean, gamma; OUT part (2 * groups * G).
  */
 template <typename T>
 __global__ void __launch_bounds__(ND_THREADS)
 nd_grad_reduce_part(const T *__restrict__ dout, const T *__restrict__ x, int kind, nd_i64 N,
                     nd_i64 C, nd_i64 S, nd_i64 sn, nd_i64 sc, nd_i64 ss, int groups, nd_i64 pn,
                     nd_i64 ps, nd_i64 G, const double *__restrict__ mean,
-                    double *__restrict__ part)
+                    const T *__restrict__ gamma, double *__restrict__ part)
 {
     __shared__ double sh[3][ND_THREADS];
-    nd_bwd_acc<T> acc;
+    if (groups == 0) {
+        nd_bwd_acc<T> acc;
+        acc.dout = dout;
+        acc.x = x;
+        acc.mean = mean;
+        nd_channel_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
+    } else {
+        nd_group_bwd_acc<T> acc;
+        acc.dout = dout;
+        acc.x = x;
+        acc.gamma = gamma;
+        acc.mean = mean;
+        nd_group_reduce_part(acc, kind, N, C, S, sn, sc, ss, groups, pn, ps, G, part, sh);
+    }
+}
+
+/*
+ * nd_grad_reduce_affine_part: for groups > 0, partial per-channel sums of
+ *   dout  and  dout * (x - mean[k]) * invstd[k]   (k: the element's group)
+ * -- dbeta and dgamma -- per channel and part of the channel view of the
+ * operand (kind, N, C, S, sn, sc: ND_ROWS or ND_PLANES, as for batchnorm;
+ * `rows` positions of a sample per row of an NHWC operand seen as rows, 1
+ * otherwise).  IN dout, x, channel geometry, groups, rows, pn, ps, G, mean,
+ * invstd (per group); OUT part (2 * C * G).
+ */
+template <typename T>
+__global__ void __launch_bounds__(ND_THREADS)
+nd_grad_reduce_affine_part(const T *__restrict__ dout, const T *__restrict__ x, int kind,
+                           nd_i64 N, nd_i64 C, nd_i64 S, nd_i64 sn, nd_i64 sc, nd_i64 groups,
+                           nd_i64 rows, nd_i64 pn, nd_i64 ps, nd_i64 G,
+                           const double *__restrict__ mean, const double *__restrict__ invstd,
+                           double *__restrict__ part)
+{
+    __shared__ double sh[3][ND_THREADS];
+    nd_group_affine_acc<T> acc;
     acc.dout = dout;
     acc.x = x;
     acc.mean = mean;
+    acc.invstd = invstd;
+    acc.groups = groups;
+    acc.cg = C / groups;
+    acc.rows = rows;
     nd_channel_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
 }
 
 /*
- * nd_grad_reduce_merge: per channel c, the G partials of nd_grad_reduce_part
- * summed in a fixed order:
- *   s1[c] = sum dout,  s2[c] = sum dout * (x - mean[c]),
- *   dbeta[c] = s1[c],  dgamma[c] = s2[c] * invstd[c]  (rounded to T).
- * Grid: any (grid-stride over channels).
- * IN part, C, G, invstd; OUT s1, s2 (C doubles), dgamma, dbeta (C values of T).
+ * nd_grad_reduce_merge: per index c < C (a channel, or a group), the G
+ * partials of nd_grad_reduce_part / nd_grad_reduce_affine_part summed in a
+ * fixed order into s1[c], s2[c] (doubles); then, by mode,
+ *   1 (per-channel sums of batchnorm): dbeta[c] = s1[c],
+ *     dgamma[c] = s2[c] * invstd[c]  (rounded to T);
+ *   2 (nd_grad_reduce_affine_part): dbeta[c] = s1[c], dgamma[c] = s2[c];
+ *   0: the sums only (dgamma, dbeta not written).
+ * Grid: any (grid-stride).
+ * IN part, C, G, invstd, mode; OUT s1, s2 (C doubles), dgamma, dbeta (C of T).
  */
 template <typename T>
 __global__ void __launch_bounds__(ND_THREADS)
 nd_grad_reduce_merge(const double *__restrict__ part, nd_i64 C, nd_i64 G,
-                     const double *__restrict__ invstd, double *__restrict__ sum_dy,
+                     const double *__restrict__ invstd, int mode, double *__restrict__ sum_dy,
                      double *__restrict__ sum_dyxm, T *__restrict__ dgamma,
                      T *__restrict__ dbeta)
 {
@@ -438,8 +746,10 @@ nd_grad_reduce_merge(const double *__restrict__ part, nd_i64 C, nd_i64 G,
         if (tid == 0) {
             sum_dy[ch] = sh[0][0];
             sum_dyxm[ch] = sh[1][0];
-            dbeta[ch] = nd_type<T>::from_f64(sh[0][0]);
-            dgamma[ch] = nd_type<T>::from_f64(sh[1][0] * invstd[ch]);
+            if (mode != 0) {
+                dbeta[ch] = nd_type<T>::from_f64(sh[0][0]);
+                dgamma[ch] = nd_type<T>::from_f64(mode == 1 ? sh[1][0] * invstd[ch] : sh[1][0]);
+            }
         }
         __syncthreads();
     }
@@ -493,13 +803,16 @@ struct nd_bwd_dx_op {
 };
 
 /*
- * nd_grad_input: with a = gamma[c] * invstd[c] and M values per channel,
+ * nd_grad_input, per channel (groups == 0): with a = gamma[c] * invstd[c]
+ * and M values per channel,
  *   training:  dx = a * dout + b * (x - mean[c]) + e,
  *              b = -a * invstd[c] * dgamma / M,  e = -a * s1[c] / M,
  *              dgamma = s2[c] * invstd[c];
  *   test mode: dx = a * dout  (x is not read);
  * computed in nd_type<T>::acc, rounded once (src_c: nd_grad_input).  This is
- * gamma * invstd / M * (M * dout - dbeta - x_hat * dgamma).
+ * gamma * invstd / M * (M * dout - dbeta - x_hat * dgamma).  Per group
+ * (groups > 0): nd_group_dx_op, from the group sums s1, s2 (which carry
+ * gamma).
  * Layout: dout, x, dx share the geometry; per-channel arrays contiguous.
  * IN dout, x, geometry, mean, invstd, gamma, s1, s2 (from nd_grad_reduce_merge),
  * M, train; OUT dx.
@@ -512,6 +825,21 @@ nd_grad_input(const T *__restrict__ dout, const T *__restrict__ x, T *__restrict
               const T *__restrict__ gamma, const double *__restrict__ sum_dy,
               const double *__restrict__ sum_dyxm, double M, int train)
 {
+    if (groups != 0) {
+        nd_group_dx_op<T> op;
+        op.dout = dout;
+        op.x = x;
+        op.dx = dx;
+        op.mean = mean;
+        op.invstd = invstd;
+        op.s1 = sum_dy;
+        op.s2 = sum_dyxm;
+        op.gamma = gamma;
+        op.M = M;
+        op.train = train;
+        nd_group_elementwise(op, kind, N, C, S, sn, sc, ss, groups);
+        return;
+    }
     nd_bwd_dx_op<T> op;
     op.dout = dout;
     op.x = x;
