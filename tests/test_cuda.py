@@ -75,7 +75,8 @@ def test_name_expressions():
 def test_every_launched_kernel_exists():
     launched = _launched_kernels()
     assert {"nd_moments_part", "nd_moments_merge", "nd_normalize", "nd_grad_reduce_part",
-            "nd_grad_reduce_merge", "nd_grad_input", "nd_running_update", "nd_dropout_fwd",
+            "nd_grad_reduce_affine_part", "nd_grad_reduce_merge", "nd_grad_input",
+            "nd_running_update", "nd_dropout_fwd",
             "nd_dropout_bwd", "nd_dropout_mask"} == launched
     for k in launched:
         module = _loader.module_of(k)
