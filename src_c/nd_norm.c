@@ -187,10 +187,11 @@ static int nd_norm_stream(const void *out, const nd_geom *g, int64_t elsize)
 
 int64_t nd_ngroups(const nd_geom *g) { return g->groups == 0 ? g->c : g->n * g->groups; }
 
-int64_t nd_work_size(const nd_geom *g)
+int64_t nd_work_size(const nd_geom *g, int backward)
 {
     const int64_t C = g->c > 0 ? g->c : 1;
-    if (g->groups == 0) return ch_reduce_work(g) + 4 * C;
+    if (g->groups == 0) return ch_reduce_work(g) + (backward ? 3 : 1) * C;
+    if (!backward) return 1;
     const int64_t nblk = nd_cdiv(g->n > 0 ? g->n : 1, nd_group_block(g));
     return 3 * C * nblk + 2 * (nd_ngroups(g) > 0 ? nd_ngroups(g) : 1);
 }

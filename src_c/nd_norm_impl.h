@@ -16,7 +16,7 @@
 
 /*
  * nd_moments: mean[k] and m2[k] = sum (x - mean[k])^2 of each statistics
- * group k.  IN x, g; SCRATCH work (nd_work_size(g) doubles); OUT mean, m2
+ * group k.  IN x, g; SCRATCH work (nd_work_size(g, 0) doubles); OUT mean, m2
  * (nd_ngroups(g) doubles each).
  */
 void FN(nd_moments)(const T *x, const nd_geom *g, double *work, double *mean, double *m2)

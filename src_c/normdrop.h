@@ -59,8 +59,11 @@ typedef struct {
 
 /* Statistics groups of g: c (groups == 0) or n * groups. */
 int64_t nd_ngroups(const nd_geom *g);
-/* Doubles of scratch that any kernel below needs for g (at least 1). */
-int64_t nd_work_size(const nd_geom *g);
+/* Doubles of scratch the kernels below need for g (at least 1): the forward
+ * ones (nd_moments, nd_normalize, nd_norm_train_fwd) with backward == 0, the
+ * backward ones (nd_grad_reduce, nd_grad_input, nd_norm_bwd) with
+ * backward == 1. */
+int64_t nd_work_size(const nd_geom *g, int backward);
 
 /* Number of OpenMP threads a kernel would use (1 without OpenMP). */
 int nd_max_threads(void);

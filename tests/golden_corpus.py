@@ -67,6 +67,9 @@ BN_SHAPES = [(2, 1), (7, 5), (33, 300), (3001, 130), (70000, 3), (5, 1030)]
 SPATIAL_SHAPES = [(2, 3, 5, 7), (1, 9, 1, 1), (9, 16, 41, 40), (2, 3, 150, 130), (40, 4, 1, 2),
                   (3, 1, 5, 7)]
 DROPOUT_SHAPES = [(1,), (7,), (63,), (64,), (65,), (1000, 3), (300007,)]
+LAYERNORM_SHAPES = [(7, 5), (33, 300), (3001, 130), (2, 3, 70), (4, 70000)]
+GROUPNORM_SHAPES = [((2, 6, 5, 7), 3), ((9, 16, 41, 40), 4), ((2, 4, 150, 130), 1),
+                    ((40, 4, 1, 2), 2), ((3, 8, 1, 1), 4)]
 
 
 def _bn_cases():
@@ -111,6 +114,33 @@ def run_batchnorm():
     return out
 
 
+def run_groups():
+    """layernorm and spatial groupnorm (statistics per sample and group)."""
+    out = {}
+    cases = [("ln", s, None, ("C", "F", "strided")) for s in LAYERNORM_SHAPES] + \
+            [("gn", s, G, ("C", "NHWC", "strided")) for s, G in GROUPNORM_SHAPES]
+    for kind, shape, G, layouts in cases:
+        C = shape[-1] if kind == "ln" else shape[1]
+        for dtype in ("float32", "float64"):
+            for lay in layouts:
+                if lay == "F" and len(shape) != 2:
+                    continue
+                name = f"{kind}-{'x'.join(map(str, shape))}-{dtype}-{lay}" + (f"-g{G}" if G else "")
+                salt = sum(shape) + len(name)
+                x = layout(values(shape, dtype, salt, loc=3.0, scale=2.0), lay)
+                dout = layout(values(shape, dtype, salt + 1), lay)
+                gamma = values((C,), "float64", salt + 2, loc=1.0, scale=0.25)
+                beta = values((C,), "float64", salt + 3)
+                if kind == "ln":
+                    y, cache = nd.layernorm_forward(x, gamma, beta, {"eps": 1e-5})
+                    dx, dgamma, dbeta = nd.layernorm_backward(dout, cache)
+                else:
+                    y, cache = nd.spatial_groupnorm_forward(x, gamma, beta, G, {"eps": 1e-5})
+                    dx, dgamma, dbeta = nd.spatial_groupnorm_backward(dout, cache)
+                out[name] = digest(y, dx, dgamma, dbeta, cache.mean, cache.invstd)
+    return out
+
+
 def run_dropout():
     out = {}
     for shape in DROPOUT_SHAPES:
@@ -127,7 +157,7 @@ def run_dropout():
 
 
 def run() -> dict:
-    return {**run_batchnorm(), **run_dropout()}
+    return {**run_batchnorm(), **run_groups(), **run_dropout()}
 
 
 def main(argv) -> int:

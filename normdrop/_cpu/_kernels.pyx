@@ -180,7 +180,7 @@ cdef object _moments(const real *x, nd_geom *g):
     cdef int64_t ng = nd_ngroups(g)
     cdef cnp.ndarray mean = np.empty(ng, np.float64)
     cdef cnp.ndarray m2 = np.empty(ng, np.float64)
-    cdef double *w = _scratch(nd_work_size(g))
+    cdef double *w = _scratch(nd_work_size(g, 0))
     try:
         with nogil:
             c_moments(x, g, w, _dptr(mean), _dptr(m2))
@@ -202,7 +202,7 @@ def moments(cnp.ndarray x, tuple geom):
 cdef object _normalize(const real *x, real *out, nd_geom *g, mean, invstd, gamma, beta):
     cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd)
     cdef cnp.ndarray gm = _as_f64(gamma), bt = _as_f64(beta)
-    cdef double *w = _scratch(nd_work_size(g))
+    cdef double *w = _scratch(nd_work_size(g, 0))
     try:
         with nogil:
             c_normalize(x, out, g, _dptr(mn), _dptr(iv), _dptr(gm), _dptr(bt), w)
@@ -230,7 +230,7 @@ cdef object _grad_reduce(const real *dout, const real *x, nd_geom *g, mean, invs
     cdef cnp.ndarray dbeta = np.empty(C, dt)
     cdef real *dgp = <real *>_ptr(dgamma)
     cdef real *dbp = <real *>_ptr(dbeta)
-    cdef double *sp = _scratch(2 * C + nd_work_size(g))   # dgamma, dbeta in double; work
+    cdef double *sp = _scratch(2 * C + nd_work_size(g, 1))   # dgamma, dbeta in double; work
     try:
         with nogil:
             c_grad_reduce(dout, x, g, _dptr(mn), _dptr(iv), _dptr(gm), sp + 2 * C,
@@ -258,7 +258,7 @@ cdef object _grad_input(const real *dout, const real *x, real *dx, nd_geom *g, m
                         gamma, s1, s2, int train):
     cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd), gm = _as_f64(gamma)
     cdef cnp.ndarray a1 = _as_f64(s1), a2 = _as_f64(s2)
-    cdef double *w = _scratch(nd_work_size(g))
+    cdef double *w = _scratch(nd_work_size(g, 1))
     try:
         with nogil:
             c_grad_input(dout, x, dx, g, _dptr(mn), _dptr(iv), _dptr(gm), _dptr(a1),
@@ -285,7 +285,7 @@ cdef object _norm_train_fwd(const real *x, real *out, nd_geom *g, gamma, beta, d
     cdef cnp.ndarray gm = _as_f64(gamma), bt = _as_f64(beta)
     cdef cnp.ndarray stats = np.empty((3, ng), np.float64)
     cdef double *sp = _dptr(stats)
-    cdef double *w = _scratch(nd_work_size(g))
+    cdef double *w = _scratch(nd_work_size(g, 0))
     try:
         with nogil:
             c_norm_train_fwd(x, out, g, _dptr(gm), _dptr(bt), eps, w, sp, sp + ng, sp + 2 * ng)
@@ -314,7 +314,7 @@ cdef object _norm_bwd(const real *dout, const real *x, real *dx, nd_geom *g, mea
     cdef cnp.ndarray dbeta = np.empty(C, dt)
     cdef real *dgp = <real *>_ptr(dgamma)
     cdef real *dbp = <real *>_ptr(dbeta)
-    cdef double *sp = _scratch(2 * C + nd_work_size(g))   # dgamma, dbeta in double; work
+    cdef double *sp = _scratch(2 * C + nd_work_size(g, 1))   # dgamma, dbeta in double; work
     try:
         with nogil:
             c_norm_bwd(dout, x, dx, g, _dptr(mn), _dptr(iv), _dptr(gm), train, sp + 2 * C,

@@ -16,7 +16,7 @@ cdef extern from "normdrop.h" nogil:
         int64_t groups
 
     int64_t nd_ngroups(const nd_geom *g)
-    int64_t nd_work_size(const nd_geom *g)
+    int64_t nd_work_size(const nd_geom *g, int backward)
     int nd_max_threads()
     int nd_have_openmp()
     uint64_t nd_keep_threshold(double p)
