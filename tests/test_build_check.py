@@ -20,6 +20,7 @@ CALL_AN_OP = ("import numpy as np, normdrop\n"
               "normdrop.batchnorm_forward(np.ones((4, 3)), np.ones(3), np.zeros(3), "
               "{'mode': 'train'})\n")
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+PYTHON = os.path.abspath(sys.executable)     # as the child process names itself
 
 
 def _source_tree(tmp_path, built=None):
@@ -61,7 +62,7 @@ def test_an_unbuilt_source_tree_says_what_to_run(tmp_path):
     assert last.startswith("normdrop._build_check.ExtensionImportError: normdrop is imported "
                            f"from the source tree {root}"), last
     assert "C extension is not built" in last
-    assert last.endswith(f"build it in place with: {sys.executable} -m pip install -e {root}"), last
+    assert last.endswith(f"build it in place with: {PYTHON} -m pip install -e {root}"), last
     # the traceback carries the message once, without Python's own import error before it
     assert "During handling" not in res.stderr and "cannot import name" not in res.stderr
 
@@ -95,7 +96,7 @@ def test_an_extension_built_for_another_python(tmp_path):
     root = _source_tree(tmp_path, built=[other])
     last = _last_line(_run(root, "-c", CALL_AN_OP))
     assert "was built for another Python" in last and other in last, last
-    assert last.endswith(f"rebuild it with: {sys.executable} -m pip install -e {root}"), last
+    assert last.endswith(f"rebuild it with: {PYTHON} -m pip install -e {root}"), last
 
 
 def test_an_extension_that_fails_to_load_gives_the_loader_reason(tmp_path):
@@ -105,7 +106,7 @@ def test_an_extension_that_fails_to_load_gives_the_loader_reason(tmp_path):
     assert "circular" not in res.stderr
     assert f"C extension {root / 'normdrop' / '_cpu' / ('_kernels' + SUFFIX)} could not be " \
            "imported (ImportError: " in last, last
-    assert last.endswith(f"rebuild it with: {sys.executable} -m pip install -e {root}"), last
+    assert last.endswith(f"rebuild it with: {PYTHON} -m pip install -e {root}"), last
 
 
 def test_an_installed_package_without_its_extension_says_reinstall(tmp_path):
