@@ -1,6 +1,7 @@
 """normdrop: fast, exact normalization (batchnorm, layernorm, groupnorm) and
 dropout layers, forward and backward, for NumPy, CuPy and array-API arrays,
-with the cs231n functional API."""
+with the cs231n functional API, and layer objects over it in
+:mod:`normdrop.layers`."""
 from ._version import __version__
 from ._api import (
     batchnorm_backward,
@@ -19,6 +20,7 @@ from ._api import (
 from ._dispatch import force_reference
 from ._info import show_config
 from ._memory import cache_info, empty_cache, set_cache_limit
+from . import layers  # the layer objects over the functions above
 
 __all__ = [
     "__version__",

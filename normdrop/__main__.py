@@ -1,4 +1,4 @@
-"""Command line: ``python -m normdrop info`` and ``python -m normdrop bench``."""
+"""Command line: ``python -m normdrop demo``, ``info`` and ``bench``."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normdrop",
                                      description="normdrop command line")
     sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo", help="train a small network (batchnorm, dropout) on a generated spiral, "
+                     "side by side with the cs231n NumPy layers",
+        description="Trains affine -> batchnorm -> ReLU -> dropout -> affine -> softmax on "
+                    "cs231n's spiral data (generated, nothing downloaded) with normdrop's "
+                    "layers, then the same training on the cs231n NumPy layers, and prints "
+                    "the final validation accuracy as its last line.")
+    from ._demo import add_arguments as add_demo_arguments
+    add_demo_arguments(demo)
     sub.add_parser("info", help="version, backends, OpenMP and threads, CUDA")
     bench = sub.add_parser(
         "bench", help="timing table: normdrop, its reference backend, the cs231n NumPy code, "
@@ -18,6 +27,9 @@ def main(argv=None) -> int:
     from ._bench import add_arguments
     add_arguments(bench)
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from ._demo import main as demo_main
+        return demo_main(args)
     if args.command == "info":
         from ._info import show_config
         show_config()

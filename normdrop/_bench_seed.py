@@ -1,5 +1,6 @@
 """The cs231n NumPy layers that normdrop's API comes from, kept as a speed
-baseline for ``python -m normdrop bench``.  Not part of the library.
+baseline for ``python -m normdrop bench`` and ``python -m normdrop demo``.
+Not part of the library.
 
 The functions are the assignment's code as it is commonly written (dropout,
 batchnorm with the staged backward, and the transpose-and-reshape spatial

@@ -7,7 +7,9 @@ before the first call, and reports on it.
 """
 from __future__ import annotations
 
-from . import _kernels as _k
+from .._build_check import load_kernels
+
+_k = load_kernels()   # the C extension; a one-line reason and fix when it is not built
 
 
 def have_openmp() -> bool:
