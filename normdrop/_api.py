@@ -8,64 +8,138 @@ input has) and runs through :func:`_norm_forward` / :func:`_norm_backward`.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import operator
 
 import numpy as np
 
 from . import _contract as K
 from . import _validate as V
-from ._dispatch import backend_for
+from ._dispatch import Route, backend_by_name, backend_for
 
 
-class NormCache:
+class _Cache:
+    """Base of the caches: read-only once made (a backward is always either
+    the right answer for the forward that made the cache or a clear error),
+    picklable and deep-copyable (the backend, namespace and array adapter are
+    kept by name)."""
+
+    __slots__ = ()
+    _fields: tuple = ()
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a {type(self).__name__} is read-only (it belongs to the forward "
+                             "that made it)")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"a {type(self).__name__} is read-only")
+
+    def _set(self, **values):
+        for k, v in values.items():
+            object.__setattr__(self, k, v)
+
+    @property
+    def backend(self):
+        return backend_by_name(self.backend_name)
+
+    @property
+    def xp(self):
+        return _namespace_by_name(self.xp_name)
+
+    def __reduce__(self):
+        if getattr(self, "comm", None) is not None:
+            raise TypeError(f"a {type(self).__name__} of a synchronized batchnorm holds an MPI "
+                            "communicator and cannot be pickled or copied")
+        return (_restore_cache, (type(self), tuple(getattr(self, f) for f in self._fields)))
+
+
+def _restore_cache(cls, values):
+    c = object.__new__(cls)
+    c._set(**dict(zip(cls._fields, values)))
+    return c
+
+
+def _namespace_by_name(name: str):
+    import importlib
+    return importlib.import_module(name)
+
+
+def _own_view(a):
+    """a NumPy or CuPy array as a view the caller cannot reshape under the
+    cache (``a.shape = ...`` on the caller's array leaves it as it was)."""
+    if type(a) is np.ndarray or type(a).__module__.startswith("cupy"):
+        return a.view()
+    return a
+
+
+class NormCache(_Cache):
     """Opaque cache of a normalization forward, for the matching backward.
 
-    Holds references, not copies: ``x`` as given to the forward, ``gamma``
-    as a (C,) array in x's dtype, and the per-group ``mean`` and ``invstd``
-    (float64) -- O(C + groups) memory beyond ``x``, never an ``x_hat``.
+    Holds references, not copies: ``x`` as given to the forward (a view of
+    it, in the backend's arrays), ``gamma`` as a (C,) array in x's dtype, and
+    the per-group ``mean`` and ``invstd`` (float64) -- O(C + groups) memory
+    beyond ``x``, never an ``x_hat``.  Read-only; picklable unless it belongs
+    to a synchronized batchnorm (``comm``).
     """
 
-    __slots__ = ("op", "mode", "backend", "xp", "x", "gamma", "gamma_shape", "mean",
-                 "invstd", "out_shape", "geom")
+    _fields = ("op", "mode", "backend_name", "xp_name", "adapter", "x", "gamma", "gamma_shape",
+               "mean", "invstd", "out_shape", "geom", "comm")
+    __slots__ = _fields
 
-    def __init__(self, op, mode, backend, xp, x, gamma, gamma_shape, mean, invstd, geom):
-        self.op = op
-        self.mode = mode
-        self.backend = backend
-        self.xp = xp
-        self.x = x
-        self.gamma = gamma
-        self.gamma_shape = gamma_shape
-        self.mean = mean
-        self.invstd = invstd
-        self.out_shape = tuple(x.shape)
-        self.geom = geom
+    def __init__(self, op, mode, route, x, gamma, gamma_shape, mean, invstd, geom, comm=None):
+        self._set(op=op, mode=mode, backend_name=route.backend.NAME, xp_name=route.xp.__name__,
+                  adapter=route.adapter, x=_own_view(x), gamma=gamma,
+                  gamma_shape=tuple(gamma_shape), mean=mean, invstd=invstd,
+                  out_shape=tuple(x.shape), geom=geom, comm=comm)
 
     def __repr__(self):
-        return (f"<{self.op} cache: mode={self.mode!r}, backend={self.backend.NAME!r}, "
+        return (f"<{self.op} cache: mode={self.mode!r}, backend={self.backend_name!r}, "
                 f"shape={self.out_shape}>")
 
 
-class DropoutCache:
+class DropoutCache(_Cache):
     """Opaque cache of a dropout forward: the keep mask packed to one bit per
-    value (``bits``, uint8) in training, nothing in test mode, and ``p``."""
+    value (``bits``, uint8) in training, nothing in test mode, and ``p``.
+    Read-only and picklable."""
 
-    __slots__ = ("op", "mode", "backend", "xp", "p", "seed", "bits", "shape", "dtype")
+    _fields = ("op", "mode", "backend_name", "xp_name", "adapter", "p", "seed", "offset",
+               "bits", "shape", "dtype")
+    __slots__ = _fields
 
-    def __init__(self, mode, backend, xp, p, seed, bits, shape, dtype):
-        self.op = "dropout_forward"
-        self.mode = mode
-        self.backend = backend
-        self.xp = xp
-        self.p = p
-        self.seed = seed
-        self.bits = bits
-        self.shape = tuple(shape)
-        self.dtype = dtype
+    def __init__(self, mode, route, p, seed, offset, bits, shape, dtype):
+        self._set(op="dropout_forward", mode=mode, backend_name=route.backend.NAME,
+                  xp_name=route.xp.__name__, adapter=route.adapter, p=p, seed=seed,
+                  offset=offset, bits=bits, shape=tuple(shape), dtype=dtype)
 
     def __repr__(self):
         return (f"<dropout cache: mode={self.mode!r}, p={self.p}, seed={self.seed}, "
                 f"shape={self.shape}>")
+
+
+def _cache_route(cache, what, arrays):
+    """The route a backward takes: the forward's backend, and the caller's
+    library (the arrays in ``arrays`` must be of it)."""
+    route = Route(cache.backend, cache.xp, cache.adapter)
+    if cache.adapter is None or cache.adapter.kind == "reference":
+        backend_for(arrays)            # same library and device as the cached arrays
+    else:
+        for n, a in arrays:
+            if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+                raise TypeError(f"{n} must be an array (NumPy, CuPy or another array-API "
+                                f"library), got {V._type_name(a)}")
+            if not cache.adapter.owns(a):
+                raise TypeError(f"{n} ({type(a).__module__.split('.')[0]}.{type(a).__name__}) "
+                                f"is not an array of the library and device of the forward's "
+                                f"input ({cache.adapter.library}, {cache.adapter.kind}); "
+                                f"{what}")
+    return route
+
+
+def _converted(cache) -> bool:
+    """Whether the cache holds the backend's arrays converted from another
+    library's (so the caller's arrays cannot be compared with them)."""
+    return cache.adapter is not None and cache.adapter.kind != "reference"
 
 
 # ------------------------------------------------------------------ dropout
@@ -75,16 +149,20 @@ def dropout_forward(x, dropout_param):
     Parameters
     ----------
     x : array of any shape, float32 or float64 (float16 too on CuPy)
-        NumPy, CuPy or other array-API array.
+        NumPy, CuPy, PyTorch, JAX or other array-API array.
     dropout_param : dict
         ``p``: keep probability in (0, 1]; ``mode``: ``'train'`` or ``'test'``;
         ``seed`` (optional): int in [0, 2**64).  Without a seed, one is drawn from
         NumPy's global legacy generator (so ``np.random.seed`` keeps runs
-        reproducible).  ``dropout_param`` is not modified.
+        reproducible).  ``offset`` (optional, default 0): value ``i`` uses the
+        generator's word for index ``offset + i``, so a shard holding rows
+        ``[a, b)`` of an ``(N, D)`` batch, called with ``offset = a * D``, gets
+        those rows of the whole batch's mask; ``offset + x.size <= 2**64``.
+        ``dropout_param`` is not modified.
 
     Returns
     -------
-    out : array, x's shape and dtype, C order
+    out : array, x's shape and dtype, C order, of x's library
         Training: ``x * s`` where the value is kept and 0 elsewhere, ``s = 1/p``
         rounded to x's dtype.  Test mode: ``x`` itself.
     cache : DropoutCache
@@ -93,21 +171,26 @@ def dropout_forward(x, dropout_param):
     Notes
     -----
     Value ``i`` (flat C-order index) is kept iff the Philox4x32-10 word for
-    ``i`` under the seed is below ``floor(p * 2**32)``: the same seed, shape and
-    ``p`` give the same mask on every backend and thread count.
+    ``offset + i`` under the seed is below ``floor(p * 2**32)``: the same seed,
+    shape, offset and ``p`` give the same mask on every backend and thread
+    count.
     """
-    backend, xp = backend_for((("x", x),))
+    route = backend_for((("x", x),))
+    backend, xp = route.backend, route.xp
     V.param_dict(dropout_param, "dropout_param")
     mode = V.mode(dropout_param, "dropout_param")
     p = V.keep_probability(dropout_param)
     seed = V.optional_seed(dropout_param)
-    V.floating_x(x, "x", backend.supported_dtypes(xp), xp)
+    xn = route.native(x, "x", floating=True)
+    V.floating_x(xn, "x", backend.supported_dtypes(xp), xp)
+    offset = V.offset_value(dropout_param.get("offset", 0), math.prod(xn.shape))
     if mode == "test":
-        return x, DropoutCache(mode, backend, xp, p, None, None, x.shape, x.dtype)
+        return x, DropoutCache(mode, route, p, None, offset, None, xn.shape, xn.dtype)
     if seed is V._NO_SEED:
         seed = int(np.random.randint(0, 2**64, dtype=np.uint64))
-    out, bits = backend.dropout_fwd(xp, x, p, seed)
-    return out, DropoutCache(mode, backend, xp, p, seed, bits, x.shape, x.dtype)
+    with _stream(route, x):
+        out, bits = backend.dropout_fwd(xp, xn, p, seed, offset)
+    return route.wrap(out), DropoutCache(mode, route, p, seed, offset, bits, xn.shape, xn.dtype)
 
 
 def dropout_backward(dout, cache):
@@ -115,7 +198,7 @@ def dropout_backward(dout, cache):
 
     Parameters
     ----------
-    dout : array, the forward output's shape, floating
+    dout : array, the forward output's shape, floating, of the forward's library
         Upstream gradient (cast to the forward's dtype if it differs).
     cache : DropoutCache
         From :func:`dropout_forward`.
@@ -126,19 +209,23 @@ def dropout_backward(dout, cache):
         Training: ``dout * s`` where kept, 0 elsewhere; test mode: ``dout``.
     """
     V.cache_kind(cache, DropoutCache, "dropout_backward", "dropout_forward")
-    backend_for((("dout", dout),) if cache.bits is None
-                else (("dout", dout), ("the cached mask", cache.bits)))
-    backend, xp = cache.backend, cache.xp
-    V.dout_shape(dout, cache.shape, "dropout_backward")
-    V.floating_x(dout, "dout", backend.supported_dtypes(xp), xp)
+    named = (("dout", dout),) if cache.bits is None or _converted(cache) \
+        else (("dout", dout), ("the cached mask", cache.bits))
+    route = _cache_route(cache, "dropout_backward", named)
+    backend, xp = route.backend, route.xp
+    dn = route.native(dout, "dout", floating=True)
+    V.dout_shape(dn, cache.shape, "dropout_backward")
+    V.floating_x(dn, "dout", backend.supported_dtypes(xp), xp)
     if cache.mode == "test":
         return dout
-    if dout.dtype != cache.dtype:
-        dout = xp.astype(dout, cache.dtype)
-    return backend.dropout_bwd(xp, dout, cache.bits, cache.p)
+    V.cached_bits(cache.bits, math.prod(cache.shape))
+    if dn.dtype != cache.dtype:
+        dn = xp.astype(dn, cache.dtype)
+    with _stream(route, dout):
+        return route.wrap(backend.dropout_bwd(xp, dn, cache.bits, cache.p))
 
 
-def dropout_mask(shape, p, seed, like=None):
+def dropout_mask(shape, p, seed, like=None, offset=0):
     """The boolean keep mask that :func:`dropout_forward` uses.
 
     Parameters
@@ -148,8 +235,10 @@ def dropout_mask(shape, p, seed, like=None):
         Keep probability.
     seed : int in [0, 2**64)
     like : array, optional
-        The mask is made by this array's backend and on its device (NumPy when
-        None).
+        The mask is made by this array's backend, on its device and in its
+        library (NumPy when None).
+    offset : int, optional
+        The generator index of the first value (see :func:`dropout_forward`).
 
     Returns
     -------
@@ -163,18 +252,29 @@ def dropout_mask(shape, p, seed, like=None):
         raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
     if any(s < 0 for s in shape):
         raise ValueError(f"shape must not have negative sizes, got {shape}")
+    offset = V.offset_value(offset, math.prod(shape))
     if like is None:
-        backend, xp = backend_for(())
+        route = backend_for(())
         device = None
     else:
-        backend, xp = backend_for((("like", like),))
-        device = _device(like)
-    return backend.dropout_mask(xp, shape, p, seed, device)
+        route = backend_for((("like", like),))
+        device = None if route.adapter is not None and route.adapter.kind == "cpu" \
+            else _device(route.native(like, "like"))
+    with _stream(route, like):
+        mask = route.backend.dropout_mask(route.xp, shape, p, seed, offset, device)
+    return route.wrap(mask)
 
 
 def _device(x):
     import array_api_compat as aac
     return aac.device(x)
+
+
+def _stream(route, a):
+    """The producer's stream for a call on the CUDA kernels (DLPack arrays)."""
+    if route.adapter is None or a is None:
+        return contextlib.nullcontext()
+    return route.adapter.stream(a)
 
 
 # ------------------------------------------------------------ normalization
@@ -238,63 +338,74 @@ def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
             named.append((f"{spec.param_name}['running_mean']", rm))
         if rv is not None:
             named.append((f"{spec.param_name}['running_var']", rv))
-    backend, xp = backend_for(named)   # one check: same library and device for all
+    route = backend_for(named)     # one check: same library and device for all
+    backend, xp = route.backend, route.xp
     mode = V.mode(param, spec.param_name) if spec.running else "train"
     eps = V.eps_value(param, spec.param_name)
     momentum = V.momentum_value(param) if spec.running else None
-    V.floating_x(x, "x", backend.supported_dtypes(xp), xp)
-    spec.check_x(x, spec.name)
-    geom = spec.geometry(tuple(x.shape), extra)
-    C = x.shape[spec.channel_axis]
+    xn = route.native(x, "x", floating=True)
+    V.floating_x(xn, "x", backend.supported_dtypes(xp), xp)
+    spec.check_x(xn, spec.name)
+    geom = spec.geometry(tuple(xn.shape), extra)
+    C = xn.shape[spec.channel_axis]
     gamma_shape = tuple(gamma.shape)
-    g = V.channel_param(gamma, "gamma", C, spec.spatial_params, xp)
-    b = V.channel_param(beta, "beta", C, spec.spatial_params, xp)
+    g = V.channel_param(route.native(gamma, "gamma"), "gamma", C, spec.spatial_params, xp)
+    b = V.channel_param(route.native(beta, "beta"), "beta", C, spec.spatial_params, xp)
     if rm is not None:
-        rm = V.channel_param(rm, f"{spec.param_name}['running_mean']", C, spec.spatial_params, xp)
+        rm = V.channel_param(route.native(rm, "running_mean"),
+                             f"{spec.param_name}['running_mean']", C, spec.spatial_params, xp)
     if rv is not None:
-        rv = V.channel_param(rv, f"{spec.param_name}['running_var']", C, spec.spatial_params, xp)
+        rv = V.channel_param(route.native(rv, "running_var"),
+                             f"{spec.param_name}['running_var']", C, spec.spatial_params, xp)
     if mode == "train" and spec.running:
-        V.train_count(geom.count, tuple(x.shape))
+        V.train_count(geom.count, tuple(xn.shape))
     # -- validated: from here on nothing raises on user input
-    dt = x.dtype
+    dt = xn.dtype
     if g.dtype != dt:
         g = xp.astype(g, dt)
     if b.dtype != dt:
         b = xp.astype(b, dt)
-    if mode == "train":
-        out, mean, var, invstd = backend.norm_train_fwd(xp, x, geom, g, b, eps)
-        if spec.running:
-            param["running_mean"] = backend.running_update(xp, rm, mean, momentum, dt)
-            param["running_var"] = backend.running_update(xp, rv, var, momentum, dt)
-    else:
-        f64 = xp.float64
-        if rm is None or rv is None:
-            zeros = xp.zeros((C,), dtype=f64, device=_device(x))
-        mean = zeros if rm is None else xp.astype(xp.astype(rm, dt), f64)
-        var = zeros if rv is None else xp.astype(xp.astype(rv, dt), f64)
-        invstd = 1.0 / xp.sqrt(var + eps)
-        out = backend.normalize(xp, x, geom, mean, invstd, g, b)
-    cache = NormCache(spec.name, mode, backend, xp, x, g, gamma_shape, mean, invstd, geom)
-    return out, cache
+    with _stream(route, x):
+        if mode == "train":
+            out, mean, var, invstd = backend.norm_train_fwd(xp, xn, geom, g, b, eps)
+            if spec.running:
+                new_rm = backend.running_update(xp, rm, mean, momentum, dt)
+                new_rv = backend.running_update(xp, rv, var, momentum, dt)
+                param["running_mean"] = route.wrap(new_rm)
+                param["running_var"] = route.wrap(new_rv)
+        else:
+            f64 = xp.float64
+            if rm is None or rv is None:
+                zeros = xp.zeros((C,), dtype=f64, device=_device(xn))
+            mean = zeros if rm is None else xp.astype(xp.astype(rm, dt), f64)
+            var = zeros if rv is None else xp.astype(xp.astype(rv, dt), f64)
+            invstd = 1.0 / xp.sqrt(var + eps)
+            out = backend.normalize(xp, xn, geom, mean, invstd, g, b)
+    cache = NormCache(spec.name, mode, route, xn, g, gamma_shape, mean, invstd, geom)
+    return route.wrap(out), cache
 
 
 def _norm_backward(spec: _NormOp, op, dout, cache):
     """The backward of a normalization op: the contract's composite
     ``norm_bwd`` (``grad_reduce`` then ``grad_input``)."""
     V.cache_kind(cache, NormCache, op, spec.name)
-    backend_for((("dout", dout), ("the cached x", cache.x)))
-    backend, xp = cache.backend, cache.xp
-    V.dout_shape(dout, cache.out_shape, op)
-    V.floating_x(dout, "dout", backend.supported_dtypes(xp), xp)
+    route = _cache_route(cache, op, (("dout", dout),) if _converted(cache)
+                         else (("dout", dout), ("the cached x", cache.x)))
+    backend, xp = route.backend, route.xp
+    dn = route.native(dout, "dout", floating=True)
+    V.dout_shape(dn, cache.out_shape, op)
+    V.floating_x(dn, "dout", backend.supported_dtypes(xp), xp)
     x = cache.x
-    if dout.dtype != x.dtype:
-        dout = xp.astype(dout, x.dtype)
-    dx, dgamma, dbeta = backend.norm_bwd(xp, dout, x, cache.geom, cache.mean, cache.invstd,
-                                         cache.gamma, cache.mode == "train")
+    V.cached_norm(cache, xp)
+    if dn.dtype != x.dtype:
+        dn = xp.astype(dn, x.dtype)
+    with _stream(route, dout):
+        dx, dgamma, dbeta = backend.norm_bwd(xp, dn, x, cache.geom, cache.mean, cache.invstd,
+                                             cache.gamma, cache.mode == "train")
     if cache.gamma_shape != tuple(dgamma.shape):
         dgamma = xp.reshape(dgamma, cache.gamma_shape)
         dbeta = xp.reshape(dbeta, cache.gamma_shape)
-    return dx, dgamma, dbeta
+    return route.wrap(dx), route.wrap(dgamma), route.wrap(dbeta)
 
 
 # ---------------------------------------------------------------- batchnorm

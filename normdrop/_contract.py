@@ -159,14 +159,15 @@ class Backend(Protocol):
         """``momentum * old + (1 - momentum) * batch`` in float64, rounded to
         dtype (``old`` None counts as zeros)."""
 
-    def dropout_fwd(self, xp, x, p: float, seed: int):
-        """``(out, bits)``: inverted dropout and the packed keep mask."""
+    def dropout_fwd(self, xp, x, p: float, seed: int, offset: int):
+        """``(out, bits)``: inverted dropout and the packed keep mask; value
+        ``i`` uses the generator's word for index ``offset + i``."""
 
     def dropout_bwd(self, xp, dout, bits, p: float):
         """``dx = dout * (1/p)`` where the packed mask keeps, else 0."""
 
-    def dropout_mask(self, xp, shape, p: float, seed: int, device):
-        """The boolean keep mask of ``shape``."""
+    def dropout_mask(self, xp, shape, p: float, seed: int, offset: int, device):
+        """The boolean keep mask of ``shape`` (words from index ``offset``)."""
 
 
 def finish_moments(xp, count: int, mean, m2, eps: float):

@@ -68,9 +68,64 @@ def reference_forced() -> bool:
     return _force.get()
 
 
+class Route:
+    """Where one call computes and how its arrays get there and back.
+
+    ``backend`` and ``xp`` (the backend's array namespace); ``adapter`` is
+    None when the arrays are the backend's own (NumPy, CuPy, the reference's
+    namespace), else a :class:`normdrop._interop.Adapter` that converts the
+    caller's arrays (:meth:`native`) and the results (:meth:`wrap`).
+    """
+
+    __slots__ = ("backend", "xp", "adapter")
+
+    def __init__(self, backend, xp, adapter=None):
+        self.backend = backend
+        self.xp = xp
+        self.adapter = adapter
+
+    def native(self, a, name: str, floating: bool = False):
+        """a (of the caller's library) as the backend's array."""
+        if self.adapter is None or a is None:
+            return a
+        return self.adapter.native(a, name, floating)
+
+    def wrap(self, a):
+        """A result of the backend as an array of the caller's library."""
+        if self.adapter is None or a is None:
+            return a
+        return self.adapter.wrap(a)
+
+    def accepts(self, a) -> bool:
+        """Whether a comes from the library and device this route serves."""
+        if self.adapter is None:
+            return True
+        return self.adapter.owns(a)
+
+
+def _refuse_subclass(name, a):
+    """TypeError for ndarray subclasses whose semantics normdrop cannot
+    honour: masks (their masked values would enter the statistics), matrix
+    semantics, and subclasses that override NumPy's operations (units, ...).
+    Plain views such as np.memmap are fine."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray: normdrop would use the masked values "
+                        "too; pass an ndarray (e.g. the unmasked rows, or x.filled(value))")
+    if isinstance(a, np.matrix):
+        raise TypeError(f"{name} is a numpy.matrix; pass an ndarray (np.asarray({name}))")
+    t = type(a)
+    if t.__array_ufunc__ is not np.ndarray.__array_ufunc__ or \
+            t.__array_function__ is not np.ndarray.__array_function__:
+        raise TypeError(f"{name} is a {_type_name(a)}, an ndarray subclass that overrides NumPy's "
+                        "operations, whose meaning normdrop cannot keep; pass an ndarray")
+
+
 def backend_for(named):
-    """(backend module, namespace) for the arrays in ``named``, a sequence of
-    ``(name, array)``.
+    """The :class:`Route` for the arrays in ``named``, a sequence of
+    ``(name, array)``: NumPy arrays on the C kernels, CuPy arrays on the CUDA
+    kernels, arrays of other libraries that export DLPack on the CPU (on a
+    CUDA device) on the C (CUDA) kernels through an adapter, anything else
+    on the reference implementation.  With no arrays, NumPy's route.
 
     Raises TypeError naming the arrays involved when one is not an array, when
     they come from different libraries, or when they live on different devices.
@@ -79,32 +134,66 @@ def backend_for(named):
     if all(type(a) is np.ndarray for _, a in arrays):
         if _force.get():
             import array_api_compat.numpy as npx
-            return _reference, npx
-        return _cpu(), np
+            return Route(_reference, npx)
+        return Route(_cpu(), np)
+    for n, a in arrays:
+        if isinstance(a, np.ndarray) and type(a) is not np.ndarray:
+            _refuse_subclass(n, a)
     import array_api_compat as aac
 
     for n, a in arrays:
         if not aac.is_array_api_obj(a):
             raise TypeError(f"{n} must be an array (NumPy, CuPy or another array-API "
                             f"library), got {_type_name(a)}")
-    try:
-        xp = aac.array_namespace(*(a for _, a in arrays))
-    except TypeError:
-        kinds = ", ".join(f"{n} ({_type_name(a)})" for n, a in arrays)
-        raise TypeError(f"arrays from different array libraries cannot be mixed: {kinds}") from None
+    first = arrays[0][1]
+    t0 = type(first)
+    if t0.__module__.startswith("torch") and all(type(a) is t0 for _, a in arrays):
+        xp = None                          # one library: no namespace needed yet
+    else:
+        try:
+            xp = aac.array_namespace(*(a for _, a in arrays))
+        except TypeError:
+            kinds = ", ".join(f"{n} ({_type_name(a)})" for n, a in arrays)
+            raise TypeError(f"arrays from different array libraries cannot be mixed: {kinds}") \
+                from None
+        if aac.is_numpy_namespace(xp):
+            if _force.get():
+                return Route(_reference, xp)
+            return Route(_cpu(), np)
+        if aac.is_cupy_namespace(xp):
+            _same_device(arrays, aac)
+            return Route(_reference if _force.get() else _cuda(), xp)
+    _same_device(arrays, aac)
+    from ._interop import adapter_for
+    ad = adapter_for(first)
+    if _force.get() or ad.kind == "reference":
+        from ._interop import Adapter
+        ref = Adapter(ad.library, "reference", t0)
+        return Route(_reference, xp if xp is not None else aac.array_namespace(first), ref)
+    if ad.kind == "cpu":
+        return Route(_cpu(), np, ad)
+    import cupy
+    return Route(_cuda(), cupy, ad)
+
+
+def _same_device(arrays, aac):
     dev0 = aac.device(arrays[0][1])
     for n, a in arrays[1:]:
         d = aac.device(a)
         if d != dev0:
             raise TypeError(f"arrays on different devices: {arrays[0][0]} is on {dev0}, "
                             f"{n} is on {d}")
-    if aac.is_numpy_namespace(xp):
-        if _force.get():
-            return _reference, xp
-        return _cpu(), np
-    if aac.is_cupy_namespace(xp) and not _force.get():
-        return _cuda(), xp
-    return _reference, xp
+
+
+def backend_by_name(name: str):
+    """The backend module called ``name`` (for unpickled caches)."""
+    if name == "cpu":
+        return _cpu()
+    if name == "cuda":
+        return _cuda()
+    if name == "reference":
+        return _reference
+    raise ValueError(f"no normdrop backend named {name!r}")
 
 
 def namespace_backend_name(xp) -> str:

@@ -51,20 +51,75 @@ def philox4x32_10(xp, c0, c1, c2, c3, k0: int, k1: int):
     return c0, c1, c2, c3
 
 
-def dropout_words(xp, n: int, seed: int, device=None):
-    """The Philox word of each of the first n values (flat C order), as int64
-    in [0, 2**32): value i takes lane i % 4 of block i // 4, whose counter is
-    (block mod 2**32, block // 2**32, 0, 0)."""
-    nblocks = (n + 3) // 4
-    b = xp.arange(nblocks, dtype=xp.int64, device=device)
-    zero = xp.zeros_like(b)
-    w = philox4x32_10(xp, b & _LO32, b >> 32, zero, zero, seed & _LO32, seed >> 32)
-    return xp.reshape(xp.stack(w, axis=1), (-1,))[:n]
+def _mulhilo32_u32(xp, c, m: int):
+    """(hi, lo) of the 32-bit words c (uint32) times the constant m, in uint32
+    arithmetic only (for libraries without int64, e.g. JAX without x64): 16-bit
+    limbs, so no product or partial sum exceeds 2**32 - 1."""
+    u16 = 0xFFFF
+    c_lo, c_hi = c & u16, c >> 16
+    m_lo, m_hi = m & u16, m >> 16
+    p0, p1, p2, p3 = c_lo * m_lo, c_lo * m_hi, c_hi * m_lo, c_hi * m_hi   # each < 2**32
+    mid = (p0 >> 16) + (p1 & u16) + (p2 & u16)                           # < 3 * 2**16
+    lo = (p0 & u16) | ((mid & u16) << 16)
+    hi = p3 + (p1 >> 16) + (p2 >> 16) + (mid >> 16)                      # the exact high word
+    return hi, lo
 
 
-def keep_flags(xp, n, p, seed, device=None):
-    """The keep flag (bool) of each of the first n values."""
-    return dropout_words(xp, n, seed, device) < keep_threshold(p)
+def _philox_u32(xp, c0, c1, k0: int, k1: int):
+    """Philox4x32-10 of counters (c0, c1, 0, 0), uint32 words (as
+    philox4x32_10, without int64)."""
+    u32 = xp.uint32
+    c2 = xp.zeros_like(c0)
+    c3 = xp.zeros_like(c0)
+    for r in range(10):
+        rk0 = xp.asarray((k0 + r * PHILOX_W0) & _LO32, dtype=u32)
+        rk1 = xp.asarray((k1 + r * PHILOX_W1) & _LO32, dtype=u32)
+        hi0, lo0 = _mulhilo32_u32(xp, c0, PHILOX_M0)
+        hi1, lo1 = _mulhilo32_u32(xp, c2, PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ rk0, lo1, hi0 ^ c3 ^ rk1, lo0
+    return c0, c1, c2, c3
+
+
+def dropout_words(xp, n: int, seed: int, device=None, offset: int = 0):
+    """The Philox word of each of the n values from generator index
+    ``offset`` (flat C order): value i takes lane (offset + i) % 4 of block
+    (offset + i) // 4, whose counter is (block mod 2**32, block // 2**32, 0, 0).
+    int64 in [0, 2**32), or uint32 where the library has no int64."""
+    if n == 0:
+        return xp.zeros((0,), dtype=xp.int64 if int64_ok(xp) else xp.uint32, device=device)
+    b0, lane0 = offset >> 2, offset & 3
+    nblocks = ((offset + n - 1) >> 2) - b0 + 1
+    k0, k1 = seed & _LO32, seed >> 32
+    if int64_ok(xp):
+        b = xp.arange(nblocks, dtype=xp.int64, device=device) + b0     # b0 < 2**62
+        zero = xp.zeros_like(b)
+        w = philox4x32_10(xp, b & _LO32, b >> 32, zero, zero, k0, k1)
+    else:
+        k = xp.arange(nblocks, dtype=xp.uint32, device=device)
+        lo0, hi0 = b0 & _LO32, b0 >> 32
+        room = _LO32 - lo0                        # blocks before the low word wraps
+        lo = k + xp.asarray(lo0, dtype=xp.uint32)                         # wraps mod 2**32
+        hi = xp.where(k > xp.asarray(room, dtype=xp.uint32),
+                      xp.asarray((hi0 + 1) & _LO32, dtype=xp.uint32),
+                      xp.asarray(hi0, dtype=xp.uint32))
+        w = _philox_u32(xp, lo, hi, k0, k1)
+    words = xp.reshape(xp.stack(w, axis=1), (-1,))
+    return words[lane0:lane0 + n]
+
+
+def int64_ok(xp) -> bool:
+    """Whether xp has real int64 arrays (not JAX without x64)."""
+    from ._interop import int64_available
+    return int64_available(xp)
+
+
+def keep_flags(xp, n, p, seed, device=None, offset: int = 0):
+    """The keep flag (bool) of each of the n values from index offset."""
+    words = dropout_words(xp, n, seed, device, offset)
+    t = keep_threshold(p)
+    if t >= 2**32:                                # p = 1: every word is below 2**32
+        return xp.ones(words.shape, dtype=xp.bool, device=device)
+    return words < xp.asarray(t, dtype=words.dtype, device=device)
 
 
 def _device(a):

@@ -16,8 +16,11 @@ value ``i`` in bit ``i % 8`` of byte ``i // 8``).
 from __future__ import annotations
 
 import math
+import warnings
 
 from . import _philox
+from ._interop import AccumulationWarning as _AccumulationWarning
+from ._interop import float64_available as _float64_available
 
 NAME = "reference"
 
@@ -29,12 +32,22 @@ def supported_dtypes(xp) -> tuple:
 
 
 # --------------------------------------------------------------- grouping
+def _acc_dtype(xp):
+    if _float64_available(xp):
+        return xp.float64
+    warnings.warn(f"{xp.__name__} has no float64 here (for JAX: jax.config.update("
+                  "'jax_enable_x64', True)); normdrop's reference computes in float32, without "
+                  "the float64 accumulation of its other backends", _AccumulationWarning,
+                  stacklevel=4)
+    return xp.float32
+
+
 def _view(xp, a, geom):
     """a (any logical shape) in float64 as ``(n, G, cg, s)``: G groups of cg
     channels (G = 1, cg = c when statistics are per channel)."""
     n, c, s, groups = geom
     g = groups if groups else 1
-    return xp.reshape(xp.astype(a, xp.float64), (n, g, c // g if g else 0, s))
+    return xp.reshape(xp.astype(a, _acc_dtype(xp)), (n, g, c // g if g else 0, s))
 
 
 def _group_axes(geom):
@@ -52,7 +65,7 @@ def _per_group(xp, v, geom):
 def _per_channel(xp, v, geom):
     """A (c,) array broadcast against the (n, G, cg, s) view."""
     g = geom.groups if geom.groups else 1
-    return xp.reshape(xp.astype(v, xp.float64), (1, g, geom.c // g if g else 0, 1))
+    return xp.reshape(xp.astype(v, _acc_dtype(xp)), (1, g, geom.c // g if g else 0, 1))
 
 
 def _flat_groups(xp, v, geom):
@@ -73,7 +86,7 @@ def moments(xp, x, geom):
     axes = _group_axes(geom)
     count = geom.count
     if count == 0:
-        z = xp.zeros((geom.ngroups,), dtype=xp.float64, device=_device(xp, x))
+        z = xp.zeros((geom.ngroups,), dtype=_acc_dtype(xp), device=_device(xp, x))
         return 0, z, z
     mean = xp.sum(v, axis=axes) / count
     centered = v - _per_group(xp, mean, geom)
@@ -156,11 +169,11 @@ def _device(xp, a):
     return aac.device(a)
 
 
-def dropout_fwd(xp, x, p, seed):
+def dropout_fwd(xp, x, p, seed, offset):
     """(out, bits): out = x * s where kept else 0, s = 1/p rounded to x's
-    dtype; bits the packed keep mask."""
+    dtype; bits the packed keep mask (words from index offset)."""
     n = math.prod(x.shape)
-    keep = _philox.keep_flags(xp, n, p, seed, _device(xp, x))
+    keep = _philox.keep_flags(xp, n, p, seed, _device(xp, x), offset)
     scale = xp.asarray(1.0 / p, dtype=x.dtype, device=_device(xp, x))
     flat = xp.reshape(x, (-1,))
     out = xp.where(keep, flat * scale, xp.zeros_like(flat))
@@ -176,7 +189,7 @@ def dropout_bwd(xp, dout, bits, p):
     return xp.reshape(xp.where(keep, flat * scale, xp.zeros_like(flat)), dout.shape)
 
 
-def dropout_mask(xp, shape, p, seed, device=None):
-    """Boolean keep mask of the given shape."""
+def dropout_mask(xp, shape, p, seed, offset, device=None):
+    """Boolean keep mask of the given shape (words from index offset)."""
     n = math.prod(shape)
-    return xp.reshape(_philox.keep_flags(xp, n, p, seed, device), tuple(shape))
+    return xp.reshape(_philox.keep_flags(xp, n, p, seed, device, offset), tuple(shape))

@@ -76,13 +76,31 @@ def optional_seed(param):
     return _NO_SEED if seed is None else seed_value(seed)
 
 
+#: The smallest normal float64: an eps below it (a subnormal) loses the
+#: precision the statistics are computed with (1/sqrt(var + eps) of a
+#: constant channel overflows), so it is refused.
+EPS_MIN = 2.2250738585072014e-308
+
+
+def offset_value(offset, size: int) -> int:
+    """A dropout offset: an int >= 0 with offset + size <= 2**64."""
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
+        raise TypeError(f"offset must be an int in [0, 2**64 - size], got {_type_name(offset)} "
+                        f"{offset!r}")
+    o = int(offset)
+    if o < 0 or o + size > 2**64:
+        raise ValueError(f"offset must be in [0, 2**64 - size] (size {size}), got {o}")
+    return o
+
+
 def eps_value(param, name: str = "bn_param") -> float:
     eps = param.get("eps", 1e-5)
     if not _is_number(eps):
         raise TypeError(f"{name}['eps'] must be a real number > 0, got {_type_name(eps)}")
     eps = float(eps)
-    if not (eps > 0.0 and math.isfinite(eps)):
-        raise ValueError(f"{name}['eps'] must be a finite number > 0, got {eps!r}")
+    if not (eps >= EPS_MIN and math.isfinite(eps)):
+        raise ValueError(f"{name}['eps'] must be a finite number of at least {EPS_MIN!r} (the "
+                         f"smallest normal float64), got {eps!r}")
     return eps
 
 
@@ -176,3 +194,32 @@ def cache_kind(cache, cls, op: str, forward: str) -> None:
     if not isinstance(cache, cls) or getattr(cache, "op", None) != forward:
         got = getattr(cache, "op", None) or _type_name(cache)
         raise TypeError(f"{op} needs the cache returned by {forward}, got a cache of {got}")
+
+
+def cached_bits(bits, n: int) -> None:
+    """The packed mask of a dropout cache holds the bits of n values."""
+    need = (n + 7) // 8
+    size = int(math.prod(bits.shape))
+    if _dtype_name(bits.dtype) != "uint8" or bits.ndim != 1 or size < need:
+        raise ValueError(f"dropout_backward: the cache's mask (dtype {_dtype_name(bits.dtype)}, "
+                         f"shape {tuple(bits.shape)}) does not hold the {need} bytes of a mask "
+                         f"of {n} values; was the cache changed?")
+
+
+def cached_norm(cache, xp) -> None:
+    """The arrays of a normalization cache are the ones its forward made."""
+    geom = cache.geom
+    x = cache.x
+    problems = []
+    if tuple(x.shape) != cache.out_shape:
+        problems.append(f"x has shape {tuple(x.shape)}, the forward's was {cache.out_shape}")
+    for name in ("mean", "invstd"):
+        a = getattr(cache, name)
+        if tuple(a.shape) != (geom.ngroups,) or _dtype_name(a.dtype) != "float64":
+            problems.append(f"{name} has shape {tuple(a.shape)} and dtype "
+                            f"{_dtype_name(a.dtype)}, expected ({geom.ngroups},) float64")
+    g = cache.gamma
+    if tuple(g.shape) != (geom.c,) or g.dtype != x.dtype:
+        problems.append(f"gamma has shape {tuple(g.shape)}, expected ({geom.c},)")
+    if problems:
+        raise ValueError(f"{cache.op} cache was changed: " + "; ".join(problems))

@@ -105,8 +105,12 @@ def _strict_backend():
     except ImportError:
         return Backend("reference-strict", (), False, None, None,
                        skip="array_api_strict is not installed")
+    # array_api_strict exports DLPack, so its CPU arrays would reach the C
+    # kernels: the reference is forced, so that this entry keeps exercising
+    # the reference implementation on a library other than NumPy.
     return Backend("reference-strict", ("float32", "float64"), False,
-                   lambda a: xps.asarray(a), lambda a: np.asarray(a), xp=xps)
+                   lambda a: xps.asarray(a), lambda a: np.asarray(a),
+                   context=normdrop.force_reference, xp=xps)
 
 
 def _cupy_backend():
@@ -137,7 +141,35 @@ def _cupy_strided(cupy, a):
     return view
 
 
-BACKENDS = _numpy_backends() + [_strict_backend(), _cupy_backend()]
+def _torch_backend():
+    """PyTorch CPU tensors: on the C kernels (zero-copy), results as tensors."""
+    try:
+        import torch
+        import array_api_compat.torch as xp
+    except Exception as exc:  # noqa: BLE001 - any import failure skips
+        return Backend("torch", (), True, None, None,
+                       skip=f"torch is not installed (optional): {type(exc).__name__}")
+    return Backend("torch", ("float32", "float64"), True, lambda a: torch.from_numpy(a),
+                   lambda t: t.detach().numpy() if isinstance(t, torch.Tensor) else np.asarray(t),
+                   xp=xp)
+
+
+def _jax_backend():
+    """JAX CPU arrays (float64 with jax_enable_x64): on the C kernels through
+    DLPack, results as JAX arrays.  JAX has no memory layouts to give."""
+    try:
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+    except Exception as exc:  # noqa: BLE001
+        return Backend("jax", (), False, None, None,
+                       skip=f"jax is not installed (optional): {type(exc).__name__}")
+    return Backend("jax", ("float32", "float64"), False, lambda a: jnp.asarray(a),
+                   lambda a: np.asarray(a), xp=jnp)
+
+
+BACKENDS = _numpy_backends() + [_strict_backend(), _torch_backend(), _jax_backend(),
+                                _cupy_backend()]
 BACKEND_IDS = [b.name for b in BACKENDS]
 
 

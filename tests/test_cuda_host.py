@@ -653,7 +653,7 @@ def test_results_do_not_depend_on_thread_or_block_order(cp, case, dtype):
         out, mean, var, invstd = _train(cuda_be, cp, xd, gd, bd, EPS)
         grads = _backward(cuda_be, cp, cp.asarray(_layout(dout, layout)), xd, gd, mean, invstd,
                                   True)
-        drop, bits = cuda_be.dropout_fwd(cp, xd, 0.4, 123)
+        drop, bits = cuda_be.dropout_fwd(cp, xd, 0.4, 123, 0)
         ddx = cuda_be.dropout_bwd(cp, cp.asarray(dout), bits, 0.4)
         return [_bits(a) for a in (out, mean, var, invstd, *grads, drop, bits, ddx)]
 
@@ -705,9 +705,9 @@ def test_kernels_accept_any_grid(cp, monkeypatch, case):
         grads = _backward(cuda_be, cp, ddx, xd, gd, mean, invstd, True)
         tout, tmean, tinvstd = _test(cuda_be, cp, xd, gd, bd, cp.asarray(rm), cp.asarray(rv), EPS)
         tgrads = _backward(cuda_be, cp, ddx, xd, gd, tmean, tinvstd, False)
-        drop, bits = cuda_be.dropout_fwd(cp, xd, 0.4, 5)
+        drop, bits = cuda_be.dropout_fwd(cp, xd, 0.4, 5, 0)
         dropdx = cuda_be.dropout_bwd(cp, ddx, bits, 0.4)
-        mask = cuda_be.dropout_mask(cp, shape, 0.4, 5)
+        mask = cuda_be.dropout_mask(cp, shape, 0.4, 5, 0)
         return [_bits(a) for a in (out, mean, var, invstd, *grads, tout, tinvstd, *tgrads,
                                    drop, bits, dropdx, mask)]
 
@@ -733,7 +733,7 @@ PS = [1e-9, 0.25, 0.5, 0.7, 0.999999, 1.0]
 def test_mask_equals_the_cpu_backend_bit_for_bit(cp, seed):
     for shape in MASK_SHAPES:
         for p in PS:
-            m = cuda_be.dropout_mask(cp, shape, p, seed)
+            m = cuda_be.dropout_mask(cp, shape, p, seed, 0)
             assert isinstance(m, cp.ndarray) and m.dtype == np.bool_ and m.shape == shape
             expected = nd.dropout_mask(shape, p, seed)
             np.testing.assert_array_equal(_bits(m), _bits(expected), err_msg=f"{shape} p={p}")
@@ -743,7 +743,7 @@ def _dropout_expected(x, dout, p, seed):
     """(out, bits, dx) of the CPU backend (float32, float64) or, for float16,
     which NumPy arrays do not take, the reference on NumPy float16."""
     if x.dtype == np.float16:
-        out, bits = _reference.dropout_fwd(npx, x, p, seed)
+        out, bits = _reference.dropout_fwd(npx, x, p, seed, 0)
         return out, bits, _reference.dropout_bwd(npx, dout, bits, p)
     param = {"p": p, "mode": "train", "seed": seed}
     out, cache = nd.dropout_forward(x, param)
@@ -765,7 +765,7 @@ def test_dropout_bit_for_bit(cp, dtype, seed):
             x.flat[3] = np.finfo(dtype).max / 1.5
         for p in (0.3, 0.6, 1.0):
             with np.errstate(over="ignore"):
-                out, bits = cuda_be.dropout_fwd(cp, cp.asarray(x), p, seed)
+                out, bits = cuda_be.dropout_fwd(cp, cp.asarray(x), p, seed, 0)
                 dx = cuda_be.dropout_bwd(cp, cp.asarray(dout), bits, p)
                 eout, ebits, edx = _dropout_expected(x, dout, p, seed)
             assert out.shape == shape and out.dtype == np.dtype(dtype) and bits.dtype == np.uint8
@@ -781,7 +781,7 @@ def test_dropout_unaligned_and_strided_inputs(cp, dtype):
     x = np.random.default_rng(2).standard_normal(4099).astype(dtype)
     xd = cp.asarray(x)
     for view, host in [(xd[1:], x[1:]), (xd[3:], x[3:]), (xd[::2], x[::2])]:
-        out, bits = cuda_be.dropout_fwd(cp, view, 0.45, 11)
+        out, bits = cuda_be.dropout_fwd(cp, view, 0.45, 11, 0)
         dx = cuda_be.dropout_bwd(cp, view, bits, 0.45)
         eout, ebits, edx = _dropout_expected(np.ascontiguousarray(host),
                                              np.ascontiguousarray(host), 0.45, 11)
@@ -792,7 +792,7 @@ def test_dropout_unaligned_and_strided_inputs(cp, dtype):
 
 def test_dropout_zero_sizes(cp):
     x = cp.zeros((0, 5), np.float16)
-    out, bits = cuda_be.dropout_fwd(cp, x, 0.5, 1)
+    out, bits = cuda_be.dropout_fwd(cp, x, 0.5, 1, 0)
     assert out.shape == (0, 5) and bits.shape == (0,)
     assert cuda_be.dropout_bwd(cp, x, bits, 0.5).shape == (0, 5)
 

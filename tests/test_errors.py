@@ -12,7 +12,11 @@ import normdrop as nd
 
 def _np(a):
     """A host copy of any backend's array (CuPy refuses np.asarray)."""
-    return a.get() if type(a).__module__.startswith("cupy") else np.array(a, copy=True)
+    if type(a).__module__.startswith("cupy"):
+        return a.get()
+    if type(a).__module__.startswith("torch"):
+        return a.detach().numpy().copy()
+    return np.array(a, copy=True)
 
 
 def _snapshot(d):

@@ -1,44 +1,212 @@
-"""The reference backend serves other array-API libraries: PyTorch CPU
-tensors through array-api-compat (when torch is installed)."""
+"""Arrays of other libraries: PyTorch and JAX CPU arrays run on the C kernels
+(zero-copy) and come back in their own type, bit for bit the NumPy path's;
+tensors that require grad leave no graph behind; what NumPy cannot carry is
+a dtype error; the reference path's defects with JAX without x64 are gone.
+Each library's tests skip, with the reason, where it is not installed."""
 from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import normdrop as nd
-from conftest import assert_close, oracle
+from normdrop._optable import OPS
+from conftest import _layout
 
-torch = pytest.importorskip("torch", reason="torch is not installed (optional)")
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _data(op, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = op.test_shape
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    if op.kind == "dropout":
+        return x, dout, None, None
+    C = op.channels(shape)
+    return x, dout, rng.uniform(0.5, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+
+
+def _run(op, x, dout, gamma, beta, mode="train", lib=None):
+    """Forward and backward of op; every array result (and running statistic)."""
+    if op.kind == "dropout":
+        out, cache = op.forward(x, {"p": 0.6, "mode": mode, "seed": 99, "offset": 3})
+        return [out, op.backward(dout, cache)], cache
+    param = {"mode": mode}
+    if op.running and mode == "test":
+        param.update(running_mean=gamma * 0.5, running_var=gamma)
+    out, cache = op.call_forward(x, gamma, beta, param, op.test_extra)
+    results = [out, *op.backward(dout, cache)]
+    if op.running:
+        results += [param["running_mean"], param["running_var"]]
+    return results, cache
+
+
+CASES = [(name, layout, mode) for name, op in OPS.items() for layout in op.layouts
+         for mode in (("train", "test") if op.running or op.kind == "dropout" else ("train",))]
+IDS = [f"{n}-{lay}-{m}" for n, lay, m in CASES]
+
+
+# ---------------------------------------------------------------- PyTorch
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch", reason="torch is not installed (optional)")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("spatial", [False, True])
-def test_batchnorm_on_torch_tensors(dtype, spatial):
-    rng = np.random.default_rng(0)
-    shape = (6, 3, 4, 5) if spatial else (20, 7)
-    fwd = nd.spatial_batchnorm_forward if spatial else nd.batchnorm_forward
-    bwd = nd.spatial_batchnorm_backward if spatial else nd.batchnorm_backward
-    x = rng.standard_normal(shape).astype(dtype)
-    dout = rng.standard_normal(shape).astype(dtype)
-    C = shape[1]
-    g, b = rng.uniform(0.5, 2, C), rng.standard_normal(C)
-    bp = {"mode": "train"}
-    out, cache = fwd(torch.from_numpy(x), torch.from_numpy(g), torch.from_numpy(b), bp)
-    assert isinstance(out, torch.Tensor) and isinstance(bp["running_mean"], torch.Tensor)
-    exp, ecache = oracle(fwd, x, g, b, {"mode": "train"})
-    assert_close(out.numpy(), exp, dtype, "out")
-    for got, ref in zip(bwd(torch.from_numpy(dout), cache), oracle(bwd, dout, ecache)):
-        assert_close(got.numpy(), ref, dtype, "backward")
+@pytest.mark.parametrize("name,layout,mode", CASES, ids=IDS)
+def test_torch_tensors_bit_for_bit_the_numpy_path(torch, name, layout, mode, dtype):
+    op = OPS[name]
+    x, dout, gamma, beta = _data(op, dtype)
+    xl, dl = _layout(x, layout), _layout(dout, layout)
+    ref, _ = _run(op, xl, dl, gamma, beta, mode)
+    t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+    got, cache = _run(op, t(xl), t(dl), t(gamma), t(beta), mode)
+    for g, r in zip(got, ref):
+        assert isinstance(g, torch.Tensor), type(g)
+        assert g.dtype == getattr(torch, dtype) and tuple(g.shape) == r.shape
+        np.testing.assert_array_equal(g.numpy(), r)
+    if layout == "channels_last" and op.kind == "norm":      # (dropout answers in C order)
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+    if op.kind != "dropout":
+        assert cache.x.ctypes.data == xl.ctypes.data        # computed on x's memory: no copy
 
 
-def test_dropout_mask_on_torch_equals_numpy():
+def test_torch_requires_grad_leaves_no_graph(torch):
+    """Outputs, gradients and running statistics of tensors that require grad
+    are plain tensors: no graph chains from one step to the next (the
+    reference path attached the running statistics to the graph)."""
+    x = torch.randn(32, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.ones(6, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    for forced in (False, True):
+        with nd.force_reference(forced):
+            bp = {"mode": "train"}
+            for _ in range(3):                 # running statistics fed back each step
+                out, cache = nd.batchnorm_forward(x, g, b, bp)
+            dx, dg, db = nd.batchnorm_backward(torch.ones(32, 6, dtype=torch.float64), cache)
+            h, dcache = nd.dropout_forward(x, {"p": 0.5, "mode": "train", "seed": 1})
+            for a in (out, dx, dg, db, bp["running_mean"], bp["running_var"], h):
+                assert not a.requires_grad and a.grad_fn is None, forced
+    ref, _ = nd.batchnorm_forward(x.detach().numpy(), g.detach().numpy(), b.detach().numpy(),
+                                  {"mode": "train"})
+    out, _ = nd.batchnorm_forward(x, g, b, {"mode": "train"})
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_torch_dtypes_numpy_cannot_carry_are_dtype_errors(torch):
+    x = torch.randn(8, 3)
+    for dt in (torch.bfloat16, torch.float16):
+        with pytest.raises(TypeError, match=f"x has dtype {str(dt).split('.')[-1]}"):
+            nd.batchnorm_forward(x.to(dt), torch.ones(3), torch.zeros(3), {"mode": "train"})
+        with pytest.raises(TypeError, match="dtype"):
+            nd.dropout_forward(x.to(dt), {"p": 0.5, "mode": "train"})
+    # a gamma NumPy cannot carry is cast, like any real dtype
+    out, _ = nd.batchnorm_forward(x, torch.ones(3, dtype=torch.bfloat16), torch.zeros(3),
+                                  {"mode": "train"})
+    ref, _ = nd.batchnorm_forward(x.numpy(), np.ones(3), np.zeros(3), {"mode": "train"})
+    np.testing.assert_array_equal(out.numpy(), ref)
+    with pytest.raises(TypeError, match="different devices|different array libraries"):
+        nd.batchnorm_forward(x, np.ones(3), torch.zeros(3), {"mode": "train"})
+    _, cache = nd.batchnorm_forward(x, torch.ones(3), torch.zeros(3), {"mode": "train"})
+    with pytest.raises(TypeError, match="not an array of the library"):
+        nd.batchnorm_backward(np.ones((8, 3), np.float32), cache)
+
+
+def test_torch_masks_and_caches(torch):
     like = torch.zeros(1)
     for seed in (0, 12345, 2**64 - 1):
         m = nd.dropout_mask((37, 11), 0.4, seed, like=like)
-        assert isinstance(m, torch.Tensor)
+        assert isinstance(m, torch.Tensor) and m.dtype == torch.bool
         np.testing.assert_array_equal(m.numpy(), nd.dropout_mask((37, 11), 0.4, seed))
-    x = torch.ones(5, 9, dtype=torch.float64)
-    out, cache = nd.dropout_forward(x, {"p": 0.5, "mode": "train", "seed": 8})
-    ref, _ = nd.dropout_forward(np.ones((5, 9)), {"p": 0.5, "mode": "train", "seed": 8})
-    np.testing.assert_array_equal(out.numpy(), ref)
-    np.testing.assert_array_equal(nd.dropout_backward(x, cache).numpy(), ref)
+    x = torch.randn(20, 7)
+    out, cache = nd.batchnorm_forward(x, torch.ones(7), torch.zeros(7), {"mode": "train"})
+    copy = pickle.loads(pickle.dumps(cache))
+    d = torch.randn(20, 7)
+    for a, b in zip(nd.batchnorm_backward(d, cache), nd.batchnorm_backward(d, copy)):
+        assert isinstance(b, torch.Tensor)
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# -------------------------------------------------------------------- JAX
+@pytest.fixture(scope="module")
+def jnp():
+    jax = pytest.importorskip("jax", reason="jax is not installed (optional)")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    return jnp
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(OPS))
+def test_jax_arrays_bit_for_bit_the_numpy_path(jnp, name, dtype):
+    op = OPS[name]
+    x, dout, gamma, beta = _data(op, dtype, seed=3)
+    ref, _ = _run(op, x, dout, gamma, beta)
+    j = lambda a: None if a is None else jnp.asarray(a)  # noqa: E731
+    got, _ = _run(op, j(x), j(dout), j(gamma), j(beta))
+    for g, r in zip(got, ref):
+        assert type(g).__module__.startswith("jax"), type(g)
+        assert str(g.dtype) == dtype
+        np.testing.assert_array_equal(np.asarray(g), r)
+
+
+JAX_NO_X64 = r"""
+import warnings, numpy as np, jax, jax.numpy as jnp, normdrop as nd
+assert not jax.config.jax_enable_x64
+x = jnp.asarray(np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+g, b = jnp.ones(16), jnp.zeros(16)
+with warnings.catch_warnings():
+    warnings.simplefilter("error")         # the C kernels: float64 accumulation, no warning
+    out, _ = nd.batchnorm_forward(x, g, b, {"mode": "train"})
+ref, _ = nd.batchnorm_forward(np.asarray(x), np.ones(16, np.float32), np.zeros(16, np.float32),
+                              {"mode": "train"})
+assert (np.asarray(out) == ref).all()
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    with nd.force_reference():
+        nd.batchnorm_forward(x, g, b, {"mode": "train"})
+assert any(issubclass(v.category, nd.AccumulationWarning) for v in w), [str(v) for v in w]
+for seed in (0, 7, 2**32, 2**63, 2**64 - 1):
+    for offset in (0, 5, 2**40 + 3):
+        expected = nd.dropout_mask((37, 11), 0.4, seed, offset=offset)
+        m = nd.dropout_mask((37, 11), 0.4, seed, like=x, offset=offset)
+        with nd.force_reference():
+            mr = nd.dropout_mask((37, 11), 0.4, seed, like=x, offset=offset)
+        assert (np.asarray(m) == expected).all() and (np.asarray(mr) == expected).all(), seed
+print("ok")
+"""
+
+
+def test_jax_without_x64(jnp):
+    """Without JAX_ENABLE_X64: the C kernels still accumulate in float64; the
+    reference path says it cannot (AccumulationWarning) instead of silently
+    computing in float32; dropout masks work for every seed and offset on
+    both paths (the reference's int64 Philox overflowed)."""
+    env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", JAX_NO_X64], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+
+
+# --------------------------------------------------------- other DLPack arrays
+def test_array_api_strict_arrays_reach_the_c_kernels():
+    """array_api_strict exports DLPack on the CPU: unless the reference is
+    forced, its arrays run on the C kernels and come back as its arrays."""
+    xps = pytest.importorskip("array_api_strict")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((30, 4))
+    out, cache = nd.batchnorm_forward(xps.asarray(x), xps.ones(4), xps.zeros(4),
+                                      {"mode": "train"})
+    assert type(out).__module__.startswith("array_api_strict")
+    assert cache.backend_name == "cpu"
+    ref, _ = nd.batchnorm_forward(x, np.ones(4), np.zeros(4), {"mode": "train"})
+    np.testing.assert_array_equal(np.asarray(out), ref)
+    with nd.force_reference():
+        _, rcache = nd.batchnorm_forward(xps.asarray(x), xps.ones(4), xps.zeros(4),
+                                         {"mode": "train"})
+    assert rcache.backend_name == "reference"

@@ -144,13 +144,14 @@ def running_update(xp, old, batch, momentum, dtype):
 
 
 # ---------------------------------------------------------------- dropout
-def dropout_fwd(xp, x, p, seed):
-    """(out, bits): inverted dropout of x (any layout; out in C order)."""
+def dropout_fwd(xp, x, p, seed, offset):
+    """(out, bits): inverted dropout of x (any layout; out in C order), the
+    words from generator index offset."""
     x = _c_order(_usable(x))
     out = _out(x.shape, x.dtype, x.nbytes)
     nb = (x.size + 7) // 8
     bits = _out((nb,), np.uint8, nb)
-    _k.dropout_fwd(x, out, bits, seed, p)
+    _k.dropout_fwd(x, out, bits, seed, offset, p)
     return out, bits
 
 
@@ -162,8 +163,8 @@ def dropout_bwd(xp, dout, bits, p):
     return dx
 
 
-def dropout_mask(xp, shape, p, seed, device=None):
-    """The boolean keep mask of shape (C order)."""
+def dropout_mask(xp, shape, p, seed, offset, device=None):
+    """The boolean keep mask of shape (C order), words from index offset."""
     mask = np.empty(tuple(shape), np.bool_)
-    _k.dropout_mask(mask, seed, p)
+    _k.dropout_mask(mask, seed, offset, p)
     return mask

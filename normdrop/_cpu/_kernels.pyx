@@ -3,10 +3,14 @@
 one per kernel and under the kernel's name: ``moments`` calls
 ``nd_moments_f32`` or ``nd_moments_f64``, and so on.
 
-Every function here trusts its caller (``normdrop._cpu``) for the memory
-layout: arrays are NumPy arrays of dtype float32 or float64 laid out as the
-geometry says, outputs are allocated, and float64 per-group and per-channel
-arrays are C-contiguous.  The GIL is released around every kernel.  A
+Every function here trusts its caller (``normdrop._cpu._backend``) for the
+memory layout: arrays are NumPy arrays of dtype float32 or float64 laid out
+as the geometry says, and outputs are allocated.  What a kernel reads is
+still checked here before it runs -- the sizes of the per-group and
+per-channel arrays against the geometry, the operands against each other,
+the packed mask against the values -- so that no array changed by a caller
+(an edited cache) can make a kernel read or write out of bounds: a
+``ValueError`` instead.  The GIL is released around every kernel.  A
 geometry is the tuple ``(kind, n, c, s, sn, sc, ss, groups)`` of
 ``nd_geom`` (normdrop.h), in elements.
 
@@ -64,6 +68,41 @@ cdef inline cnp.ndarray _as_f64(object a):
 def f64(a):
     """a as a C-contiguous float64 ndarray (a copy only when needed)."""
     return _as_f64(a)
+
+
+cdef int _check_len(cnp.ndarray a, int64_t n, str name) except -1:
+    """a (float64, C-contiguous after _as_f64) holds exactly n values."""
+    if cnp.PyArray_SIZE(a) != n:
+        raise ValueError(f"{name} has {cnp.PyArray_SIZE(a)} values; the geometry needs {n}")
+    return 0
+
+
+cdef int _check_operand(cnp.ndarray x, const nd_geom *g) except -1:
+    """x holds the geometry's values (n * c * s of float32 or float64)."""
+    if cnp.PyArray_SIZE(x) != g.n * g.c * g.s:
+        raise ValueError(f"the operand has {cnp.PyArray_SIZE(x)} values; the geometry needs "
+                         f"{g.n * g.c * g.s}")
+    if cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT64:
+        raise ValueError(f"the operand has dtype {x.dtype}; the kernels take float32 or float64")
+    return 0
+
+
+cdef int _check_same(cnp.ndarray a, cnp.ndarray x, str name) except -1:
+    """a has x's dtype, shape and strides (the same geometry)."""
+    cdef object ao = a, xo = x
+    if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(x) or ao.shape != xo.shape or
+            (cnp.PyArray_SIZE(x) > 0 and ao.strides != xo.strides)):
+        raise ValueError(f"{name} must have the dtype, shape and memory layout of x")
+    return 0
+
+
+cdef int _check_bits(cnp.ndarray bits, int64_t n) except -1:
+    """bits is a C-contiguous uint8 array of at least ceil(n / 8) bytes."""
+    if (cnp.PyArray_TYPE(bits) != cnp.NPY_UINT8 or not cnp.PyArray_ISCARRAY(bits) or
+            cnp.PyArray_SIZE(bits) < (n + 7) // 8):
+        raise ValueError(f"the packed mask must be C-contiguous uint8 of at least {(n + 7) // 8} "
+                         f"bytes; got {bits.dtype}, {cnp.PyArray_SIZE(bits)} values")
+    return 0
 
 
 cdef double *_scratch(int64_t n) except NULL:
@@ -150,11 +189,11 @@ cdef inline void c_running_update(const float *o32, const double *o64, const dou
 
 
 cdef inline void c_dropout_fwd(const real *x, real *out, uint8_t *bits, int64_t n,
-                               uint64_t seed, double p) noexcept nogil:
+                               uint64_t seed, uint64_t offset, double p) noexcept nogil:
     if real is float:
-        nd_dropout_fwd_f32(x, out, bits, n, seed, p)
+        nd_dropout_fwd_f32(x, out, bits, n, seed, offset, p)
     else:
-        nd_dropout_fwd_f64(x, out, bits, n, seed, p)
+        nd_dropout_fwd_f64(x, out, bits, n, seed, offset, p)
 
 
 cdef inline void c_dropout_bwd(const real *dout, const uint8_t *bits, real *dx, int64_t n,
@@ -194,6 +233,7 @@ def moments(cnp.ndarray x, tuple geom):
     squared deviations of every statistics group of x."""
     cdef nd_geom g
     _geom(geom, &g)
+    _check_operand(x, &g)
     if _is_f32(x):
         return _moments(<const float *>_ptr(x), &g)
     return _moments(<const double *>_ptr(x), &g)
@@ -202,6 +242,10 @@ def moments(cnp.ndarray x, tuple geom):
 cdef object _normalize(const real *x, real *out, nd_geom *g, mean, invstd, gamma, beta):
     cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd)
     cdef cnp.ndarray gm = _as_f64(gamma), bt = _as_f64(beta)
+    _check_len(mn, nd_ngroups(g), "mean")
+    _check_len(iv, nd_ngroups(g), "invstd")
+    _check_len(gm, g.c, "gamma")
+    _check_len(bt, g.c, "beta")
     cdef double *w = _scratch(nd_work_size(g, 0))
     try:
         with nogil:
@@ -215,6 +259,8 @@ def normalize(cnp.ndarray x, cnp.ndarray out, tuple geom, mean, invstd, gamma, b
     invstd (ngroups,), gamma, beta (c,) of any real dtype."""
     cdef nd_geom g
     _geom(geom, &g)
+    _check_operand(x, &g)
+    _check_same(out, x, "out")
     if _is_f32(x):
         _normalize(<const float *>_ptr(x), <float *>_ptr(out), &g, mean, invstd, gamma, beta)
     else:
@@ -224,6 +270,9 @@ def normalize(cnp.ndarray x, cnp.ndarray out, tuple geom, mean, invstd, gamma, b
 cdef object _grad_reduce(const real *dout, const real *x, nd_geom *g, mean, invstd, gamma):
     cdef int64_t ng = nd_ngroups(g), C = g.c
     cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd), gm = _as_f64(gamma)
+    _check_len(mn, ng, "mean")
+    _check_len(iv, ng, "invstd")
+    _check_len(gm, C, "gamma")
     cdef cnp.ndarray s1 = np.empty(ng, np.float64), s2 = np.empty(ng, np.float64)
     dt = np.float32 if real is float else np.float64
     cdef cnp.ndarray dgamma = np.empty(C, dt)
@@ -247,6 +296,8 @@ def grad_reduce(cnp.ndarray dout, cnp.ndarray x, tuple geom, mean, invstd, gamma
     arrays) and the per-channel gradients (new (c,) arrays of x's dtype)."""
     cdef nd_geom g
     _geom(geom, &g)
+    _check_operand(x, &g)
+    _check_same(dout, x, "dout")
     if _is_f32(x):
         return _grad_reduce(<const float *>_ptr(dout), <const float *>_ptr(x), &g, mean,
                             invstd, gamma)
@@ -258,6 +309,12 @@ cdef object _grad_input(const real *dout, const real *x, real *dx, nd_geom *g, m
                         gamma, s1, s2, int train):
     cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd), gm = _as_f64(gamma)
     cdef cnp.ndarray a1 = _as_f64(s1), a2 = _as_f64(s2)
+    cdef int64_t ng = nd_ngroups(g)
+    _check_len(mn, ng, "mean")
+    _check_len(iv, ng, "invstd")
+    _check_len(a1, ng, "s1")
+    _check_len(a2, ng, "s2")
+    _check_len(gm, g.c, "gamma")
     cdef double *w = _scratch(nd_work_size(g, 1))
     try:
         with nogil:
@@ -272,6 +329,9 @@ def grad_input(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, mean
     """dx <- the input gradient from grad_reduce's sums s1, s2."""
     cdef nd_geom g
     _geom(geom, &g)
+    _check_operand(x, &g)
+    _check_same(dout, x, "dout")
+    _check_same(dx, x, "dx")
     if _is_f32(x):
         _grad_input(<const float *>_ptr(dout), <const float *>_ptr(x), <float *>_ptr(dx), &g,
                     mean, invstd, gamma, s1, s2, train)
@@ -283,6 +343,8 @@ def grad_input(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, mean
 cdef object _norm_train_fwd(const real *x, real *out, nd_geom *g, gamma, beta, double eps):
     cdef int64_t ng = nd_ngroups(g)
     cdef cnp.ndarray gm = _as_f64(gamma), bt = _as_f64(beta)
+    _check_len(gm, g.c, "gamma")
+    _check_len(bt, g.c, "beta")
     cdef cnp.ndarray stats = np.empty((3, ng), np.float64)
     cdef double *sp = _dptr(stats)
     cdef double *w = _scratch(nd_work_size(g, 0))
@@ -300,6 +362,8 @@ def norm_train_fwd(cnp.ndarray x, cnp.ndarray out, tuple geom, gamma, beta, doub
     dtype."""
     cdef nd_geom g
     _geom(geom, &g)
+    _check_operand(x, &g)
+    _check_same(out, x, "out")
     if _is_f32(x):
         return _norm_train_fwd(<const float *>_ptr(x), <float *>_ptr(out), &g, gamma, beta, eps)
     return _norm_train_fwd(<const double *>_ptr(x), <double *>_ptr(out), &g, gamma, beta, eps)
@@ -309,6 +373,9 @@ cdef object _norm_bwd(const real *dout, const real *x, real *dx, nd_geom *g, mea
                       gamma, int train):
     cdef int64_t C = g.c
     cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd), gm = _as_f64(gamma)
+    _check_len(mn, nd_ngroups(g), "mean")
+    _check_len(iv, nd_ngroups(g), "invstd")
+    _check_len(gm, C, "gamma")
     dt = np.float32 if real is float else np.float64
     cdef cnp.ndarray dgamma = np.empty(C, dt)
     cdef cnp.ndarray dbeta = np.empty(C, dt)
@@ -332,6 +399,9 @@ def norm_bwd(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, mean, 
     arrays of x's dtype."""
     cdef nd_geom g
     _geom(geom, &g)
+    _check_operand(x, &g)
+    _check_same(dout, x, "dout")
+    _check_same(dx, x, "dx")
     if _is_f32(x):
         return _norm_bwd(<const float *>_ptr(dout), <const float *>_ptr(x), <float *>_ptr(dx),
                          &g, mean, invstd, gamma, train)
@@ -372,20 +442,23 @@ def running_update(old, cnp.ndarray batch, double momentum, dtype):
 
 
 cdef object _dropout_fwd(const real *x, real *out, uint8_t *bits, int64_t n, uint64_t seed,
-                         double p):
+                         uint64_t offset, double p):
     with nogil:
-        c_dropout_fwd(x, out, bits, n, seed, p)
+        c_dropout_fwd(x, out, bits, n, seed, offset, p)
 
 
-def dropout_fwd(cnp.ndarray x, cnp.ndarray out, cnp.ndarray bits, uint64_t seed, double p):
+def dropout_fwd(cnp.ndarray x, cnp.ndarray out, cnp.ndarray bits, uint64_t seed,
+                uint64_t offset, double p):
     """out = keep ? x * (1/p rounded to x's dtype) : 0 and the packed keep bits
-    (C-contiguous x, out)."""
+    (C-contiguous x, out); value i with the word of index offset + i."""
     cdef int64_t n = cnp.PyArray_SIZE(x)
+    _check_same(out, x, "out")
+    _check_bits(bits, n)
     cdef uint8_t *bp = <uint8_t *>_ptr(bits)
     if _is_f32(x):
-        _dropout_fwd(<const float *>_ptr(x), <float *>_ptr(out), bp, n, seed, p)
+        _dropout_fwd(<const float *>_ptr(x), <float *>_ptr(out), bp, n, seed, offset, p)
     else:
-        _dropout_fwd(<const double *>_ptr(x), <double *>_ptr(out), bp, n, seed, p)
+        _dropout_fwd(<const double *>_ptr(x), <double *>_ptr(out), bp, n, seed, offset, p)
 
 
 cdef object _dropout_bwd(const real *dout, const uint8_t *bits, real *dx, int64_t n, double p):
@@ -396,6 +469,8 @@ cdef object _dropout_bwd(const real *dout, const uint8_t *bits, real *dx, int64_
 def dropout_bwd(cnp.ndarray dout, cnp.ndarray bits, cnp.ndarray dx, double p):
     """dx = bit ? dout * (1/p rounded to dout's dtype) : 0 (C-contiguous dout, dx)."""
     cdef int64_t n = cnp.PyArray_SIZE(dout)
+    _check_same(dx, dout, "dx")
+    _check_bits(bits, n)
     cdef const uint8_t *bp = <const uint8_t *>_ptr(bits)
     if _is_f32(dout):
         _dropout_bwd(<const float *>_ptr(dout), bp, <float *>_ptr(dx), n, p)
@@ -403,12 +478,15 @@ def dropout_bwd(cnp.ndarray dout, cnp.ndarray bits, cnp.ndarray dx, double p):
         _dropout_bwd(<const double *>_ptr(dout), bp, <double *>_ptr(dx), n, p)
 
 
-def dropout_mask(cnp.ndarray mask, uint64_t seed, double p):
-    """Keep flags as bytes (0/1) into the C-contiguous bool/uint8 array mask."""
+def dropout_mask(cnp.ndarray mask, uint64_t seed, uint64_t offset, double p):
+    """Keep flags as bytes (0/1) into the C-contiguous bool/uint8 array mask,
+    words from generator index offset."""
     cdef int64_t n = cnp.PyArray_SIZE(mask)
+    if not cnp.PyArray_ISCARRAY(mask) or cnp.PyArray_ITEMSIZE(mask) != 1:
+        raise ValueError("dropout_mask: mask must be a C-contiguous array of 1-byte items")
     cdef uint8_t *mp = <uint8_t *>_ptr(mask)
     with nogil:
-        nd_dropout_mask(mp, n, seed, p)
+        nd_dropout_mask(mp, n, seed, offset, p)
 
 
 # ------------------------------------------------- shared helpers, for tests

@@ -66,14 +66,14 @@ cdef extern from "normdrop.h" nogil:
                                double momentum, double *out, int64_t c)
 
     void nd_dropout_fwd_f32(const float *x, float *out, uint8_t *bits, int64_t n,
-                            uint64_t seed, double p)
+                            uint64_t seed, uint64_t offset, double p)
     void nd_dropout_fwd_f64(const double *x, double *out, uint8_t *bits, int64_t n,
-                            uint64_t seed, double p)
+                            uint64_t seed, uint64_t offset, double p)
     void nd_dropout_bwd_f32(const float *dout, const uint8_t *bits, float *dx, int64_t n,
                             double p)
     void nd_dropout_bwd_f64(const double *dout, const uint8_t *bits, double *dx, int64_t n,
                             double p)
-    void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, double p)
+    void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, uint64_t offset, double p)
 
     void nd_set_stream_bytes(int64_t nbytes)
     int64_t nd_get_stream_bytes()

@@ -323,9 +323,10 @@ def _tiles_grid(n, per_block):
     return (max(1, min(_MAX_BLOCKS, _cdiv(n, per_block))), 1, 1)
 
 
-def dropout_fwd(xp, x, p, seed):
+def dropout_fwd(xp, x, p, seed, offset):
     """(out, bits): inverted dropout of x (any layout; out in C order) and the
-    packed keep mask (value i in bit i % 8 of byte i // 8)."""
+    packed keep mask (value i in bit i % 8 of byte i // 8); value i uses the
+    generator's word for index offset + i."""
     cp = _cupy()
     with x.device:
         xc = cp.ascontiguousarray(x)
@@ -334,7 +335,7 @@ def dropout_fwd(xp, x, p, seed):
         bits = cp.empty((n + 7) // 8, np.uint8)
         if n:
             _launch("nd_dropout_fwd", x.dtype, _tiles_grid(n, 4 * _THREADS),
-                    (xc, out, bits, _i64(n), np.uint64(seed), np.float64(p)))
+                    (xc, out, bits, _i64(n), np.uint64(seed), np.uint64(offset), np.float64(p)))
     return out, bits
 
 
@@ -351,7 +352,7 @@ def dropout_bwd(xp, dout, bits, p):
     return dx
 
 
-def dropout_mask(xp, shape, p, seed, device=None):
+def dropout_mask(xp, shape, p, seed, offset, device=None):
     """The boolean keep mask of ``shape`` (C order) on ``device`` (the
     current device when None)."""
     cp = _cupy()
@@ -361,5 +362,5 @@ def dropout_mask(xp, shape, p, seed, device=None):
         n = mask.size
         if n:
             _launch("nd_dropout_mask", None, _tiles_grid(_cdiv(n, 4), _THREADS),
-                    (mask, _i64(n), np.uint64(seed), np.float64(p)))
+                    (mask, _i64(n), np.uint64(seed), np.uint64(offset), np.float64(p)))
     return mask

@@ -7,9 +7,12 @@
  * seed >> 32), and is kept iff that word is < threshold = floor(p * 2**32).
  * Packed bits: value i is bit i % 8 of byte i / 8; bits past n are 0.
  *
- * Each thread takes one Philox block, i.e. four consecutive values, so a
- * warp reads and writes 32 * 4 contiguous values (one aligned vector access
- * per thread when `vec` is set, scalar accesses otherwise).
+ * Each thread takes four consecutive values, so a warp reads and writes
+ * 32 * 4 contiguous values (one aligned vector access per thread where the
+ * pointers allow, scalar accesses otherwise).  Value i uses the word of
+ * generator index offset + i: one Philox block per thread when offset is a
+ * multiple of 4, else the two blocks its four indices straddle
+ * (nd_dropout_words4).
  *
  * Kernels (T = nd_half, float, double), launched with ND_THREADS threads:
  *   nd_dropout_fwd<T>   out and packed bits
@@ -23,6 +26,23 @@
 /* Values per block and loop step of nd_dropout_fwd (4 per thread). */
 #define ND_DROP_TILE (4 * ND_THREADS)
 
+/* The words of generator indices j0 .. j0 + 3 (Philox blocks j0 / 4 and, when
+ * j0 is not a multiple of 4, the next one). */
+ND_DEV void nd_dropout_words4(nd_u64 j0, nd_u32 k0, nd_u32 k1, nd_u32 w[4])
+{
+    nd_u32 a[4], b[4];
+    nd_dropout_block(j0 >> 2, k0, k1, a);
+    const int sh = (int)(j0 & 3u);
+    if (sh == 0) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) w[e] = a[e];
+        return;
+    }
+    nd_dropout_block((j0 >> 2) + 1u, k0, k1, b);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) w[e] = sh + e < 4 ? a[sh + e] : b[sh + e - 4];
+}
+
 /* Whether p and q allow the aligned vector accesses of load4/store4. */
 template <typename T>
 ND_DEV int nd_vec_ok(const T *p, const T *q)
@@ -33,19 +53,20 @@ ND_DEV int nd_vec_ok(const T *p, const T *q)
 
 /*
  * nd_dropout_fwd: out[i] = keep(i) ? x[i] * s : 0,  s = 1/p rounded once to
- * T; keep(i): word < nd_dropout_threshold(p) (nd_philox.h);
+ * T; keep(i): the word of index offset + i < nd_dropout_threshold(p)
+ * (nd_philox.h);
  * bits[i / 8] bit i % 8 = keep(i).
  * Layout: x, out C-contiguous, n values; bits ceil(n / 8) bytes, 4-byte
  * aligned.  Grid: any number of blocks (grid-stride over tiles of
  * ND_DROP_TILE values); block: ND_THREADS.  Each tile's 128 bit bytes are
  * assembled in shared memory and written as 32 words by 32 threads.
  * Where x and out are aligned for it, one vector access per thread.
- * IN x, n, seed, p; OUT out, bits.
+ * IN x, n, seed, offset, p; OUT out, bits.
  */
 template <typename T>
 __global__ void __launch_bounds__(ND_THREADS)
 nd_dropout_fwd(const T *__restrict__ x, T *__restrict__ out, unsigned char *__restrict__ bits,
-               nd_i64 n, nd_u64 seed, double p)
+               nd_i64 n, nd_u64 seed, nd_u64 offset, double p)
 {
     __shared__ unsigned char nib[ND_THREADS];
     const nd_u32 k0 = (nd_u32)seed, k1 = (nd_u32)(seed >> 32);
@@ -60,7 +81,7 @@ nd_dropout_fwd(const T *__restrict__ x, T *__restrict__ out, unsigned char *__re
         unsigned int keep4 = 0u;
         if (i0 < n) {
             nd_u32 w[4];
-            nd_dropout_block((nd_u64)(i0 >> 2), k0, k1, w);
+            nd_dropout_words4(offset + (nd_u64)i0, k0, k1, w);
             const int m = n - i0 >= 4 ? 4 : (int)(n - i0);
             T v[4], o[4];
             if (vec && m == 4) {
@@ -150,11 +171,13 @@ nd_dropout_bwd(const T *__restrict__ dout, const unsigned char *__restrict__ bit
 
 /*
  * nd_dropout_mask: mask[i] = keep(i) as a 0/1 byte, n values (a C-contiguous
- * bool array, 4-byte aligned).  Grid-stride over Philox blocks.
- * IN n, seed, p; OUT mask.
+ * bool array, 4-byte aligned), words from generator index offset.
+ * Grid-stride over groups of four values.
+ * IN n, seed, offset, p; OUT mask.
  */
 __global__ void __launch_bounds__(ND_THREADS)
-nd_dropout_mask(unsigned char *__restrict__ mask, nd_i64 n, nd_u64 seed, double p)
+nd_dropout_mask(unsigned char *__restrict__ mask, nd_i64 n, nd_u64 seed, nd_u64 offset,
+                double p)
 {
     const nd_u64 threshold = nd_dropout_threshold(p);
     const nd_u32 k0 = (nd_u32)seed, k1 = (nd_u32)(seed >> 32);
@@ -163,7 +186,7 @@ nd_dropout_mask(unsigned char *__restrict__ mask, nd_i64 n, nd_u64 seed, double 
     for (nd_i64 q = (nd_i64)blockIdx.x * ND_THREADS + threadIdx.x; q < nblocks; q += stride) {
         const nd_i64 i0 = 4 * q;
         nd_u32 w[4];
-        nd_dropout_block((nd_u64)q, k0, k1, w);
+        nd_dropout_words4(offset + (nd_u64)i0, k0, k1, w);
         if (n - i0 >= 4) {
             unsigned int word = 0u;
             for (int e = 0; e < 4; ++e)

@@ -48,16 +48,16 @@ int main(void)
                     for (size_t c = 0; c < sizeof thr / sizeof *thr; ++c) {
                         const int64_t n = sizes[a];
                         const double p = (double)thr[c] / 4294967296.0;
-                        nd_dropout_fwd_f32(xf, fo, bits, n, seeds[b], p);
+                        nd_dropout_fwd_f32(xf, fo, bits, n, seeds[b], 0, p);
                         feed(fo, sizeof(float) * n);
                         feed(bits, (size_t)(n + 7) / 8);
                         nd_dropout_bwd_f32(xf, bits, fo, n, p);
                         feed(fo, sizeof(float) * n);
-                        nd_dropout_fwd_f64(xd, dd, bits, n, seeds[b], p);
+                        nd_dropout_fwd_f64(xd, dd, bits, n, seeds[b], 0, p);
                         feed(dd, sizeof(double) * n);
                         nd_dropout_bwd_f64(xd, bits, dd, n, p);
                         feed(dd, sizeof(double) * n);
-                        nd_dropout_mask(mask, n, seeds[b], p);
+                        nd_dropout_mask(mask, n, seeds[b], 0, p);
                         feed(mask, (size_t)n);
                     }
         }

@@ -1,0 +1,229 @@
+"""Arrays of other libraries on the compiled kernels (DESIGN section 2,
+"Arrays of other libraries"): how an array that is not a NumPy or CuPy array
+reaches a backend, and how the results go back to the caller's library.
+
+An :class:`Adapter` converts one library's arrays, without a copy, to the
+backend's own arrays and back:
+
+- PyTorch CPU tensors: ``Tensor.numpy()`` / ``torch.from_numpy`` (the
+  buffer exchange DLPack would do, at a fraction of its per-call cost); a
+  tensor that requires grad is used through its detached data, so no result
+  is attached to a graph;
+- any other array that exports DLPack on the CPU (JAX, ...):
+  ``np.from_dlpack`` and the library's ``from_dlpack``;
+- arrays that export DLPack on a CUDA device: ``cupy.from_dlpack`` and back,
+  computed on the producer's current stream where the library says which
+  (PyTorch);
+- arrays the compiled kernels cannot take (other devices, lazy arrays, no
+  DLPack) stay on the reference implementation; PyTorch tensors there are
+  detached too.
+
+Dtypes the backend cannot carry (bfloat16, ...) are refused with the usual
+dtype ``TypeError`` before any conversion.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+
+from ._validate import _dtype_name
+
+class AccumulationWarning(RuntimeWarning):
+    """normdrop's reference implementation computes in float32 because the
+    array library has no float64 (JAX without ``jax_enable_x64``): the
+    statistics lose the float64 accumulation of normdrop's other backends."""
+
+
+_KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST, _KDL_CUDA_MANAGED = 1, 2, 3, 13
+
+
+class Adapter:
+    """Conversions of one library's arrays (see the module docstring).
+
+    Attributes
+    ----------
+    library : str
+        The array type's top-level module ("torch", "jax", ...): the adapter
+        is found again from it (pickled caches keep the name only).
+    kind : str
+        "cpu" (to NumPy), "cuda" (to CuPy) or "reference" (no conversion).
+    """
+
+    __slots__ = ("library", "kind", "_type")
+
+    def __init__(self, library: str, kind: str, array_type):
+        self.library = library
+        self.kind = kind
+        self._type = array_type
+
+    def __reduce__(self):
+        return (_adapter_by_name, (self.library, self.kind))
+
+    def owns(self, a) -> bool:
+        """Whether a is an array of this adapter's library (and, for the
+        compiled kernels, on their kind of device)."""
+        if not isinstance(a, self._type):
+            return False
+        return self.kind == "reference" or _device_kind(a) == self.kind
+
+    # -- to the backend --------------------------------------------------------
+    def native(self, a, name: str, floating: bool):
+        """a as the backend's array (a itself on the reference path).
+        floating: a must be one of the float dtypes NumPy/CuPy carry (x,
+        dout); else any real dtype, cast in its library first when the
+        backend's library cannot carry it (a bfloat16 gamma)."""
+        if self.kind == "reference":
+            return _detached(a)
+        if self.library == "torch":
+            a = _detached(a)
+            if a.is_conj():
+                a = a.resolve_conj()
+            if a.is_neg():
+                a = a.resolve_neg()
+        try:
+            return self._convert(a)
+        except (TypeError, BufferError, RuntimeError, ValueError):
+            if floating:
+                raise TypeError(f"{name} has dtype {_dtype_name(a.dtype)}; supported floating "
+                                f"dtypes here: float32, float64") from None
+        return self._convert(_as_float64(a))
+
+    def _convert(self, a):
+        if self.kind == "cuda":
+            import cupy
+            return cupy.from_dlpack(a)
+        if self.library == "torch":
+            return a.numpy()
+        return np.from_dlpack(a)
+
+    # -- back to the caller ------------------------------------------------------
+    def wrap(self, a):
+        """The backend's array a as an array of this library (zero-copy where
+        the library allows it)."""
+        if self.kind == "reference" or a is None:
+            return a
+        if self.library == "torch" and self.kind == "cpu":
+            import torch
+            return torch.from_numpy(a)
+        return _from_dlpack(self.library)(a)
+
+    def stream(self, a):
+        """A context in which the CUDA kernels run on a's producer's stream
+        (PyTorch's current stream on a's device); nothing on the CPU."""
+        if self.kind != "cuda" or self.library != "torch":
+            return contextlib.nullcontext()
+        import cupy
+        import torch
+        s = torch.cuda.current_stream(a.device)
+        return cupy.cuda.ExternalStream(s.cuda_stream, a.device.index)
+
+
+def _detached(a):
+    if getattr(a, "requires_grad", False):
+        return a.detach()
+    return a
+
+
+def _as_float64(a):
+    import array_api_compat as aac
+    xp = aac.array_namespace(a)
+    return xp.astype(a, xp.float64)
+
+
+def _from_dlpack(library: str):
+    if library == "jax":
+        import jax.numpy as jnp
+        return jnp.from_dlpack
+    import importlib
+    mod = importlib.import_module(library)
+    fn = getattr(mod, "from_dlpack", None)
+    if fn is None:
+        import array_api_compat as aac
+        fn = aac.array_namespace(mod.asarray(0)).from_dlpack
+    return fn
+
+
+def _device_kind(a) -> str:
+    """"cpu", "cuda" or "reference" for an array of another library."""
+    if type(a).__module__.startswith("torch"):
+        kind = a.device.type           # cheaper than __dlpack_device__
+        return kind if kind in ("cpu", "cuda") else "reference"
+    dev = getattr(a, "__dlpack_device__", None)
+    if dev is None or not hasattr(a, "__dlpack__"):
+        return "reference"
+    try:
+        kind = int(dev()[0])
+    except Exception:  # noqa: BLE001 - a producer that cannot say: reference path
+        return "reference"
+    if kind == _KDL_CPU:
+        return "cpu"
+    if kind in (_KDL_CUDA, _KDL_CUDA_MANAGED):
+        return "cuda"
+    return "reference"
+
+
+_ADAPTERS = {}
+
+
+def adapter_for(a):
+    """The Adapter for array a of a library other than NumPy and CuPy (kept
+    per array type and device kind, so a call costs a dict lookup)."""
+    t = type(a)
+    kind = _device_kind(a)
+    key = (t, kind)
+    ad = _ADAPTERS.get(key)
+    if ad is None:
+        library = t.__module__.split(".")[0]
+        if library == "jaxlib":
+            library = "jax"
+        if kind == "cuda":
+            try:
+                import cupy  # noqa: F401
+            except ImportError:
+                kind = "reference"          # no CUDA backend here: the reference computes
+        ad = _ADAPTERS[key] = Adapter(library, kind, t)
+    return ad
+
+
+def _adapter_by_name(library: str, kind: str):
+    """The adapter of a pickled cache (its array type found again)."""
+    for ad in _ADAPTERS.values():
+        if ad.library == library and ad.kind == kind:
+            return ad
+    import importlib
+    mod = importlib.import_module(library)
+    if library == "jax":
+        import jax.numpy as jnp
+        sample = jnp.zeros(0)
+    elif library == "torch":
+        sample = mod.zeros(0)
+    else:
+        sample = mod.asarray([0.0])
+    ad = Adapter(library, kind, type(sample))
+    _ADAPTERS[(type(sample), kind)] = ad
+    return ad
+
+
+def _has_dtype(xp, name: str) -> bool:
+    dt = getattr(xp, name, None)
+    if dt is None:
+        return False
+    with warnings.catch_warnings():      # JAX warns that it truncates the dtype
+        warnings.simplefilter("ignore")
+        try:
+            return xp.zeros(1, dtype=dt).dtype == dt
+        except Exception:  # noqa: BLE001
+            return False
+
+
+def float64_available(xp) -> bool:
+    """Whether the namespace really has float64 (JAX without x64 silently
+    makes float32 arrays instead)."""
+    return _has_dtype(xp, "float64")
+
+
+def int64_available(xp) -> bool:
+    """Whether the namespace really has int64 (not JAX without x64)."""
+    return _has_dtype(xp, "int64")
