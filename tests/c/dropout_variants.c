@@ -59,6 +59,15 @@ int main(void)
                         feed(dd, sizeof(double) * n);
                         nd_dropout_mask(mask, n, seeds[b], 0, p);
                         feed(mask, (size_t)n);
+                        /* generator offsets: not a multiple of 4 or 64, and huge */
+                        const uint64_t offs[] = {1, 3, 64, 1000003, 0xfffffffffff00001ull};
+                        for (size_t o = 0; o < sizeof offs / sizeof *offs; ++o) {
+                            nd_dropout_fwd_f32(xf, fo, bits, n, seeds[b], offs[o], p);
+                            feed(fo, sizeof(float) * n);
+                            feed(bits, (size_t)(n + 7) / 8);
+                            nd_dropout_mask(mask, n, seeds[b], offs[o], p);
+                            feed(mask, (size_t)n);
+                        }
                     }
         }
     }
