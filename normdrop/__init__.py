@@ -18,6 +18,7 @@ from ._api import (
     spatial_groupnorm_forward,
 )
 from ._dispatch import force_reference
+from ._distributed import RankError
 from ._interop import AccumulationWarning
 from ._info import show_config
 from ._memory import cache_info, empty_cache, set_cache_limit
@@ -26,6 +27,7 @@ from . import layers  # the layer objects over the functions above
 __all__ = [
     "__version__",
     "AccumulationWarning",
+    "RankError",
     "batchnorm_backward",
     "batchnorm_backward_alt",
     "batchnorm_forward",

@@ -84,14 +84,16 @@ class NormCache(_Cache):
     """
 
     _fields = ("op", "mode", "backend_name", "xp_name", "adapter", "x", "gamma", "gamma_shape",
-               "mean", "invstd", "out_shape", "geom", "comm")
+               "mean", "invstd", "out_shape", "geom", "comm", "count")
     __slots__ = _fields
 
-    def __init__(self, op, mode, route, x, gamma, gamma_shape, mean, invstd, geom, comm=None):
+    def __init__(self, op, mode, route, x, gamma, gamma_shape, mean, invstd, geom, comm=None,
+                 count=None):
         self._set(op=op, mode=mode, backend_name=route.backend.NAME, xp_name=route.xp.__name__,
                   adapter=route.adapter, x=_own_view(x), gamma=gamma,
                   gamma_shape=tuple(gamma_shape), mean=mean, invstd=invstd,
-                  out_shape=tuple(x.shape), geom=geom, comm=comm)
+                  out_shape=tuple(x.shape), geom=geom, comm=comm,
+                  count=geom.count if count is None else count)
 
     def __repr__(self):
         return (f"<{self.op} cache: mode={self.mode!r}, backend={self.backend_name!r}, "
@@ -324,11 +326,16 @@ _SPATIAL_GROUPNORM = _NormOp(
     True, False)
 
 
-def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
-    """The forward of a normalization op: validation (nothing changes when it
-    raises), then the contract's composite ``norm_train_fwd`` in training, or
-    ``normalize`` with the running statistics in test mode."""
-    V.param_dict(param, spec.param_name)
+class _Prepared:
+    """A normalization call's arguments, validated and converted to the
+    backend's arrays (what _norm_forward computes from)."""
+    __slots__ = ("route", "xn", "g", "b", "rm", "rv", "geom", "mode", "eps", "momentum",
+                 "gamma_shape", "C")
+
+
+def _prepare(spec: _NormOp, x, gamma, beta, param, extra, check_count: bool) -> _Prepared:
+    """Every check of a normalization forward (DESIGN section 5), before
+    anything is computed or stored."""
     named = [("x", x), ("gamma", gamma), ("beta", beta)]
     rm = rv = None
     if spec.running:
@@ -338,17 +345,19 @@ def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
             named.append((f"{spec.param_name}['running_mean']", rm))
         if rv is not None:
             named.append((f"{spec.param_name}['running_var']", rv))
+    p = _Prepared()
     route = backend_for(named)     # one check: same library and device for all
     backend, xp = route.backend, route.xp
-    mode = V.mode(param, spec.param_name) if spec.running else "train"
-    eps = V.eps_value(param, spec.param_name)
-    momentum = V.momentum_value(param) if spec.running else None
+    p.route = route
+    p.mode = V.mode(param, spec.param_name) if spec.running else "train"
+    p.eps = V.eps_value(param, spec.param_name)
+    p.momentum = V.momentum_value(param) if spec.running else None
     xn = route.native(x, "x", floating=True)
     V.floating_x(xn, "x", backend.supported_dtypes(xp), xp)
     spec.check_x(xn, spec.name)
-    geom = spec.geometry(tuple(xn.shape), extra)
-    C = xn.shape[spec.channel_axis]
-    gamma_shape = tuple(gamma.shape)
+    p.geom = spec.geometry(tuple(xn.shape), extra)
+    C = p.C = xn.shape[spec.channel_axis]
+    p.gamma_shape = tuple(gamma.shape)
     g = V.channel_param(route.native(gamma, "gamma"), "gamma", C, spec.spatial_params, xp)
     b = V.channel_param(route.native(beta, "beta"), "beta", C, spec.spatial_params, xp)
     if rm is not None:
@@ -357,55 +366,138 @@ def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
     if rv is not None:
         rv = V.channel_param(route.native(rv, "running_var"),
                              f"{spec.param_name}['running_var']", C, spec.spatial_params, xp)
-    if mode == "train" and spec.running:
-        V.train_count(geom.count, tuple(xn.shape))
-    # -- validated: from here on nothing raises on user input
+    if check_count and p.mode == "train" and spec.running:
+        V.train_count(p.geom.count, tuple(xn.shape))
     dt = xn.dtype
-    if g.dtype != dt:
-        g = xp.astype(g, dt)
-    if b.dtype != dt:
-        b = xp.astype(b, dt)
+    p.g = g if g.dtype == dt else xp.astype(g, dt)
+    p.b = b if b.dtype == dt else xp.astype(b, dt)
+    p.xn, p.rm, p.rv = xn, rm, rv
+    return p
+
+
+def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
+    """The forward of a normalization op: validation (nothing changes when it
+    raises), then the contract's composite ``norm_train_fwd`` in training, or
+    ``normalize`` with the running statistics in test mode; with
+    ``param['comm']`` in training, the synchronized composition (moments,
+    the exchange, normalize)."""
+    V.param_dict(param, spec.param_name)
+    comm = param.get("comm") if spec.running else None
+    if comm is not None and param.get("mode") != "test":   # test mode never communicates
+        return _sync_forward(spec, x, gamma, beta, param, extra, comm)
+    p = _prepare(spec, x, gamma, beta, param, extra, check_count=True)
+    # -- validated: from here on nothing raises on user input
+    route, xn, geom = p.route, p.xn, p.geom
+    backend, xp = route.backend, route.xp
+    dt = xn.dtype
     with _stream(route, x):
-        if mode == "train":
-            out, mean, var, invstd = backend.norm_train_fwd(xp, xn, geom, g, b, eps)
+        if p.mode == "train":
+            out, mean, var, invstd = backend.norm_train_fwd(xp, xn, geom, p.g, p.b, p.eps)
             if spec.running:
-                new_rm = backend.running_update(xp, rm, mean, momentum, dt)
-                new_rv = backend.running_update(xp, rv, var, momentum, dt)
+                new_rm = backend.running_update(xp, p.rm, mean, p.momentum, dt)
+                new_rv = backend.running_update(xp, p.rv, var, p.momentum, dt)
                 param["running_mean"] = route.wrap(new_rm)
                 param["running_var"] = route.wrap(new_rv)
         else:
             f64 = xp.float64
-            if rm is None or rv is None:
-                zeros = xp.zeros((C,), dtype=f64, device=_device(xn))
-            mean = zeros if rm is None else xp.astype(xp.astype(rm, dt), f64)
-            var = zeros if rv is None else xp.astype(xp.astype(rv, dt), f64)
-            invstd = 1.0 / xp.sqrt(var + eps)
-            out = backend.normalize(xp, xn, geom, mean, invstd, g, b)
-    cache = NormCache(spec.name, mode, route, xn, g, gamma_shape, mean, invstd, geom)
+            if p.rm is None or p.rv is None:
+                zeros = xp.zeros((p.C,), dtype=f64, device=_device(xn))
+            mean = zeros if p.rm is None else xp.astype(xp.astype(p.rm, dt), f64)
+            var = zeros if p.rv is None else xp.astype(xp.astype(p.rv, dt), f64)
+            invstd = 1.0 / xp.sqrt(var + p.eps)
+            out = backend.normalize(xp, xn, geom, mean, invstd, p.g, p.b)
+    cache = NormCache(spec.name, p.mode, route, xn, p.g, p.gamma_shape, mean, invstd, geom)
+    return route.wrap(out), cache
+
+
+def _sync_forward(spec, x, gamma, beta, param, extra, comm):
+    """Synchronized batchnorm forward (normdrop._distributed): every rank's
+    checks agreed on first, then moments, the exchange, normalize."""
+    from . import _distributed as D
+    D.check_comm(comm, f"{spec.param_name}['comm']")
+    error = None
+    try:
+        p = _prepare(spec, x, gamma, beta, param, extra, check_count=False)
+    except (TypeError, ValueError, KeyError) as exc:
+        error = exc
+    D.agree(comm, error, spec.name)
+    route, xn, geom = p.route, p.xn, p.geom
+    backend, xp = route.backend, route.xp
+    count, mean_l, m2_l = backend.moments(xp, xn, geom)
+    total, mean, m2 = D.gather_moments(comm, count, mean_l, m2_l, geom.c, spec.name)
+    if total <= 1:
+        raise ValueError("expected more than 1 value per channel when training, got "
+                         f"{total} over the {comm.Get_size()} ranks of {spec.param_name}['comm']")
+    # -- agreed on every rank: from here on nothing raises on user input
+    var, invstd = K.finish_moments(xp, total, mean, m2, p.eps)
+    dt = xn.dtype
+    with _stream(route, x):
+        out = backend.normalize(xp, xn, geom, mean, invstd, p.g, p.b)
+        param["running_mean"] = route.wrap(backend.running_update(xp, p.rm, mean, p.momentum, dt))
+        param["running_var"] = route.wrap(backend.running_update(xp, p.rv, var, p.momentum, dt))
+    cache = NormCache(spec.name, "train", route, xn, p.g, p.gamma_shape, mean, invstd, geom,
+                      comm=comm, count=total)
     return route.wrap(out), cache
 
 
 def _norm_backward(spec: _NormOp, op, dout, cache):
     """The backward of a normalization op: the contract's composite
-    ``norm_bwd`` (``grad_reduce`` then ``grad_input``)."""
+    ``norm_bwd`` (``grad_reduce`` then ``grad_input``); for a synchronized
+    batchnorm's cache, grad_reduce, the exchange, grad_input."""
     V.cache_kind(cache, NormCache, op, spec.name)
+    if cache.comm is not None:
+        return _sync_backward(op, dout, cache)
+    route, dn = _backward_args(op, dout, cache)
+    backend, xp = route.backend, route.xp
+    with _stream(route, dout):
+        dx, dgamma, dbeta = backend.norm_bwd(xp, dn, cache.x, cache.geom, cache.mean,
+                                             cache.invstd, cache.gamma, cache.mode == "train")
+    return _backward_results(route, cache, dx, dgamma, dbeta)
+
+
+def _backward_args(op, dout, cache):
+    """(route, dout as the backend's array in x's dtype), checked."""
     route = _cache_route(cache, op, (("dout", dout),) if _converted(cache)
                          else (("dout", dout), ("the cached x", cache.x)))
     backend, xp = route.backend, route.xp
     dn = route.native(dout, "dout", floating=True)
     V.dout_shape(dn, cache.out_shape, op)
     V.floating_x(dn, "dout", backend.supported_dtypes(xp), xp)
-    x = cache.x
     V.cached_norm(cache, xp)
-    if dn.dtype != x.dtype:
-        dn = xp.astype(dn, x.dtype)
-    with _stream(route, dout):
-        dx, dgamma, dbeta = backend.norm_bwd(xp, dn, x, cache.geom, cache.mean, cache.invstd,
-                                             cache.gamma, cache.mode == "train")
+    if dn.dtype != cache.x.dtype:
+        dn = xp.astype(dn, cache.x.dtype)
+    return route, dn
+
+
+def _backward_results(route, cache, dx, dgamma, dbeta):
+    xp = route.xp
     if cache.gamma_shape != tuple(dgamma.shape):
         dgamma = xp.reshape(dgamma, cache.gamma_shape)
         dbeta = xp.reshape(dbeta, cache.gamma_shape)
     return route.wrap(dx), route.wrap(dgamma), route.wrap(dbeta)
+
+
+def _sync_backward(op, dout, cache):
+    """Synchronized batchnorm backward: every rank's checks agreed on, then
+    grad_reduce, the sums exchanged, grad_input over the total count;
+    dgamma and dbeta are the rank's own share."""
+    from . import _distributed as D
+    comm = cache.comm
+    error = None
+    try:
+        route, dn = _backward_args(op, dout, cache)
+    except (TypeError, ValueError) as exc:
+        error = exc
+    D.agree(comm, error, op)
+    backend, xp = route.backend, route.xp
+    x, geom = cache.x, cache.geom
+    with _stream(route, dout):
+        s1, s2, dgamma, dbeta = backend.grad_reduce(xp, dn, x, geom, cache.mean, cache.invstd,
+                                                    cache.gamma)
+        t1, t2 = D.gather_sums(comm, s1, s2, s1)
+        dx = backend.grad_input(xp, dn, x, geom, cache.mean, cache.invstd, cache.gamma, t1, t2,
+                                True, cache.count)
+    return _backward_results(route, cache, dx, dgamma, dbeta)
 
 
 # ---------------------------------------------------------------- batchnorm

@@ -29,7 +29,8 @@ per-group arrays are float64, ``(ngroups,)``):
    ``dbeta = sum(dout)``: one read of ``x`` and ``dout``.
 4. :meth:`Backend.grad_input` -- ``dx`` from those sums, one pass.  Training:
    ``dx = invstd * (gamma * dout - S1 / M - x_hat * S2 * invstd / M)`` with
-   ``S1, S2`` the group's sums with gamma applied and ``M`` its count; test
+   ``S1, S2`` the group's sums with gamma applied and ``M`` its count (passed
+   in: a synchronized batchnorm's groups span every rank); test
    mode (batchnorm's running statistics): ``dx = gamma * invstd * dout``.
 
 Composites, one call for a whole forward or backward where a backend fuses
@@ -146,8 +147,10 @@ class Backend(Protocol):
         """``(s1, s2, dgamma, dbeta)`` (see the module docstring)."""
 
     def grad_input(self, xp, dout, x, geom: Geometry, mean, invstd, gamma, s1, s2,
-                   train: bool):
-        """``dx`` from grad_reduce's sums (``train`` False: test-mode batchnorm)."""
+                   train: bool, count: int):
+        """``dx`` from grad_reduce's sums over ``count`` values per group
+        (``geom.count``, or a synchronized batchnorm's total over every
+        rank); ``train`` False: test-mode batchnorm."""
 
     def norm_train_fwd(self, xp, x, geom: Geometry, gamma, beta, eps: float):
         """``(out, mean, var, invstd)``: moments, then normalize."""

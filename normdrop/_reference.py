@@ -118,8 +118,8 @@ def grad_reduce(xp, dout, x, geom, mean, invstd, gamma):
     return s1, s2, xp.astype(dgamma, x.dtype), xp.astype(dbeta, x.dtype)
 
 
-def grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train):
-    """dx from the group sums.  With M values per group, S1 and S2 the sums
+def grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train, count):
+    """dx from the group sums.  With M = count values per group, S1 and S2 the sums
     with gamma applied (gamma * s1, gamma * s2 for per-channel groups) and
     x_hat = (x - mean) * invstd:
     train: dx = invstd / M * (M * gamma * dout - S1 - x_hat * S2 * invstd);
@@ -127,7 +127,7 @@ def grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train):
     d = _view(xp, dout, geom)
     iv = _per_group(xp, invstd, geom)
     g = _per_channel(xp, gamma, geom)
-    M = geom.count
+    M = count
     if not train or M == 0:
         dx = g * iv * d
     else:
@@ -151,7 +151,8 @@ def norm_train_fwd(xp, x, geom, gamma, beta, eps):
 def norm_bwd(xp, dout, x, geom, mean, invstd, gamma, train):
     """(dx, dgamma, dbeta): grad_reduce, then grad_input."""
     s1, s2, dgamma, dbeta = grad_reduce(xp, dout, x, geom, mean, invstd, gamma)
-    return grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train), dgamma, dbeta
+    return (grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train, geom.count),
+            dgamma, dbeta)
 
 
 def running_update(xp, old, batch, momentum, dtype):

@@ -110,7 +110,7 @@ def test_composites_equal_the_composition_of_the_steps(backend_name, dtype, shap
     for train in (True, False) if groups == 0 else (True,):
         dx, dgamma, dbeta = be.norm_bwd(xp, dout, x, geom, mean, invstd, gamma, train)
         s1, s2, dg, db = be.grad_reduce(xp, dout, x, geom, mean, invstd, gamma)
-        d = be.grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train)
+        d = be.grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train, geom.count)
         for a, b, what in ((dx, d, "dx"), (dgamma, dg, "dgamma"), (dbeta, db, "dbeta")):
             np.testing.assert_array_equal(_host(a), _host(b), err_msg=f"{what} train={train}")
         assert _host(dx).dtype == np.dtype(dtype) and _host(dgamma).dtype == np.dtype(dtype)
@@ -134,8 +134,10 @@ def test_steps_agree_with_the_reference():
         for g, e in zip(got, exp):
             np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-9)
         np.testing.assert_allclose(
-            cpu_backend.grad_input(np, dout, x, geom, m, iv, gamma, got[0], got[1], True),
-            _reference.grad_input(xp, dout, x, geom, m, iv, gamma, exp[0], exp[1], True),
+            cpu_backend.grad_input(np, dout, x, geom, m, iv, gamma, got[0], got[1], True,
+                                   geom.count),
+            _reference.grad_input(xp, dout, x, geom, m, iv, gamma, exp[0], exp[1], True,
+                                  geom.count),
             rtol=1e-9, atol=1e-10)
 
 

@@ -112,11 +112,11 @@ def grad_reduce(xp, dout, x, geom, mean, invstd, gamma):
     return _k.grad_reduce(_like(dout, x), x, g, mean, invstd, gamma)
 
 
-def grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train):
-    """dx from grad_reduce's sums, x's layout."""
+def grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train, count):
+    """dx from grad_reduce's sums over count values per group, x's layout."""
     x, g = _geometry(x, geom)
     dx = _out_like(x)
-    _k.grad_input(_like(dout, x), x, dx, g, mean, invstd, gamma, s1, s2, train)
+    _k.grad_input(_like(dout, x), x, dx, g, mean, invstd, gamma, s1, s2, train, count)
     return dx
 
 

@@ -152,12 +152,12 @@ cdef inline void c_grad_reduce(const real *dout, const real *x, const nd_geom *g
 
 cdef inline void c_grad_input(const real *dout, const real *x, real *dx, const nd_geom *g,
                               const double *mean, const double *invstd, const double *gamma,
-                              const double *s1, const double *s2, int train,
+                              const double *s1, const double *s2, int train, double count,
                               double *w) noexcept nogil:
     if real is float:
-        nd_grad_input_f32(dout, x, dx, g, mean, invstd, gamma, s1, s2, train, w)
+        nd_grad_input_f32(dout, x, dx, g, mean, invstd, gamma, s1, s2, train, count, w)
     else:
-        nd_grad_input_f64(dout, x, dx, g, mean, invstd, gamma, s1, s2, train, w)
+        nd_grad_input_f64(dout, x, dx, g, mean, invstd, gamma, s1, s2, train, count, w)
 
 
 cdef inline void c_norm_train_fwd(const real *x, real *out, const nd_geom *g,
@@ -306,7 +306,7 @@ def grad_reduce(cnp.ndarray dout, cnp.ndarray x, tuple geom, mean, invstd, gamma
 
 
 cdef object _grad_input(const real *dout, const real *x, real *dx, nd_geom *g, mean, invstd,
-                        gamma, s1, s2, int train):
+                        gamma, s1, s2, int train, double count):
     cdef cnp.ndarray mn = _as_f64(mean), iv = _as_f64(invstd), gm = _as_f64(gamma)
     cdef cnp.ndarray a1 = _as_f64(s1), a2 = _as_f64(s2)
     cdef int64_t ng = nd_ngroups(g)
@@ -319,14 +319,15 @@ cdef object _grad_input(const real *dout, const real *x, real *dx, nd_geom *g, m
     try:
         with nogil:
             c_grad_input(dout, x, dx, g, _dptr(mn), _dptr(iv), _dptr(gm), _dptr(a1),
-                         _dptr(a2), train, w)
+                         _dptr(a2), train, count, w)
     finally:
         PyMem_Free(w)
 
 
 def grad_input(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, mean, invstd,
-               gamma, s1, s2, bint train):
-    """dx <- the input gradient from grad_reduce's sums s1, s2."""
+               gamma, s1, s2, bint train, double count):
+    """dx <- the input gradient from grad_reduce's sums s1, s2 over count
+    values per group."""
     cdef nd_geom g
     _geom(geom, &g)
     _check_operand(x, &g)
@@ -334,10 +335,10 @@ def grad_input(cnp.ndarray dout, cnp.ndarray x, cnp.ndarray dx, tuple geom, mean
     _check_same(dx, x, "dx")
     if _is_f32(x):
         _grad_input(<const float *>_ptr(dout), <const float *>_ptr(x), <float *>_ptr(dx), &g,
-                    mean, invstd, gamma, s1, s2, train)
+                    mean, invstd, gamma, s1, s2, train, count)
     else:
         _grad_input(<const double *>_ptr(dout), <const double *>_ptr(x), <double *>_ptr(dx),
-                    &g, mean, invstd, gamma, s1, s2, train)
+                    &g, mean, invstd, gamma, s1, s2, train, count)
 
 
 cdef object _norm_train_fwd(const real *x, real *out, nd_geom *g, gamma, beta, double eps):

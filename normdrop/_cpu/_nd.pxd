@@ -44,10 +44,12 @@ cdef extern from "normdrop.h" nogil:
                             double *dbeta)
     void nd_grad_input_f32(const float *dout, const float *x, float *dx, const nd_geom *g,
                            const double *mean, const double *invstd, const double *gamma,
-                           const double *s1, const double *s2, int train, double *work)
+                           const double *s1, const double *s2, int train, double count,
+                           double *work)
     void nd_grad_input_f64(const double *dout, const double *x, double *dx, const nd_geom *g,
                            const double *mean, const double *invstd, const double *gamma,
-                           const double *s1, const double *s2, int train, double *work)
+                           const double *s1, const double *s2, int train, double count,
+                           double *work)
     void nd_norm_train_fwd_f32(const float *x, float *out, const nd_geom *g,
                                const double *gamma, const double *beta, double eps,
                                double *work, double *mean, double *var, double *invstd)

@@ -269,8 +269,8 @@ def grad_reduce(xp, dout, x, geom, mean, invstd, gamma):
         return _grad_sums(_like(dout, x, layout), x, g, mean, invstd, gamma)
 
 
-def grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train):
-    """dx from grad_reduce's sums, x's layout."""
+def grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train, count):
+    """dx from grad_reduce's sums over count values per group, x's layout."""
     with x.device:
         x, g, layout = _geometry(x, geom)
         dout = _like(dout, x, layout)
@@ -279,7 +279,7 @@ def grad_input(xp, dout, x, geom, mean, invstd, gamma, s1, s2, train):
             _launch("nd_grad_input", x.dtype, _elementwise_grid(g),
                     (dout, x, dx) + _geom_args(g)
                     + (_contig(mean), _contig(invstd), _contig(gamma), _contig(s1), _contig(s2),
-                       np.float64(geom.count), np.int32(bool(train))))
+                       np.float64(count), np.int32(bool(train))))
     return dx
 
 
@@ -299,7 +299,7 @@ def norm_bwd(xp, dout, x, geom, mean, invstd, gamma, train):
         xc, g, layout = _geometry(x, geom)
         dout = _like(dout, xc, layout)
         s1, s2, dgamma, dbeta = _grad_sums(dout, xc, g, mean, invstd, gamma)
-        dx = grad_input(xp, dout, xc, geom, mean, invstd, gamma, s1, s2, train)
+        dx = grad_input(xp, dout, xc, geom, mean, invstd, gamma, s1, s2, train, geom.count)
     return dx, dgamma, dbeta
 
 
