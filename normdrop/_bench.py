@@ -46,8 +46,12 @@ import normdrop as nd
 from . import _bench_seed
 from ._optable import bench_rows
 
-COLUMNS = ("normdrop", "reference", "seed", "torch")
-FAST = ("normdrop", "torch")            # the A/B pair: alternated every round
+COLUMNS = ("normdrop", "reference", "seed", "torch", "nd_torch")
+#: Alternated every round (ABBA): normdrop, PyTorch and (--array torch)
+#: normdrop called with torch tensors.
+FAST = ("normdrop", "torch", "nd_torch")
+#: Columns measured only when asked for.
+OPTIONAL = ("nd_torch",)
 KEEP = 0.5                              # dropout keep probability (PyTorch: drop 0.5)
 EPS, MOMENTUM = 1e-5, 0.9
 
@@ -216,6 +220,14 @@ def build(env: Env, op, row, dtype, columns):
         tx, tdout, tw, tb = (env.to_torch(a) for a in (hx, hdout, hgamma, hbeta))
         fn, notes["torch"] = op.torch(env.torch, row.part, tx, tdout, tw, tb, row.extra)
         calls["torch"] = env.torch_call(fn)
+    if "nd_torch" in columns:
+        if env.torch is None:
+            notes["nd_torch"] = env.torch_note
+        else:     # the same data as torch tensors (zero-copy views of the NumPy arrays)
+            tx, tdout, tw, tb = (env.to_torch(a) for a in (x, dout, gamma, beta))
+            calls["nd_torch"] = env.normdrop_call(
+                _normdrop_part(op, row, tx, tdout, tw, tb, False), False)
+            notes["nd_torch"] = "normdrop called with torch tensors of the same data"
     return calls, notes
 
 
@@ -464,7 +476,7 @@ def _paired(a: list, b: list):
 
 def run_row(env: Env, op, row, dtype: str, columns, st: Settings) -> dict:
     """Measure one op x dtype; the bound is filled in by :func:`run`."""
-    notes = {c: "skipped (--skip)" for c in COLUMNS if c not in columns}
+    notes = {c: "skipped (--skip)" for c in COLUMNS if c not in columns and c not in OPTIONAL}
     if "torch" in columns and env.torch is None:
         notes["torch"] = env.torch_note
     calls, built_notes = build(env, op, row, dtype, columns)
@@ -495,6 +507,9 @@ def run_row(env: Env, op, row, dtype: str, columns, st: Settings) -> dict:
         "fraction_of_bound": None,
         "seed_over_normdrop": _ratio(med["seed"], med["normdrop"]),
         "reference_over_normdrop": _ratio(med["reference"], med["normdrop"]),
+        "nd_torch_over_normdrop_paired": (
+            _paired(res["nd_torch"]["samples"], res["normdrop"]["samples"])
+            if "nd_torch" in res and "normdrop" in res else None),
         "bound_in_cache": row.in_cache,
         "samples": {c: len(r["samples"]) for c, r in res.items()},
         "calls_per_sample": {c: r["number"] for c, r in res.items()},
@@ -537,11 +552,20 @@ TABLE = (  # (header, row -> text)
     ("seed/nd", lambda r: _fmt(r["seed_over_normdrop"], "x")),
     ("ref/nd", lambda r: _fmt(r["reference_over_normdrop"], "x")),
 )
+#: With --array torch: normdrop on torch tensors, and its time over the NumPy
+#: path's (median of the interleaved pairs).
+TORCH_ARRAY_TABLE = (
+    ("nd(torch)", lambda r: _fmt_time(r.get("nd_torch_s"))),
+    ("nd(torch)/nd", lambda r: _fmt(r.get("nd_torch_over_normdrop_paired"), "ratio")),
+)
 
 
 def format_table(rows) -> str:
-    cells = [[h for h, _ in TABLE]] + [[f(r) for _, f in TABLE] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE))]
+    table = TABLE
+    if any(r.get("nd_torch_s") is not None for r in rows):
+        table = TABLE + TORCH_ARRAY_TABLE
+    cells = [[h for h, _ in table]] + [[f(r) for _, f in table] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(table))]
     left = 3  # op, shape, dtype left-aligned; numbers right-aligned
 
     def line(c):
@@ -641,7 +665,7 @@ def _failed_row(row, dtype: str, error: str) -> dict:
 
 
 def run(backend="cpu", dtypes=("float32", "float64"), threads=None, quick=False, ops=None,
-        skip=(), out=None, progress=None) -> dict:
+        skip=(), out=None, progress=None, array="numpy") -> dict:
     """Run the benchmark, print the table to `out` (progress to `progress`)
     and return the report (what ``--json`` writes).
 
@@ -652,7 +676,8 @@ def run(backend="cpu", dtypes=("float32", "float64"), threads=None, quick=False,
     out = sys.stdout if out is None else out
     progress = sys.stderr if progress is None else progress
     st = QUICK if quick else DEFAULT
-    columns = tuple(c for c in COLUMNS if c not in skip)
+    columns = tuple(c for c in COLUMNS if c not in skip and
+                    (c not in OPTIONAL or (c == "nd_torch" and array == "torch")))
     if backend == "cupy":
         try:
             import cupy
@@ -734,6 +759,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated ops (default all): " + ", ".join(KEYS))
     p.add_argument("--skip", default="", metavar="LIST",
                    help="comma-separated columns not to measure: reference, seed, torch")
+    p.add_argument("--array", choices=("numpy", "torch"), default="numpy",
+                   help="torch: also time normdrop called with torch tensors of the same data "
+                        "(the nd(torch) column, interleaved with the NumPy path; its ratio to "
+                        "it in nd(torch)/nd)")
 
 
 def _split(text: str) -> list:
@@ -747,7 +776,7 @@ def main(args) -> int:
         print(f"bench: unknown op(s) {', '.join(bad)}; known: {', '.join(KEYS)}", file=sys.stderr)
         return 2
     skip = _split(args.skip)
-    bad = [c for c in skip if c not in COLUMNS[1:]]
+    bad = [c for c in skip if c not in ("reference", "seed", "torch")]
     if bad:
         print(f"bench: --skip takes reference, seed, torch; got {', '.join(bad)}",
               file=sys.stderr)
@@ -757,7 +786,7 @@ def main(args) -> int:
         return 2
     dtypes = ("float32", "float64") if args.dtype == "all" else (args.dtype,)
     report = run(backend=args.backend, dtypes=dtypes, threads=args.threads, quick=args.quick,
-                 ops=ops, skip=skip)
+                 ops=ops, skip=skip, array=args.array)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)

@@ -141,14 +141,27 @@ def backend_for(named):
             _refuse_subclass(n, a)
     import array_api_compat as aac
 
-    for n, a in arrays:
-        if not aac.is_array_api_obj(a):
-            raise TypeError(f"{n} must be an array (NumPy, CuPy or another array-API "
-                            f"library), got {_type_name(a)}")
+    t_first = type(arrays[0][1])
+    if not (t_first.__module__.startswith("torch") and all(type(a) is t_first
+                                                           for _, a in arrays)):
+        for n, a in arrays:
+            if not aac.is_array_api_obj(a):
+                raise TypeError(f"{n} must be an array (NumPy, CuPy or another array-API "
+                                f"library), got {_type_name(a)}")
     first = arrays[0][1]
     t0 = type(first)
     if t0.__module__.startswith("torch") and all(type(a) is t0 for _, a in arrays):
-        xp = None                          # one library: no namespace needed yet
+        # PyTorch tensors of one type: the fast path (no namespace needed yet)
+        dev = first.device
+        for n, a in arrays[1:]:
+            if a.device != dev:
+                raise TypeError(f"arrays on different devices: {arrays[0][0]} is on {dev}, "
+                                f"{n} is on {a.device}")
+        from ._interop import adapter_for
+        ad = adapter_for(first)
+        if not _force.get() and ad.kind == "cpu":
+            return Route(_cpu(), np, ad)
+        xp = None
     else:
         try:
             xp = aac.array_namespace(*(a for _, a in arrays))

@@ -76,18 +76,19 @@ class Adapter:
         backend's library cannot carry it (a bfloat16 gamma)."""
         if self.kind == "reference":
             return _detached(a)
-        if self.library == "torch":
-            a = _detached(a)
-            if a.is_conj():
-                a = a.resolve_conj()
-            if a.is_neg():
-                a = a.resolve_neg()
         try:
             return self._convert(a)
         except (TypeError, BufferError, RuntimeError, ValueError):
-            if floating:
-                raise TypeError(f"{name} has dtype {_dtype_name(a.dtype)}; supported floating "
-                                f"dtypes here: float32, float64") from None
+            pass
+        if self.library == "torch":      # requires grad, or a conjugate/negative view
+            a = _detached(a).resolve_conj().resolve_neg()
+            try:
+                return self._convert(a)
+            except (TypeError, BufferError, RuntimeError, ValueError):
+                pass
+        if floating:
+            raise TypeError(f"{name} has dtype {_dtype_name(a.dtype)}; supported floating "
+                            f"dtypes here: float32, float64") from None
         return self._convert(_as_float64(a))
 
     def _convert(self, a):

@@ -187,6 +187,8 @@ OPS = {op.name: op for op in (
        bench=(BenchRow("bn-fwd", "batchnorm forward (train)", "fwd", (4096, 1024), 3),
               BenchRow("bn-bwd", "batchnorm backward", "bwd", (4096, 1024), 5),
               BenchRow("bn-small", "batchnorm forward+backward, small", "both", (64, 256), 8,
+                       in_cache=True),
+              BenchRow("bn-small-fwd", "batchnorm forward (train), small", "fwd", (64, 256), 3,
                        in_cache=True)),
        running=True, seed="batchnorm", torch=_torch_batchnorm),
     Op("spatial_batchnorm", "norm", _api.spatial_batchnorm_forward,

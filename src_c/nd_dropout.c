@@ -160,11 +160,55 @@ static void nd_bits_or_mask(uint8_t *bits, uint8_t *mask, int64_t n, uint64_t se
     }
 }
 
-/* nd_dropout_mask: mask[i] = keep(i) as a 0/1 byte, n values.
- * IN n, seed, p; OUT mask. */
-void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, double p)
+typedef uint64_t (*nd_group_bits_fn)(uint64_t g, const nd_keep_rule *r);
+
+/* Keep bits (bits, packed) or 0/1 bytes (mask) of n values whose first has
+ * generator index offset != 0: local group k (values 64 k .. 64 k + 63) is
+ * made of global groups q0 + k and q0 + k + 1, shifted by sh = offset % 64.
+ * Tasks of ND_GROUPS_PER_TASK local groups; each value's bit depends only on
+ * (seed, offset + i, p), so any partition gives the same bits. */
+static void nd_offset_bits(uint8_t *bits, uint8_t *mask, int64_t n, uint64_t offset,
+                           const nd_keep_rule *r)
 {
-    nd_bits_or_mask(0, mask, n, seed, p);
+    const int lvl = nd_isa_level();
+    (void)lvl;
+    const nd_group_bits_fn gb = ND_PICK(nd_group_bits);
+    const uint64_t q0 = offset >> 6;
+    const int sh = (int)(offset & 63);
+    const int64_t ng = nd_cdiv(n, ND_GROUP), ntask = nd_cdiv(ng, ND_GROUPS_PER_TASK);
+    ND_OMP_FOR(n >= ND_PARALLEL_MIN)
+    for (int64_t t = 0; t < ntask; ++t) {
+        const int64_t k0 = t * ND_GROUPS_PER_TASK, k1 = nd_min64(k0 + ND_GROUPS_PER_TASK, ng);
+        uint64_t lo = gb(q0 + (uint64_t)k0, r);
+        for (int64_t k = k0; k < k1; ++k) {
+            uint64_t m = lo;
+            if (sh) {
+                const uint64_t hi = gb(q0 + (uint64_t)k + 1, r);
+                m = (lo >> sh) | (hi << (64 - sh));
+                lo = hi;
+            } else if (k + 1 < k1) {
+                lo = gb(q0 + (uint64_t)k + 1, r);
+            }
+            const int64_t len = nd_min64(ND_GROUP, n - ND_GROUP * k);
+            if (len < ND_GROUP) m &= ((uint64_t)1 << len) - 1;
+            if (bits)
+                for (int64_t b = 0; 8 * b < len; ++b) bits[8 * k + b] = (uint8_t)(m >> (8 * b));
+            if (mask)
+                for (int64_t i = 0; i < len; ++i) mask[ND_GROUP * k + i] = (uint8_t)((m >> i) & 1);
+        }
+    }
+}
+
+/* nd_dropout_mask: mask[i] = keep(i) as a 0/1 byte, n values, value i with
+ * the word of generator index offset + i.  IN n, seed, offset, p; OUT mask. */
+void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, uint64_t offset, double p)
+{
+    if (offset == 0) {
+        nd_bits_or_mask(0, mask, n, seed, p);
+        return;
+    }
+    const nd_keep_rule r = nd_rule(seed, nd_dropout_threshold(p));
+    nd_offset_bits(0, mask, n, offset, &r);
 }
 
 #define T float

@@ -10,10 +10,21 @@ typedef void (*FN(nd_bwd_fn))(const T *dout, const uint8_t *bits, T *dx, int64_t
                               int64_t g1, T scale);
 
 /* nd_dropout_fwd: out[i] = keep(i) ? x[i] * scale : 0, scale = 1/p rounded to
- * T; the packed keep bits.  IN x, n, seed, p; OUT out, bits. */
-void FN(nd_dropout_fwd)(const T *x, T *out, uint8_t *bits, int64_t n, uint64_t seed, double p)
+ * T; the packed keep bits; value i with the word of generator index
+ * offset + i.  With offset 0, one fused pass; else the bits first
+ * (nd_offset_bits), then the same multiply as the backward applies.
+ * IN x, n, seed, offset, p; OUT out, bits. */
+void FN(nd_dropout_bwd)(const T *dout, const uint8_t *bits, T *dx, int64_t n, double p);
+
+void FN(nd_dropout_fwd)(const T *x, T *out, uint8_t *bits, int64_t n, uint64_t seed,
+                        uint64_t offset, double p)
 {
     const nd_keep_rule r = nd_rule(seed, nd_dropout_threshold(p));
+    if (offset != 0) {
+        nd_offset_bits(bits, 0, n, offset, &r);
+        FN(nd_dropout_bwd)(x, bits, out, n, p);
+        return;
+    }
     const T scale = (T)(1.0 / p);
     const int64_t ng = n / ND_GROUP, ntask = nd_cdiv(ng, ND_GROUPS_PER_TASK);
     const int lvl = nd_isa_level();

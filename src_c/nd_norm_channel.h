@@ -663,16 +663,16 @@ static void FN(ch_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, const 
 
 /*
  * ch_grad_input: dx from ch_grad_reduce's s1 (sum dout) and s2 (sum dout *
- * (x - mean)) through ch_coef.  IN dout, x, g, mean, invstd, gamma, s1, s2,
- * train; SCRATCH work (3 c doubles); OUT dx.
+ * (x - mean)) over M values per channel, through ch_coef.  IN dout, x, g,
+ * mean, invstd, gamma, s1, s2, train, M; SCRATCH work (3 c doubles); OUT dx.
  */
 static void FN(ch_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g,
                               const double *mean, const double *invstd, const double *gamma,
-                              const double *s1, const double *s2, int train, double *work)
+                              const double *s1, const double *s2, int train, double M,
+                              double *work)
 {
     const int64_t C = g->c;
     if (C <= 0) return;
-    const double M = (double)(g->n * g->s);
     double *a = work, *b = work + C, *e = work + 2 * C;
     for (int64_t c = 0; c < C; ++c) ch_coef(c, M, train, gamma, invstd, s1[c], s2[c], a, b, e);
     FN(ch_dx)(dout, x, dx, g, mean, a, b, e);

@@ -299,10 +299,9 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
 
 static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g,
                               const double *mean, const double *invstd, const double *gamma,
-                              const double *s1, const double *s2, int train)
+                              const double *s1, const double *s2, int train, double M)
 {
     const int64_t ng = nd_ngroups(g);
-    const double M = (double)nd_group_count(g);
     ND_OMP_FOR(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     for (int64_t k = 0; k < ng; ++k) {
         const nd_grp grp = nd_group(g, k);

@@ -65,18 +65,21 @@ void FN(nd_grad_reduce)(const T *dout, const T *x, const nd_geom *g, const doubl
 
 /*
  * nd_grad_input: dx = a * dout + b[grp] * (x - mean[grp]) + e[grp] with
- * a = gamma[ch] * invstd[grp] and b, e from the group's sums (ch_coef, gr_coef);
- * train == 0: b = e = 0 (test-mode batchnorm).  In double, rounded once.
- * IN dout, x, g, mean, invstd, gamma, s1, s2, train; SCRATCH work; OUT dx.
+ * a = gamma[ch] * invstd[grp] and b, e from the group's sums over `count`
+ * values (ch_coef, gr_coef; count is the geometry's own group size, or a
+ * synchronized batchnorm's total over every rank); train == 0: b = e = 0
+ * (test-mode batchnorm).  In double, rounded once.
+ * IN dout, x, g, mean, invstd, gamma, s1, s2, train, count; SCRATCH work;
+ * OUT dx.
  */
 void FN(nd_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g, const double *mean,
                        const double *invstd, const double *gamma, const double *s1,
-                       const double *s2, int train, double *work)
+                       const double *s2, int train, double count, double *work)
 {
     if (g->groups == 0)
-        FN(ch_grad_input)(dout, x, dx, g, mean, invstd, gamma, s1, s2, train, work);
+        FN(ch_grad_input)(dout, x, dx, g, mean, invstd, gamma, s1, s2, train, count, work);
     else
-        FN(gr_grad_input)(dout, x, dx, g, mean, invstd, gamma, s1, s2, train);
+        FN(gr_grad_input)(dout, x, dx, g, mean, invstd, gamma, s1, s2, train, count);
 }
 
 /*

@@ -94,12 +94,13 @@ void nd_merge_moments(int64_t nsets, int64_t ngroups, const double *count, const
                               const double *mean, const double *invstd,             \
                               const double *gamma, double *work, double *s1,        \
                               double *s2, double *dgamma, double *dbeta);           \
-    /* dx <- the input gradient from grad_reduce's s1, s2 (train == 0: test-mode \
-     * batchnorm, dx = gamma * invstd * dout). */                                  \
+    /* dx <- the input gradient from grad_reduce's s1, s2 over count values per \
+     * group (train == 0: test-mode batchnorm, dx = gamma * invstd * dout). */     \
     void nd_grad_input_##SUF(const T *dout, const T *x, T *dx, const nd_geom *g,    \
                              const double *mean, const double *invstd,              \
                              const double *gamma, const double *s1,                 \
-                             const double *s2, int train, double *work);            \
+                             const double *s2, int train, double count,             \
+                             double *work);                                         \
     /* Composite: nd_moments, var = m2 / count, invstd = 1 / sqrt(var + eps),    \
      * nd_normalize -- in one call, fused where a group fits in cache. */          \
     void nd_norm_train_fwd_##SUF(const T *x, T *out, const nd_geom *g,              \
@@ -117,9 +118,10 @@ void nd_merge_moments(int64_t nsets, int64_t ngroups, const double *count, const
     void nd_running_update_##SUF(const float *old32, const double *old64,           \
                                  const double *batch, double momentum, T *out,      \
                                  int64_t c);                                        \
-    /* out[i] <- keep(i) ? x[i] * (T)(1/p) : 0 and the packed keep bits. */         \
+    /* out[i] <- keep(i) ? x[i] * (T)(1/p) : 0 and the packed keep bits, value i \
+     * with the generator word of index offset + i. */                             \
     void nd_dropout_fwd_##SUF(const T *x, T *out, uint8_t *bits, int64_t n,         \
-                              uint64_t seed, double p);                             \
+                              uint64_t seed, uint64_t offset, double p);            \
     /* dx[i] <- bit(i) ? dout[i] * (T)(1/p) : 0. */                                 \
     void nd_dropout_bwd_##SUF(const T *dout, const uint8_t *bits, T *dx,            \
                               int64_t n, double p);
@@ -127,8 +129,8 @@ void nd_merge_moments(int64_t nsets, int64_t ngroups, const double *count, const
 ND_DECLARE(float, f32)
 ND_DECLARE(double, f64)
 
-/* mask[i] <- keep(i) as 0/1 bytes, n values. */
-void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, double p);
+/* mask[i] <- keep(i) as 0/1 bytes, n values from generator index offset. */
+void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, uint64_t offset, double p);
 
 /* Outputs of at least this many bytes are written with non-temporal
  * (streaming) stores where the processor has them: they bypass the caches, so
