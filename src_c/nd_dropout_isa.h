@@ -10,41 +10,82 @@
 #define ISA(name) ND_CAT(name, ND_ISA)
 
 #if defined(ND_ISA_GENERIC)
+/* Portable C, shaped for the auto-vectorizer: the 16 blocks of a group in
+ * arrays, one loop over them per round (SSE2 pmuludq on x86-64, NEON umull
+ * on AArch64; kept from full unrolling, which would leave only straight-line
+ * code to the far weaker basic-block vectorizer), rounds 1-2 where the lanes
+ * agree as in the vector variants, and no data-dependent branch anywhere. */
+#if defined(__clang__)
+#define ND_LOOP_KEEP _Pragma("clang loop unroll(disable)")
+#elif defined(__GNUC__)
+#define ND_LOOP_KEEP _Pragma("GCC unroll 1")
+#else
+#define ND_LOOP_KEEP
+#endif
+
 /* Keep bits of group g: bit 4j + w is word w of block 16 g + j. */
 static inline uint64_t ISA(nd_group_bits)(uint64_t g, const nd_keep_rule *r)
 {
     if (r->all) return ~(uint64_t)0;
     nd_u32 c0[ND_GROUP_BLOCKS], c1[ND_GROUP_BLOCKS], c2[ND_GROUP_BLOCKS], c3[ND_GROUP_BLOCKS];
-    const nd_u64 b0 = g * ND_GROUP_BLOCKS;
+    const nd_u64 b0 = g * ND_GROUP_BLOCKS;   /* multiple of 16: no carry into the high word */
+    /* Round 1 from (lo + j, hi, 0, 0): the second product is 0, so c0 = u0 =
+     * hi ^ k0 in every block and c1 = 0; round 2's first product p = M0 u0. */
+    const nd_u32 u0 = (nd_u32)(b0 >> 32) ^ r->rk0[0];
+    const nd_u64 p = (nd_u64)ND_PHILOX_M0 * u0;
+    const nd_u32 c2r2 = (nd_u32)(p >> 32) ^ r->rk1[1], c3r2 = (nd_u32)p;
     for (int j = 0; j < ND_GROUP_BLOCKS; ++j) {
-        nd_u64 b = b0 + (nd_u64)j;
-        c0[j] = (nd_u32)b; c1[j] = (nd_u32)(b >> 32); c2[j] = 0u; c3[j] = 0u;
+        const nd_u64 p0 = (nd_u64)ND_PHILOX_M0 * ((nd_u32)b0 + (nd_u32)j);
+        const nd_u64 p1 = (nd_u64)ND_PHILOX_M1 * ((nd_u32)(p0 >> 32) ^ r->rk1[0]);
+        c0[j] = (nd_u32)(p1 >> 32) ^ r->rk0[1];
+        c1[j] = (nd_u32)p1;
+        c2[j] = (nd_u32)p0 ^ c2r2;
+        c3[j] = c3r2;
     }
-    for (int rr = 0; rr < ND_PHILOX_ROUNDS; ++rr) {
-        const nd_u32 rk0 = nd_philox_key0(r->k0, rr), rk1 = nd_philox_key1(r->k1, rr);
-        for (int j = 0; j < ND_GROUP_BLOCKS; ++j)
-            nd_philox_round(&c0[j], &c1[j], &c2[j], &c3[j], rk0, rk1);
+    for (int rr = 2; rr < ND_PHILOX_ROUNDS; ++rr) {
+        const nd_u32 k0 = r->rk0[rr], k1 = r->rk1[rr];
+        ND_LOOP_KEEP
+        for (int j = 0; j < ND_GROUP_BLOCKS; ++j) {
+            const nd_u64 p0 = (nd_u64)ND_PHILOX_M0 * c0[j], p1 = (nd_u64)ND_PHILOX_M1 * c2[j];
+            const nd_u32 n0 = (nd_u32)(p1 >> 32) ^ c1[j] ^ k0, n2 = (nd_u32)(p0 >> 32) ^ c3[j] ^ k1;
+            c0[j] = n0;
+            c1[j] = (nd_u32)p1;
+            c2[j] = n2;
+            c3[j] = (nd_u32)p0;
+        }
     }
     uint64_t m = 0;
     for (int j = 0; j < ND_GROUP_BLOCKS; ++j) {
-        m |= (uint64_t)(c0[j] < r->t) << (4 * j);
-        m |= (uint64_t)(c1[j] < r->t) << (4 * j + 1);
-        m |= (uint64_t)(c2[j] < r->t) << (4 * j + 2);
-        m |= (uint64_t)(c3[j] < r->t) << (4 * j + 3);
+        const uint64_t q = (uint64_t)(c0[j] < r->t) | (uint64_t)(c1[j] < r->t) << 1 |
+                           (uint64_t)(c2[j] < r->t) << 2 | (uint64_t)(c3[j] < r->t) << 3;
+        m |= q << (4 * j);
     }
     return m;
 }
 
-#define ND_APPLY_BODY(T)                                                    \
-    for (int k = 0; k < ND_GROUP; ++k) out[k] = ((m >> k) & 1) ? x[k] * s : (T)0;
+/* out[k] = bit k of m ? x[k] * s : +0, without a branch: the product's bits
+ * and-ed with the bit spread to a mask (a select on the bit would become a
+ * branch on random data). */
+static const uint32_t nd_bit8[8] = {1, 2, 4, 8, 16, 32, 64, 128};
+#define ND_APPLY_BODY(T, U)                                                   \
+    for (int q = 0; q < 8; ++q) {                                             \
+        const uint32_t b = (uint32_t)(m >> (8 * q)) & 0xff;                   \
+        for (int i = 0; i < 8; ++i) {                                         \
+            const T v = x[8 * q + i] * s;                                     \
+            U u;                                                              \
+            memcpy(&u, &v, sizeof u);                                         \
+            u &= (U)0 - (U)((b & nd_bit8[i]) != 0);                           \
+            memcpy(out + 8 * q + i, &u, sizeof u);                            \
+        }                                                                     \
+    }
 
 static inline void ISA(nd_apply_f32)(const float *x, float *out, uint64_t m, float s)
 {
-    ND_APPLY_BODY(float)
+    ND_APPLY_BODY(float, uint32_t)
 }
 static inline void ISA(nd_apply_f64)(const double *x, double *out, uint64_t m, double s)
 {
-    ND_APPLY_BODY(double)
+    ND_APPLY_BODY(double, uint64_t)
 }
 #undef ND_APPLY_BODY
 /* no streaming stores in portable C */
@@ -53,8 +94,12 @@ static inline void ISA(nd_apply_f64)(const double *x, double *out, uint64_t m, d
 
 static inline void ISA(nd_mask_bytes)(uint8_t *mask, uint64_t m)
 {
-    for (int k = 0; k < ND_GROUP; ++k) mask[k] = (uint8_t)((m >> k) & 1);
+    for (int q = 0; q < 8; ++q) {
+        const uint32_t b = (uint32_t)(m >> (8 * q)) & 0xff;
+        for (int i = 0; i < 8; ++i) mask[8 * q + i] = (uint8_t)((b & nd_bit8[i]) != 0);
+    }
 }
+#undef ND_LOOP_KEEP
 
 #elif defined(ND_ISA_AVX2)
 /* One block per dword: a vector holds one Philox word of 8 blocks, half a
