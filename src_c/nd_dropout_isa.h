@@ -224,10 +224,11 @@ ND_AVX2_INLINE void ISA(nd_ctx_init)(ISA(nd_ctx) *K, const nd_keep_rule *r)
  * i.e. values 8 i .. 8 i + 7 of the half. */
 #define ND_TRANSPOSE(H)                                                            \
     {                                                                              \
-        const __m256i t0 = _mm256_unpacklo_epi32(C0##H, C1##H);  /* c0 c1 of blocks 0 1 */ \
-        const __m256i t1 = _mm256_unpackhi_epi32(C0##H, C1##H);  /* c0 c1 of blocks 2 3 */ \
-        const __m256i t2 = _mm256_unpacklo_epi32(C2##H, C3##H);  /* c2 c3 of blocks 0 2 */ \
-        const __m256i t3 = _mm256_unpackhi_epi32(C2##H, C3##H);  /* c2 c3 of blocks 1 3 */ \
+        /* per lane, the words of the blocks at lane positions ...: */              \
+        const __m256i t0 = _mm256_unpacklo_epi32(C0##H, C1##H);  /* c0 c1 of 0, 1 */ \
+        const __m256i t1 = _mm256_unpackhi_epi32(C0##H, C1##H);  /* c0 c1 of 2, 3 */ \
+        const __m256i t2 = _mm256_unpacklo_epi32(C2##H, C3##H);  /* c2 c3 of 0, 2 */ \
+        const __m256i t3 = _mm256_unpackhi_epi32(C2##H, C3##H);  /* c2 c3 of 1, 3 */ \
         mk[4 * H + 0] = ND_PS(_mm256_unpacklo_epi64(t0, t2));                      \
         mk[4 * H + 1] = _mm256_shuffle_ps(ND_PS(t0), ND_PS(t3), _MM_SHUFFLE(1, 0, 3, 2)); \
         mk[4 * H + 2] = _mm256_shuffle_ps(ND_PS(t1), ND_PS(t2), _MM_SHUFFLE(3, 2, 1, 0)); \

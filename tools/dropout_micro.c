@@ -12,6 +12,7 @@
  *       bwd_f32) of VARIANT (generic, avx2, avx512) over GROUPS groups: for
  *       valgrind --tool=callgrind --toggle-collect=<function>.
  */
+#define _POSIX_C_SOURCE 200809L   /* clock_gettime under -std=c11 */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
