@@ -12,8 +12,10 @@
  * Variants, chosen at run time on x86-64 with GCC/Clang (nd_dropout_isa.h):
  *   avx512: 16 counters per zmm, vpmuludq for the 32x32->64 products, keep
  *           masks straight from unsigned compares (k-registers, pdep);
- *   avx2:   8 counters per ymm;
- *   generic: portable C (the only variant on other compilers and targets).
+ *   avx2:   8 counters per ymm, a group's two halves interleaved; the keep
+ *           masks transposed to value order drive the stores directly;
+ *   generic: portable C shaped for auto-vectorization (the only variant on
+ *           other compilers and targets).
  * Packed bits: value i is bit i % 8 of byte i / 8.
  *   forward:  out[i] = keep(i) ? x[i] * scale : 0      (scale = (T)(1/p))
  *   backward: dx[i]  = bit(i)  ? dout[i] * scale : 0
