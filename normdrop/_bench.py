@@ -449,6 +449,7 @@ def runtime_info(env: Env) -> dict:
     from . import _cpu
     info = {"openmp": bool(_cpu.have_openmp()),
             "normdrop_threads": _cpu.max_threads() if _cpu.have_openmp() else 1,
+            "isa": _cpu.isa(),
             "versions": {"normdrop": nd.__version__, "numpy": np.__version__,
                          "python": platform.python_version()}}
     if env.torch is not None:
@@ -596,7 +597,9 @@ def header_lines(report) -> list:
         + (f", GPU {rt['gpu']}" if "gpu" in rt else ""),
         f"date: {report['date']}; {m['platform']}",
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items())
-        + ("" if "torch" in v else ", torch not installed"),
+        + ("" if "torch" in v else ", torch not installed")
+        + (f"; ISA variants: normalization {rt['isa']['normalization']}, dropout "
+           f"{rt['isa']['dropout']}" if rt.get("isa") else ""),
         f"backend: {report['backend']}; streaming copy ({bw['method']}): "
         f"{bw['bytes_per_s'] / 1e9:.1f} GB/s (start {bw['start'] / 1e9:.1f}, "
         f"end {bw['end'] / 1e9:.1f}); times are medians of interleaved repetitions, "

@@ -13,13 +13,15 @@ import sys
 # Array-API libraries reported in the backend table (importable name, label).
 # They are looked up, never imported: importing PyTorch or JAX is slow and
 # loads their own thread pools.
+#: (module, label, what its arrays run on): DLPack CPU arrays on the C
+#: kernels, CUDA ones on the CUDA kernels (normdrop._interop).
 _OTHER_LIBRARIES = (
-    ("array_api_strict", "array_api_strict"),
-    ("torch", "torch"),
-    ("jax", "jax.numpy"),
-    ("dask", "dask.array"),
-    ("sparse", "sparse"),
-    ("ndonnx", "ndonnx"),
+    ("torch", "torch", "cpu for CPU tensors (zero-copy), cuda for CUDA tensors, reference else"),
+    ("jax", "jax.numpy", "cpu for CPU arrays (DLPack), cuda for GPU arrays, reference else"),
+    ("array_api_strict", "array_api_strict", "cpu (DLPack)"),
+    ("dask", "dask.array", "reference (lazy arrays)"),
+    ("sparse", "sparse", "reference"),
+    ("ndonnx", "ndonnx", "reference"),
 )
 
 
@@ -134,6 +136,7 @@ def config() -> dict:
 
     cpu, cpu_error = _cpu_backend()
     openmp = cpu.have_openmp() if cpu else None
+    isa = cpu.isa() if cpu else None
     threads = cpu.max_threads() if cpu else None
     runtime = _openmp_runtime(cpu) if openmp else None
     cache = stream = None
@@ -158,9 +161,13 @@ def config() -> dict:
         backends["cupy"] = "cuda (CUDA kernels through CuPy RawModule)"
     else:
         backends["cupy"] = "cuda, unavailable: " + cuda["detail"]
-    for module, label in _OTHER_LIBRARIES:
-        backends[label] = "reference" + ("" if _installed(module) else " (not installed)")
-    backends["any other array-API library"] = "reference"
+    for module, label, route in _OTHER_LIBRARIES:
+        if forced:
+            route = "reference (forced)"
+        backends[label] = route + ("" if _installed(module) else " (not installed)")
+    backends["any other array-API library"] = ("reference (forced)" if forced else
+                                               "cpu/cuda where it exports DLPack there, else "
+                                               "reference")
 
     return {
         "version": normdrop.__version__,
@@ -174,6 +181,7 @@ def config() -> dict:
         "threads": threads,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "openmp_runtime": runtime,
+        "isa": isa,
         "output_cache": cache,
         "stream_bytes": stream,
         "cuda": cuda["usable"],
@@ -218,6 +226,10 @@ def show_config(file=None) -> None:
                         " threadpoolctl limits apply)" if c["openmp"] else "1")
         if c["openmp"]:
             line("OpenMP runtime", c["openmp_runtime"] or "unknown (install threadpoolctl to see it)")
+        if c["isa"]:
+            line("ISA variants", f"normalization {c['isa']['normalization']} (of x86-64-v4, avx2, "
+                                 f"default), dropout {c['isa']['dropout']} (of avx512, avx2, "
+                                 "generic)")
     if c["output_cache"] is not None:
         oc = c["output_cache"]
         line("output cache", f"{oc['bytes'] / 2**20:.1f} MiB in {oc['blocks']} block(s), limit "

@@ -115,6 +115,12 @@ static int nd_isa_level(void)
 #endif
 }
 
+const char *nd_dropout_isa(void)
+{
+    static const char *const names[] = {"generic", "avx2", "avx512"};
+    return names[nd_isa_level()];
+}
+
 #if ND_X86_SIMD
 #define ND_PICK(name) (lvl == 2 ? ND_CAT(name, avx512) : lvl == 1 ? ND_CAT(name, avx2) \
                                                                 : ND_CAT(name, generic))

@@ -216,6 +216,23 @@ int nd_have_openmp(void)
 
 uint64_t nd_keep_threshold(double p) { return nd_dropout_threshold(p); }
 
+const char *nd_norm_isa(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(ND_NO_CLONES) && \
+    (defined(__clang__) || __GNUC__ >= 6) && defined(__linux__)
+    /* the choice the target_clones resolver makes (ND_CLONES, nd_common.h) */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
+        return "x86-64-v4";
+    return __builtin_cpu_supports("avx2") ? "avx2" : "default";
+#else
+    return "default (one variant)";
+#endif
+}
+
 void nd_merge_moments(int64_t nsets, int64_t ngroups, const double *count, const double *mean,
                       const double *m2, double *out_count, double *out_mean, double *out_m2)
 {

@@ -70,6 +70,12 @@ int nd_max_threads(void);
 /* 1 when compiled with OpenMP. */
 int nd_have_openmp(void);
 
+/* The instruction-set variant each kernel family runs on this processor:
+ * the normalization kernels' ND_CLONES clone ("x86-64-v4", "avx2",
+ * "default") and the dropout loops' ("avx512", "avx2", "generic"). */
+const char *nd_norm_isa(void);
+const char *nd_dropout_isa(void);
+
 /* The dropout keep threshold floor(p * 2**32) (nd_philox.h), for tests. */
 uint64_t nd_keep_threshold(double p);
 /* The moments merge of nd_moments.h, for tests and the synchronized

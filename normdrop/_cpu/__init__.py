@@ -20,3 +20,9 @@ def have_openmp() -> bool:
 def max_threads() -> int:
     """Threads an OpenMP kernel would use now (1 without OpenMP)."""
     return _k.max_threads()
+
+
+def isa() -> dict:
+    """The instruction-set variant each kernel family runs on this processor,
+    e.g. {"normalization": "avx2", "dropout": "avx2"}."""
+    return _k.isa()

@@ -215,6 +215,12 @@ def max_threads():
     return nd_max_threads()
 
 
+def isa():
+    """The instruction-set variant each kernel family runs here:
+    {"normalization": ..., "dropout": ...}."""
+    return {"normalization": nd_norm_isa().decode(), "dropout": nd_dropout_isa().decode()}
+
+
 cdef object _moments(const real *x, nd_geom *g):
     cdef int64_t ng = nd_ngroups(g)
     cdef cnp.ndarray mean = np.empty(ng, np.float64)
