@@ -199,7 +199,7 @@ int64_t nd_work_size(const nd_geom *g, int backward)
 int nd_max_threads(void)
 {
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    return nd_forked_serial() ? 1 : omp_get_max_threads();
 #else
     return 1;
 #endif

@@ -24,6 +24,13 @@ from normdrop._cpu._nd cimport *
 
 cnp.import_array()
 
+# The fork handler (normdrop.h, nd_init): without it, a process forked after
+# a parallel kernel would hang in its first parallel kernel.
+if nd_init() != 0:
+    import warnings
+    warnings.warn("normdrop: pthread_atfork failed; a process forked after a parallel "
+                  "kernel may hang in its first parallel kernel", RuntimeWarning)
+
 ctypedef fused real:
     float
     double
@@ -172,8 +179,16 @@ def have_openmp():
 
 
 def max_threads():
-    """Threads an OpenMP kernel would use now (1 without OpenMP)."""
+    """Threads an OpenMP kernel would use now (1 without OpenMP, and 1 in a
+    process forked after a parallel kernel: see forked_serial)."""
     return nd_max_threads()
+
+
+def forked_serial():
+    """True in a process forked from a thread that had run a parallel kernel:
+    the OpenMP threads did not survive fork(), so the kernels run on one
+    thread (with the same results)."""
+    return bool(nd_forked_serial())
 
 
 cdef object _moments(const real *x, nd_geom *g):
