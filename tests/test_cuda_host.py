@@ -942,6 +942,33 @@ def test_inf_and_nan_in_x(cp, case, dtype):
     assert_close(_np(dbeta), edbeta, dtype, "dbeta")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,layout,groups", [
+    ((600, 70), "contiguous", 0),       # ROWS, two parts: +inf in the first
+    ((20000, 3), "fortran", 0),         # PLANES, a plane cut in two segments
+    ((70, 2, 16, 16), "contiguous", 0),  # PLANES, two parts of planes
+    ((2, 6, 40, 50), "contiguous", 2),  # groupnorm: several parts per group
+], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_inf_in_an_early_part_keeps_the_mean_infinite(cp, shape, layout, groups, dtype):
+    """+inf (and -inf in another channel) in the first part of a statistics
+    group with later parts: the merge (nd_moments.h) gives the reference's
+    mean, +inf and -inf, not inf - inf = NaN, and a NaN variance."""
+    geom = _contract_geom(shape, groups)
+    x, gamma, beta, _ = _data(shape, dtype, seed=4)
+    x[(1, 0) + (0,) * (len(shape) - 2)] = np.inf
+    x[(0, shape[1] - 1) + (0,) * (len(shape) - 2)] = -np.inf
+    xd = cp.asarray(_layout(x, layout))
+    _, mean, var, _ = cuda_be.norm_train_fwd(cp, xd, geom, cp.asarray(gamma), cp.asarray(beta),
+                                             EPS)
+    with np.errstate(invalid="ignore"):
+        _, emean, evar, _ = _reference.norm_train_fwd(npx, np.asarray(x, np.float64), geom,
+                                                      np.asarray(gamma, np.float64),
+                                                      np.asarray(beta, np.float64), EPS)
+    assert np.isinf(emean).sum() == 2
+    _assert_close_nonfinite(mean, emean, "float64", "mean")
+    _assert_close_nonfinite(var, evar, "float64", "var")
+
+
 # ----------------------------------------- every op through the contract
 CONTRACT_CASES = [
     ((7, 5), "contiguous", 0), ((300, 37), "fortran", 0), ((3, 5, 4, 6), "channels_last", 0),

@@ -93,7 +93,10 @@ ND_DEV void nd_block_tree(double (*sh)[ND_THREADS], int tid, int ty, int ct, int
  * thread's first value, turned into (count, mean, M2) at the end:
  * mean = k0 + s1 / n, M2 = s2 - s1^2 / n.  Since k0 is one of the values,
  * (mean - k0)^2 <= M2, so the cancellation costs at most a factor n (the
- * thread's count, ~64) of the accumulation precision. */
+ * thread's count, ~64) of the accumulation precision.  A first value that is
+ * inf or NaN is no shift (v - k0 would be inf - inf = NaN for the value
+ * itself): k0 = 0 then, and the thread's mean is the inf or NaN of its sum,
+ * its M2 NaN. */
 template <typename T>
 struct nd_stats_acc {
     typedef typename nd_type<T>::acc A;
@@ -109,7 +112,7 @@ struct nd_stats_acc {
     ND_DEVM void add(nd_i64 off, nd_i64, nd_i64)
     {
         const A v = nd_type<T>::to_acc(x[off]);
-        if (cnt == 0) k0 = v;
+        if (cnt == 0) k0 = (v - v == (A)0) ? v : (A)0;   /* (v - v is 0 iff v is finite) */
         const A d = v - k0;
         s1 += d;
         s2 += d * d;
