@@ -89,7 +89,11 @@ static int64_t ch_reduce_work(const nd_geom *g)
 /* The coefficients of dx = a * dout + b * (x - mean) + e for channel c, from
  * its sums: a = gamma * invstd; training: dgamma = sum_dyxm * invstd,
  * b = -a * invstd * dgamma / M, e = -a * sum_dy / M (M values per channel);
- * test mode: b = e = 0. */
+ * test mode: b = e = 0.  Where b is not finite it is computed again with the
+ * sum first, -a * (invstd * (dgamma / M)): a constant channel with a tiny eps
+ * has a * invstd = gamma / eps beyond the double range (inf for eps below
+ * ~5e-309, or 2e-307 with gamma = 10) times dgamma = 0, which is 0, not
+ * NaN.  Finite coefficients keep their bits. */
 static inline void ch_coef(int64_t c, double M, int train, const double *gamma,
                            const double *invstd, double sum_dy, double sum_dyxm, double *a,
                            double *b, double *e)
@@ -99,6 +103,7 @@ static inline void ch_coef(int64_t c, double M, int train, const double *gamma,
     if (train) {
         e[c] = -a[c] * sum_dy / M;
         b[c] = -a[c] * invstd[c] * dg / M;
+        if (b[c] - b[c] != 0.0) b[c] = -a[c] * (invstd[c] * (dg / M));
     } else {
         b[c] = 0.0;
         e[c] = 0.0;
@@ -171,12 +176,15 @@ static int64_t nd_group_block(const nd_geom *g)
 
 /* The coefficients b, e of group k's dx from its sums (M values):
  * training dx = r (gamma dout - s1 / M - x_hat r s2 / M), i.e.
- * b = -r^3 s2 / M, e = -r s1 / M; test mode b = e = 0. */
+ * b = -r^3 s2 / M, e = -r s1 / M; test mode b = e = 0.  As in ch_coef, a b
+ * that is not finite is computed again with the sum first (r^3 overflows for
+ * eps below ~3e-206; a constant group has s2 = 0). */
 static inline void gr_coef(double r, double s1, double s2, double M, int train, double *b,
                            double *e)
 {
     if (train && M > 0.0) {
         *b = -(r * r * r) * s2 / M;
+        if (*b - *b != 0.0) *b = -(r * (r * (r * (s2 / M))));
         *e = -r * s1 / M;
     } else {
         *b = 0.0;
