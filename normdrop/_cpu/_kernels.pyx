@@ -375,8 +375,10 @@ cdef object _running_update(real *out, old, cnp.ndarray batch, double momentum):
 def running_update(old, cnp.ndarray batch, double momentum, dtype):
     """new[c] = (1 - momentum) * batch[c] + momentum * old[c] in float64,
     rounded once to dtype (float32 or float64); old None counts as zeros.
-    batch: C-contiguous float64 (C,).  Returns a new (C,) array."""
-    cdef cnp.ndarray new = np.empty(cnp.PyArray_SIZE(batch), dtype)
+    batch: C-contiguous float64 (C,).  Returns a new (C,) array, in native byte
+    order (the kernel writes native values; a big-endian x's dtype would label
+    them wrongly)."""
+    cdef cnp.ndarray new = np.empty(cnp.PyArray_SIZE(batch), np.dtype(dtype).newbyteorder("="))
     if cnp.PyArray_TYPE(new) == cnp.NPY_FLOAT32:
         _running_update(<float *>_ptr(new), old, batch, momentum)
     elif cnp.PyArray_TYPE(new) == cnp.NPY_FLOAT64:
