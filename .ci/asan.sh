@@ -30,7 +30,7 @@ echo "ASan runtime: $LIBASAN"
 # The test files: the contract, every op's matrix and errors, on small shapes.
 TESTS=(test_contract.py test_batchnorm.py test_dropout.py test_errors.py
        test_layernorm_groupnorm.py test_nonfinite.py test_tiny_eps.py test_golden.py
-       test_threads_determinism.py test_float32_elementwise.py)
+       test_threads_determinism.py test_float32_elementwise.py test_fuzz.py)
 
 echo "--- source tree -> $WORK/src"
 "$PY" - "$ROOT" "$WORK/src" <<'PY'
