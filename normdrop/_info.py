@@ -138,7 +138,10 @@ def config() -> dict:
     openmp = cpu.have_openmp() if cpu else None
     isa = cpu.isa() if cpu else None
     threads = cpu.max_threads() if cpu else None
-    runtime = _openmp_runtime(cpu) if openmp else None
+    forked = cpu.forked_serial() if cpu else False
+    # (in a forked serial child the thread count no longer follows the limits
+    # the probe sets, so the probe would find nothing)
+    runtime = _openmp_runtime(cpu) if openmp and not forked else None
     cache = stream = None
     if cpu is not None:
         from . import _memory
@@ -153,7 +156,8 @@ def config() -> dict:
     elif cpu is None:
         backends["numpy"] = "cpu, unavailable: the C extension is not importable"
     else:
-        backends["numpy"] = (f"cpu (C kernels, OpenMP, {threads} thread(s))" if openmp
+        backends["numpy"] = ("cpu (C kernels, serial after fork)" if forked else
+                             f"cpu (C kernels, OpenMP, {threads} thread(s))" if openmp
                              else "cpu (C kernels, serial)")
     if forced:
         backends["cupy"] = "reference (forced)"
@@ -179,6 +183,7 @@ def config() -> dict:
         "extension_error": cpu_error,
         "openmp": openmp,
         "threads": threads,
+        "forked_serial": forked,
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "openmp_runtime": runtime,
         "isa": isa,
@@ -222,10 +227,17 @@ def show_config(file=None) -> None:
         line("OpenMP", "on (compiled in)" if c["openmp"] else
              "off (serial build: no OpenMP compiler, or NORMDROP_NO_OPENMP=1)")
         env = c["omp_num_threads_env"]
-        line("threads", f"{c['threads']} (OMP_NUM_THREADS={env if env is not None else 'unset'};"
-                        " threadpoolctl limits apply)" if c["openmp"] else "1")
+        if c["forked_serial"]:
+            line("threads", f"{c['threads']} (serial: this process was forked from a thread "
+                            "that had run parallel kernels, and OpenMP threads do not survive "
+                            "fork())")
+        else:
+            line("threads", f"{c['threads']} (OMP_NUM_THREADS={env if env is not None else 'unset'};"
+                            " threadpoolctl limits apply)" if c["openmp"] else "1")
         if c["openmp"]:
-            line("OpenMP runtime", c["openmp_runtime"] or "unknown (install threadpoolctl to see it)")
+            line("OpenMP runtime", c["openmp_runtime"] or (
+                "not probed in a forked child" if c["forked_serial"]
+                else "unknown (install threadpoolctl to see it)"))
         if c["isa"]:
             line("ISA variants", f"normalization {c['isa']['normalization']} (of x86-64-v4, avx2, "
                                  f"default), dropout {c['isa']['dropout']} (of avx512, avx2, "

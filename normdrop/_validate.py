@@ -76,12 +76,6 @@ def optional_seed(param):
     return _NO_SEED if seed is None else seed_value(seed)
 
 
-#: The smallest normal float64: an eps below it (a subnormal) loses the
-#: precision the statistics are computed with (1/sqrt(var + eps) of a
-#: constant channel overflows), so it is refused.
-EPS_MIN = 2.2250738585072014e-308
-
-
 def offset_value(offset, size: int) -> int:
     """A dropout offset: an int >= 0 with offset + size <= 2**64."""
     if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
@@ -98,9 +92,8 @@ def eps_value(param, name: str = "bn_param") -> float:
     if not _is_number(eps):
         raise TypeError(f"{name}['eps'] must be a real number > 0, got {_type_name(eps)}")
     eps = float(eps)
-    if not (eps >= EPS_MIN and math.isfinite(eps)):
-        raise ValueError(f"{name}['eps'] must be a finite number of at least {EPS_MIN!r} (the "
-                         f"smallest normal float64), got {eps!r}")
+    if not (eps > 0.0 and math.isfinite(eps)):
+        raise ValueError(f"{name}['eps'] must be a finite number > 0, got {eps!r}")
     return eps
 
 

@@ -34,20 +34,66 @@ static int64_t nd_rows_rb(const nd_geom *g)
     int64_t rb = ND_TILE_VALUES / nd_rows_ct(g);
     return rb > 0 ? rb : 1;
 }
+/* The ND_PLANES units of a channel, about ND_SEG values each: a plane of at
+ * least ND_SEG values is cut into segments of ND_SEG values (the last one
+ * shorter); smaller planes are taken ND_SEG / S whole planes at a time (the
+ * last unit holding the rest), so a channel has about N * S / ND_SEG units,
+ * whatever N.  Units are numbered in memory order: plane block, then
+ * segment. */
 static int64_t nd_planes_nseg(const nd_geom *g) { return g->s > 0 ? nd_cdiv(g->s, ND_SEG) : 1; }
+/* Planes per unit: 1 for planes of ND_SEG values or more, all of them for
+ * empty planes. */
+static int64_t nd_planes_per_unit(const nd_geom *g)
+{
+    if (g->s >= ND_SEG) return 1;
+    if (g->s <= 0) return g->n > 0 ? g->n : 1;
+    return ND_SEG / g->s;
+}
+/* Units per channel. */
+static int64_t nd_planes_units(const nd_geom *g)
+{
+    return nd_cdiv(g->n > 0 ? g->n : 1, nd_planes_per_unit(g)) * nd_planes_nseg(g);
+}
 
-/* Doubles of unit results the per-channel reductions need. */
+/* Unit k of a channel: planes [*p0, *p0 + *np), values [*s0, *s0 + *len) of
+ * each (*np or *len 0 when the channel is empty). */
+typedef struct {
+    int64_t p0, np, s0, len;
+} nd_punit;
+
+static inline nd_punit nd_planes_unit(const nd_geom *g, int64_t k)
+{
+    const int64_t nseg = nd_planes_nseg(g), per = nd_planes_per_unit(g);
+    nd_punit u;
+    u.p0 = (k / nseg) * per;
+    u.np = nd_min64(per, g->n - u.p0);
+    if (u.np < 0) u.np = 0;
+    u.s0 = (k % nseg) * ND_SEG;
+    u.len = nd_min64(ND_SEG, g->s - u.s0);
+    if (u.len < 0) u.len = 0;
+    return u;
+}
+
+/* Doubles of unit results the per-channel reductions keep: ND_ROWS, 2 per
+ * channel and row block; ND_PLANES with few channels (the units of all
+ * channels at once), 2 per unit; ND_PLANES with ND_FUSE_MIN_C channels or
+ * more merges each channel's units as it goes, and keeps none. */
 static int64_t ch_reduce_work(const nd_geom *g)
 {
     if (g->kind == ND_ROWS)
         return 2 * nd_cdiv(g->n > 0 ? g->n : 1, nd_rows_rb(g)) * (g->c > 0 ? g->c : 1);
-    return 2 * (g->c > 0 ? g->c : 1) * (g->n > 0 ? g->n : 1) * nd_planes_nseg(g);
+    if (g->c >= ND_FUSE_MIN_C) return 0;
+    return 2 * (g->c > 0 ? g->c : 1) * nd_planes_units(g);
 }
 
 /* The coefficients of dx = a * dout + b * (x - mean) + e for channel c, from
  * its sums: a = gamma * invstd; training: dgamma = sum_dyxm * invstd,
  * b = -a * invstd * dgamma / M, e = -a * sum_dy / M (M values per channel);
- * test mode: b = e = 0. */
+ * test mode: b = e = 0.  Where b is not finite it is computed again with the
+ * sum first, -a * (invstd * (dgamma / M)): a constant channel with a tiny eps
+ * has a * invstd = gamma / eps beyond the double range (inf for eps below
+ * ~5e-309, or 2e-307 with gamma = 10) times dgamma = 0, which is 0, not
+ * NaN.  Finite coefficients keep their bits. */
 static inline void ch_coef(int64_t c, double M, int train, const double *gamma,
                            const double *invstd, double sum_dy, double sum_dyxm, double *a,
                            double *b, double *e)
@@ -57,6 +103,7 @@ static inline void ch_coef(int64_t c, double M, int train, const double *gamma,
     if (train) {
         e[c] = -a[c] * sum_dy / M;
         b[c] = -a[c] * invstd[c] * dg / M;
+        if (b[c] - b[c] != 0.0) b[c] = -a[c] * (invstd[c] * (dg / M));
     } else {
         b[c] = 0.0;
         e[c] = 0.0;
@@ -129,12 +176,15 @@ static int64_t nd_group_block(const nd_geom *g)
 
 /* The coefficients b, e of group k's dx from its sums (M values):
  * training dx = r (gamma dout - s1 / M - x_hat r s2 / M), i.e.
- * b = -r^3 s2 / M, e = -r s1 / M; test mode b = e = 0. */
+ * b = -r^3 s2 / M, e = -r s1 / M; test mode b = e = 0.  As in ch_coef, a b
+ * that is not finite is computed again with the sum first (r^3 overflows for
+ * eps below ~3e-206; a constant group has s2 = 0). */
 static inline void gr_coef(double r, double s1, double s2, double M, int train, double *b,
                            double *e)
 {
     if (train && M > 0.0) {
         *b = -(r * r * r) * s2 / M;
+        if (*b - *b != 0.0) *b = -(r * (r * (r * (s2 / M))));
         *e = -r * s1 / M;
     } else {
         *b = 0.0;
@@ -199,7 +249,7 @@ int64_t nd_work_size(const nd_geom *g, int backward)
 int nd_max_threads(void)
 {
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    return nd_forked_serial() ? 1 : omp_get_max_threads();
 #else
     return 1;
 #endif

@@ -9,8 +9,12 @@
  *              channels; the tile (at most 256 KiB) is read twice while it is
  *              in cache (mean, then sum of squared deviations), so x is read
  *              from memory once.
- *   ND_PLANES: a unit is a segment of at most ND_SEG values of one plane,
- *              likewise two passes in cache.
+ *   ND_PLANES: a unit holds about ND_SEG values of one channel: a segment of
+ *              at most ND_SEG values of one plane where planes have ND_SEG
+ *              values or more, else ND_SEG / S whole planes (nd_planes_unit),
+ *              likewise two passes in cache.  So a channel has about
+ *              N S / ND_SEG units, and the unit results kept at once (few
+ *              channels: those of all channels) stay small whatever N is.
  * Each unit yields (count, mean, M2) in double; units of a channel are merged in
  * index order with Chan et al.'s pairwise update (nd_moments.h).  The
  * partition depends only on the shape, so the result is the same for every
@@ -259,44 +263,58 @@ static void FN(nd_rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t
     nd_stream_fence();
 }
 
-/* (mean, M2) of one segment p[0..len), len > 0: sums with ND_LANES fixed
- * accumulators (lane k takes values k, k + ND_LANES, ...), combined pairwise. */
+/* (mean, M2) of one ND_PLANES unit: values [0, len) of np planes, sn apart,
+ * from p (np * len > 0).  Sums with ND_LANES fixed accumulators: lane k takes
+ * values k, k + ND_LANES, ... of each plane, the planes in order, and the
+ * lanes are combined pairwise.  (A unit of one plane is one segment.) */
 ND_CLONES
-static void FN(nd_seg_stats)(const T *p, int64_t len, double *mean, double *m2)
+static void FN(nd_unit_stats)(const T *p, int64_t sn, int64_t np, int64_t len, double *mean,
+                              double *m2)
 {
     double a[ND_LANES];
     for (int k = 0; k < ND_LANES; ++k) a[k] = 0.0;
-    int64_t i = 0;
-    for (; i + ND_LANES <= len; i += ND_LANES)
-        for (int k = 0; k < ND_LANES; ++k) a[k] += (double)p[i + k];
-    for (int k = 0; i + k < len; ++k) a[k] += (double)p[i + k];
-    const double m = nd_lanes_sum(a) / (double)len;
+    for (int64_t j = 0; j < np; ++j) {
+        const T *q = p + j * sn;
+        int64_t i = 0;
+        for (; i + ND_LANES <= len; i += ND_LANES)
+            for (int k = 0; k < ND_LANES; ++k) a[k] += (double)q[i + k];
+        for (int k = 0; i + k < len; ++k) a[k] += (double)q[i + k];
+    }
+    const double m = nd_lanes_sum(a) / (double)(np * len);
     for (int k = 0; k < ND_LANES; ++k) a[k] = 0.0;
-    for (i = 0; i + ND_LANES <= len; i += ND_LANES)
-        for (int k = 0; k < ND_LANES; ++k) { double d = (double)p[i + k] - m; a[k] += d * d; }
-    for (int k = 0; i + k < len; ++k) { double d = (double)p[i + k] - m; a[k] += d * d; }
+    for (int64_t j = 0; j < np; ++j) {
+        const T *q = p + j * sn;
+        int64_t i = 0;
+        for (; i + ND_LANES <= len; i += ND_LANES)
+            for (int k = 0; k < ND_LANES; ++k) { double d = (double)q[i + k] - m; a[k] += d * d; }
+        for (int k = 0; i + k < len; ++k) { double d = (double)q[i + k] - m; a[k] += d * d; }
+    }
     *mean = m;
     *m2 = nd_lanes_sum(a);
 }
 
-/* Sums of dy and dy * (x - m) over a segment, ND_LANES fixed accumulators each. */
+/* Sums of dy and dy * (x - m) over one ND_PLANES unit (as nd_unit_stats),
+ * ND_LANES fixed accumulators each. */
 ND_CLONES
-static void FN(nd_seg_dsum)(const T *dy, const T *x, int64_t len, double m,
-                            double *sdy, double *sdyxm)
+static void FN(nd_unit_dsum)(const T *dy, const T *x, int64_t sn, int64_t np, int64_t len,
+                             double m, double *sdy, double *sdyxm)
 {
     double a[ND_LANES], b[ND_LANES];
     for (int k = 0; k < ND_LANES; ++k) { a[k] = 0.0; b[k] = 0.0; }
-    int64_t i = 0;
-    for (; i + ND_LANES <= len; i += ND_LANES)
-        for (int k = 0; k < ND_LANES; ++k) {
-            double g = (double)dy[i + k];
+    for (int64_t j = 0; j < np; ++j) {
+        const T *dq = dy + j * sn, *xq = x + j * sn;
+        int64_t i = 0;
+        for (; i + ND_LANES <= len; i += ND_LANES)
+            for (int k = 0; k < ND_LANES; ++k) {
+                double g = (double)dq[i + k];
+                a[k] += g;
+                b[k] += g * ((double)xq[i + k] - m);
+            }
+        for (int k = 0; i + k < len; ++k) {
+            double g = (double)dq[i + k];
             a[k] += g;
-            b[k] += g * ((double)x[i + k] - m);
+            b[k] += g * ((double)xq[i + k] - m);
         }
-    for (int k = 0; i + k < len; ++k) {
-        double g = (double)dy[i + k];
-        a[k] += g;
-        b[k] += g * ((double)x[i + k] - m);
     }
     *sdy = nd_lanes_sum(a);
     *sdyxm = nd_lanes_sum(b);
@@ -377,18 +395,41 @@ static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m,
 
 /* ------------------------------------------------------ per-channel pieces */
 
+/* (mean, M2) of unit k of ND_PLANES channel c (0, 0 for an empty unit); its
+ * count is the return value. */
+static inline double FN(nd_planes_unit_stats)(const T *x, const nd_geom *g, int64_t c,
+                                              int64_t k, double *mean, double *m2)
+{
+    const nd_punit u = nd_planes_unit(g, k);
+    *mean = 0.0;
+    *m2 = 0.0;
+    if (u.np * u.len <= 0) return 0.0;
+    FN(nd_unit_stats)(x + u.p0 * g->sn + c * g->sc + u.s0, g->sn, u.np, u.len, mean, m2);
+    return (double)(u.np * u.len);
+}
+
+/* (sum dout, sum dout * (x - m)) of unit k of ND_PLANES channel c. */
+static inline void FN(nd_planes_unit_dsum)(const T *dout, const T *x, const nd_geom *g,
+                                           int64_t c, int64_t k, double m, double *a,
+                                           double *b)
+{
+    const nd_punit u = nd_planes_unit(g, k);
+    const int64_t off = u.p0 * g->sn + c * g->sc + u.s0;
+    *a = 0.0;
+    *b = 0.0;
+    if (u.np * u.len > 0) FN(nd_unit_dsum)(dout + off, x + off, g->sn, u.np, u.len, m, a, b);
+}
+
 /* (mean, M2) of every unit of ND_PLANES channel c, merged in index order. */
 static void FN(nd_planes_channel_stats)(const T *x, const nd_geom *g, int64_t c,
                                         double *mean, double *m2out)
 {
-    const int64_t S = g->s, nseg = nd_planes_nseg(g);
+    const int64_t units = nd_planes_units(g);
     double n = 0.0, mu = 0.0, m2 = 0.0;
-    for (int64_t k = 0; k < g->n * nseg; ++k) {
-        const int64_t pn = k / nseg, seg = k % nseg;
-        const int64_t s0 = seg * ND_SEG, len = nd_min64(ND_SEG, S - s0);
-        double um = 0.0, um2 = 0.0;
-        if (len > 0) FN(nd_seg_stats)(x + pn * g->sn + c * g->sc + s0, len, &um, &um2);
-        nd_chan_merge(&n, &mu, &m2, (double)(len > 0 ? len : 0), um, um2);
+    for (int64_t k = 0; k < units; ++k) {
+        double um, um2;
+        const double cnt = FN(nd_planes_unit_stats)(x, g, c, k, &um, &um2);
+        nd_chan_merge(&n, &mu, &m2, cnt, um, um2);
     }
     *mean = mu;
     *m2out = m2;
@@ -398,14 +439,11 @@ static void FN(nd_planes_channel_stats)(const T *x, const nd_geom *g, int64_t c,
 static void FN(nd_planes_channel_reduce)(const T *dout, const T *x, const nd_geom *g, int64_t c,
                                          double m, double *sum_dy, double *sum_dyxm)
 {
-    const int64_t S = g->s, nseg = nd_planes_nseg(g);
+    const int64_t units = nd_planes_units(g);
     double a = 0.0, b = 0.0;
-    for (int64_t k = 0; k < g->n * nseg; ++k) {
-        const int64_t pn = k / nseg, seg = k % nseg;
-        const int64_t s0 = seg * ND_SEG, len = nd_min64(ND_SEG, S - s0);
-        const int64_t off = pn * g->sn + c * g->sc + s0;
-        double ua = 0.0, ub = 0.0;
-        if (len > 0) FN(nd_seg_dsum)(dout + off, x + off, len, m, &ua, &ub);
+    for (int64_t k = 0; k < units; ++k) {
+        double ua, ub;
+        FN(nd_planes_unit_dsum)(dout, x, g, c, k, m, &ua, &ub);
         a += ua;
         b += ub;
     }
@@ -455,24 +493,22 @@ static void FN(ch_moments)(const T *x, const nd_geom *g, double *work, double *m
         for (int64_t c = 0; c < C; ++c)
             FN(nd_planes_channel_stats)(x, g, c, &mean[c], &m2[c]);
     } else {
-        /* few channels: the units of all channels in parallel, then the merge */
-        const int64_t S = g->s, nseg = nd_planes_nseg(g);
-        const int64_t units = C * N * nseg;
-        ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
+        /* few channels: the units of all channels in parallel (their counts
+         * in work too), then the merge */
+        const int64_t per = nd_planes_units(g), units = C * per;
+        ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < units; ++u) {
-            const int64_t seg = u % nseg, n = (u / nseg) % N, c = u / (nseg * N);
-            const int64_t s0 = seg * ND_SEG, len = nd_min64(ND_SEG, S - s0);
-            double m = 0.0, q = 0.0;
-            if (len > 0) FN(nd_seg_stats)(x + n * g->sn + c * g->sc + s0, len, &m, &q);
+            double m, q;
+            FN(nd_planes_unit_stats)(x, g, u / per, u % per, &m, &q);
             work[2 * u] = m;
             work[2 * u + 1] = q;
         }
         for (int64_t c = 0; c < C; ++c) {
             double n = 0.0, mu = 0.0, q = 0.0;
-            for (int64_t k = 0; k < N * nseg; ++k) {
-                const int64_t seg = k % nseg, u = c * N * nseg + k;
-                const int64_t len = nd_min64(ND_SEG, S - seg * ND_SEG);
-                nd_chan_merge(&n, &mu, &q, (double)(len > 0 ? len : 0), work[2 * u], work[2 * u + 1]);
+            for (int64_t k = 0; k < per; ++k) {
+                const int64_t u = c * per + k;
+                const nd_punit pu = nd_planes_unit(g, k);
+                nd_chan_merge(&n, &mu, &q, (double)(pu.np * pu.len), work[2 * u], work[2 * u + 1]);
             }
             mean[c] = mu;
             m2[c] = q;
@@ -592,22 +628,18 @@ static void FN(ch_grad_sums)(const T *dout, const T *x, const nd_geom *g, const 
         for (int64_t c = 0; c < C; ++c)
             FN(nd_planes_channel_reduce)(dout, x, g, c, mean[c], &sum_dy[c], &sum_dyxm[c]);
     } else {
-        const int64_t S = g->s, nseg = nd_planes_nseg(g);
-        const int64_t units = C * N * nseg;
-        ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
+        const int64_t per = nd_planes_units(g), units = C * per;
+        ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < units; ++u) {
-            const int64_t seg = u % nseg, n = (u / nseg) % N, c = u / (nseg * N);
-            const int64_t s0 = seg * ND_SEG, len = nd_min64(ND_SEG, S - s0);
-            const int64_t off = n * g->sn + c * g->sc + s0;
-            double a = 0.0, b = 0.0;
-            if (len > 0) FN(nd_seg_dsum)(dout + off, x + off, len, mean[c], &a, &b);
+            double a, b;
+            FN(nd_planes_unit_dsum)(dout, x, g, u / per, u % per, mean[u / per], &a, &b);
             work[2 * u] = a;
             work[2 * u + 1] = b;
         }
         for (int64_t c = 0; c < C; ++c) {
             double a = 0.0, b = 0.0;
-            for (int64_t k = 0; k < N * nseg; ++k) {
-                const int64_t u = c * N * nseg + k;
+            for (int64_t k = 0; k < per; ++k) {
+                const int64_t u = c * per + k;
                 a += work[2 * u];
                 b += work[2 * u + 1];
             }

@@ -65,8 +65,18 @@ int64_t nd_ngroups(const nd_geom *g);
  * backward == 1. */
 int64_t nd_work_size(const nd_geom *g, int backward);
 
-/* Number of OpenMP threads a kernel would use (1 without OpenMP). */
+/* Number of OpenMP threads a kernel would use (1 without OpenMP, and 1 in a
+ * process forked from a thread that had run a parallel region: see
+ * nd_forked_serial). */
 int nd_max_threads(void);
+/* Once per process, before the first kernel: registers the fork handler that
+ * keeps a forked child from waiting on its parent's OpenMP threads.  0, or
+ * pthread_atfork's error number. */
+int nd_init(void);
+/* 1 in a process forked from a thread that had run a parallel region: GNU
+ * libgomp's threads do not survive fork(), so the kernels run on one thread
+ * there (with the same results). */
+int nd_forked_serial(void);
 /* 1 when compiled with OpenMP. */
 int nd_have_openmp(void);
 

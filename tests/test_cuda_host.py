@@ -872,6 +872,42 @@ def test_constant_channel_with_tiny_eps(cp, case, dtype):
     _assert_close_nonfinite(dx, edx, dtype, "dx")
 
 
+@pytest.mark.parametrize("eps,gamma", [(1e-300, 1e10), (2.2250738585072014e-308, 10.0),
+                                       (5e-309, 1.0), (5e-324, 10.0)])
+@pytest.mark.parametrize("shape,layout,groups", [((16, 3), "contiguous", 0),
+                                                 ((3, 4, 5, 6), "contiguous", 0),
+                                                 ((4, 12), "contiguous", 1),
+                                                 ((2, 6, 3, 4), "channels_last", 3)])
+def test_tiny_eps_coefficients_stay_finite(cp, shape, layout, groups, eps, gamma):
+    """A constant channel, row or group (float64) with a tiny eps: gamma *
+    invstd**2 or invstd**3 overflows, times a sum that is exactly 0; dx must
+    be the reference's, finite, not inf * 0 = NaN (as src_c's ch_coef and
+    gr_coef)."""
+    geom = _contract_geom(shape, groups)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape)
+    if groups == 0:
+        x[:, 1] = 3.0
+    elif len(shape) == 2:
+        x[1] = 3.0
+    else:
+        x[1, 2:4] = 3.0
+    C = geom.c
+    g, b = np.full(C, gamma), np.linspace(-1, 1, C)
+    dout = rng.standard_normal(shape)
+    xd = cp.asarray(_layout(x, layout))
+    out, mean, var, invstd = cuda_be.norm_train_fwd(cp, xd, geom, cp.asarray(g), cp.asarray(b),
+                                                    eps)
+    dx, _, _ = cuda_be.norm_bwd(cp, cp.asarray(_layout(dout, layout)), xd, geom, mean, invstd,
+                                cp.asarray(g), True)
+    _, emean, _, einvstd = _reference.norm_train_fwd(npx, x, geom, g, b, eps)
+    edx = _reference.norm_bwd(npx, dout, x, geom, emean, einvstd, g, True)[0]
+    assert np.isfinite(edx).all()
+    got = _np(dx)
+    assert np.isfinite(got).all(), "dx not finite"
+    np.testing.assert_allclose(got, edx, rtol=0, atol=1e-9 * float(np.max(np.abs(edx))))
+
+
 @pytest.mark.parametrize("case", [((600, 37), "contiguous"), ((20000, 3), "fortran"),
                                   ((70, 2, 16, 16), "contiguous"),
                                   ((70, 2, 16, 16), "channels_last")], ids=_case_id)
@@ -940,6 +976,33 @@ def test_inf_and_nan_in_x(cp, case, dtype):
     _assert_close_nonfinite(dx, edx, dtype, "dx")
     _assert_close_nonfinite(dgamma, edgamma, dtype, "dgamma")
     assert_close(_np(dbeta), edbeta, dtype, "dbeta")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,layout,groups", [
+    ((600, 70), "contiguous", 0),       # ROWS, two parts: +inf in the first
+    ((20000, 3), "fortran", 0),         # PLANES, a plane cut in two segments
+    ((70, 2, 16, 16), "contiguous", 0),  # PLANES, two parts of planes
+    ((2, 6, 40, 50), "contiguous", 2),  # groupnorm: several parts per group
+], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_inf_in_an_early_part_keeps_the_mean_infinite(cp, shape, layout, groups, dtype):
+    """+inf (and -inf in another channel) in the first part of a statistics
+    group with later parts: the merge (nd_moments.h) gives the reference's
+    mean, +inf and -inf, not inf - inf = NaN, and a NaN variance."""
+    geom = _contract_geom(shape, groups)
+    x, gamma, beta, _ = _data(shape, dtype, seed=4)
+    x[(1, 0) + (0,) * (len(shape) - 2)] = np.inf
+    x[(0, shape[1] - 1) + (0,) * (len(shape) - 2)] = -np.inf
+    xd = cp.asarray(_layout(x, layout))
+    _, mean, var, _ = cuda_be.norm_train_fwd(cp, xd, geom, cp.asarray(gamma), cp.asarray(beta),
+                                             EPS)
+    with np.errstate(invalid="ignore"):
+        _, emean, evar, _ = _reference.norm_train_fwd(npx, np.asarray(x, np.float64), geom,
+                                                      np.asarray(gamma, np.float64),
+                                                      np.asarray(beta, np.float64), EPS)
+    assert np.isinf(emean).sum() == 2
+    _assert_close_nonfinite(mean, emean, "float64", "mean")
+    _assert_close_nonfinite(var, evar, "float64", "var")
 
 
 # ----------------------------------------- every op through the contract

@@ -18,7 +18,8 @@ def have_openmp() -> bool:
 
 
 def max_threads() -> int:
-    """Threads an OpenMP kernel would use now (1 without OpenMP)."""
+    """Threads an OpenMP kernel would use now (1 without OpenMP, and 1 in a
+    process forked after a parallel kernel: see :func:`forked_serial`)."""
     return _k.max_threads()
 
 
@@ -26,3 +27,12 @@ def isa() -> dict:
     """The instruction-set variant each kernel family runs on this processor,
     e.g. {"normalization": "avx2", "dropout": "avx2"}."""
     return _k.isa()
+
+
+def forked_serial() -> bool:
+    """True in a process forked (e.g. by ``multiprocessing`` with the
+    ``'fork'`` start method) from a thread that had run a parallel kernel.
+    GNU libgomp's threads do not survive ``fork()``, and a parallel region in
+    the child would wait for them forever; the kernels run on one thread
+    there instead, with the same results."""
+    return _k.forked_serial()

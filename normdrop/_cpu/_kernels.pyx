@@ -28,6 +28,13 @@ from normdrop._cpu._nd cimport *
 
 cnp.import_array()
 
+# The fork handler (normdrop.h, nd_init): without it, a process forked after
+# a parallel kernel would hang in its first parallel kernel.
+if nd_init() != 0:
+    import warnings
+    warnings.warn("normdrop: pthread_atfork failed; a process forked after a parallel "
+                  "kernel may hang in its first parallel kernel", RuntimeWarning)
+
 ctypedef fused real:
     float
     double
@@ -88,11 +95,18 @@ cdef int _check_operand(cnp.ndarray x, const nd_geom *g) except -1:
 
 
 cdef int _check_same(cnp.ndarray a, cnp.ndarray x, str name) except -1:
-    """a has x's dtype, shape and strides (the same geometry)."""
+    """a has x's dtype, shape and strides (the same geometry; the strides of
+    axes of length 1 do not matter)."""
     cdef object ao = a, xo = x
-    if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(x) or ao.shape != xo.shape or
-            (cnp.PyArray_SIZE(x) > 0 and ao.strides != xo.strides)):
-        raise ValueError(f"{name} must have the dtype, shape and memory layout of x")
+    cdef bint same = cnp.PyArray_TYPE(a) == cnp.PyArray_TYPE(x) and ao.shape == xo.shape
+    if same and cnp.PyArray_SIZE(x) > 0:         # (an empty array has no layout)
+        for n, sa, sx in zip(xo.shape, ao.strides, xo.strides):
+            if n > 1 and sa != sx:
+                same = False
+    if not same:
+        raise ValueError(f"{name} must have the dtype, shape and memory layout of x: {name} is "
+                         f"{a.dtype} {ao.shape} strides {ao.strides}, x is {x.dtype} {xo.shape} "
+                         f"strides {xo.strides}")
     return 0
 
 
@@ -211,7 +225,8 @@ def have_openmp():
 
 
 def max_threads():
-    """Threads an OpenMP kernel would use now (1 without OpenMP)."""
+    """Threads an OpenMP kernel would use now (1 without OpenMP, and 1 in a
+    process forked after a parallel kernel: see forked_serial)."""
     return nd_max_threads()
 
 
@@ -219,6 +234,13 @@ def isa():
     """The instruction-set variant each kernel family runs here:
     {"normalization": ..., "dropout": ...}."""
     return {"normalization": nd_norm_isa().decode(), "dropout": nd_dropout_isa().decode()}
+
+
+def forked_serial():
+    """True in a process forked from a thread that had run a parallel kernel:
+    the OpenMP threads did not survive fork(), so the kernels run on one
+    thread (with the same results)."""
+    return bool(nd_forked_serial())
 
 
 cdef object _moments(const real *x, nd_geom *g):
@@ -437,8 +459,10 @@ cdef object _running_update(real *out, old, cnp.ndarray batch, double momentum):
 def running_update(old, cnp.ndarray batch, double momentum, dtype):
     """new[c] = (1 - momentum) * batch[c] + momentum * old[c] in float64,
     rounded once to dtype (float32 or float64); old None counts as zeros.
-    batch: C-contiguous float64 (C,).  Returns a new (C,) array."""
-    cdef cnp.ndarray new = np.empty(cnp.PyArray_SIZE(batch), dtype)
+    batch: C-contiguous float64 (C,).  Returns a new (C,) array, in native byte
+    order (the kernel writes native values; a big-endian x's dtype would label
+    them wrongly)."""
+    cdef cnp.ndarray new = np.empty(cnp.PyArray_SIZE(batch), np.dtype(dtype).newbyteorder("="))
     if cnp.PyArray_TYPE(new) == cnp.NPY_FLOAT32:
         _running_update(<float *>_ptr(new), old, batch, momentum)
     elif cnp.PyArray_TYPE(new) == cnp.NPY_FLOAT64:

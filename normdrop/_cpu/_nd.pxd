@@ -18,6 +18,8 @@ cdef extern from "normdrop.h" nogil:
     int64_t nd_ngroups(const nd_geom *g)
     int64_t nd_work_size(const nd_geom *g, int backward)
     int nd_max_threads()
+    int nd_init()
+    int nd_forked_serial()
     int nd_have_openmp()
     uint64_t nd_keep_threshold(double p)
     const char *nd_norm_isa()

@@ -93,7 +93,10 @@ ND_DEV void nd_block_tree(double (*sh)[ND_THREADS], int tid, int ty, int ct, int
  * thread's first value, turned into (count, mean, M2) at the end:
  * mean = k0 + s1 / n, M2 = s2 - s1^2 / n.  Since k0 is one of the values,
  * (mean - k0)^2 <= M2, so the cancellation costs at most a factor n (the
- * thread's count, ~64) of the accumulation precision. */
+ * thread's count, ~64) of the accumulation precision.  A first value that is
+ * inf or NaN is no shift (v - k0 would be inf - inf = NaN for the value
+ * itself): k0 = 0 then, and the thread's mean is the inf or NaN of its sum,
+ * its M2 NaN. */
 template <typename T>
 struct nd_stats_acc {
     typedef typename nd_type<T>::acc A;
@@ -109,7 +112,7 @@ struct nd_stats_acc {
     ND_DEVM void add(nd_i64 off, nd_i64, nd_i64)
     {
         const A v = nd_type<T>::to_acc(x[off]);
-        if (cnt == 0) k0 = v;
+        if (cnt == 0) k0 = (v - v == (A)0) ? v : (A)0;   /* (v - v is 0 iff v is finite) */
         const A d = v - k0;
         s1 += d;
         s2 += d * d;
@@ -537,7 +540,9 @@ struct nd_group_normalize_op {
 
 /* dx = (invstd[k] gamma[ch]) * dout + b * (x - mean[k]) + e over group k
  * (groups > 0), training: b = -invstd^3 s2[k] / M, e = -invstd s1[k] / M
- * (src_c: gr_coef); test mode b = e = 0.  In nd_type<T>::acc, or in double
+ * (src_c: gr_coef, with its recomputation of a b that is not finite, sum
+ * first: a constant group with a tiny eps has r^3 = inf and s2 = 0); test
+ * mode b = e = 0.  In nd_type<T>::acc, or in double
  * where a coefficient does not fit it; rounded once. */
 template <typename T>
 struct nd_group_dx_op {
@@ -557,6 +562,7 @@ struct nd_group_dx_op {
         c[2] = c[3] = 0.0;
         if (train && M > 0.0) {
             c[2] = -(r * r * r) * s2[k] / M;
+            if (c[2] - c[2] != 0.0) c[2] = -(r * (r * (r * (s2[k] / M))));  /* (gr_coef) */
             c[3] = -r * s1[k] / M;
         }
     }
@@ -777,6 +783,7 @@ struct nd_bwd_dx_op {
             const double dg = sum_dyxm[c] * iv;
             cd[0] = mean[c];
             cd[2] = -ad * iv * dg / M;
+            if (cd[2] - cd[2] != 0.0) cd[2] = -ad * (iv * (dg / M));  /* (ch_coef) */
             cd[3] = -ad * sum_dy[c] / M;
         }
         narrow = nd_acc_holds(cd, 4, A());
@@ -806,7 +813,8 @@ struct nd_bwd_dx_op {
  * nd_grad_input, per channel (groups == 0): with a = gamma[c] * invstd[c]
  * and M values per channel,
  *   training:  dx = a * dout + b * (x - mean[c]) + e,
- *              b = -a * invstd[c] * dgamma / M,  e = -a * s1[c] / M,
+ *              b = -a * invstd[c] * dgamma / M (again sum first where that
+ *              is not finite, as src_c's ch_coef),  e = -a * s1[c] / M,
  *              dgamma = s2[c] * invstd[c];
  *   test mode: dx = a * dout  (x is not read);
  * computed in nd_type<T>::acc, rounded once (src_c: nd_grad_input).  This is

@@ -1,0 +1,128 @@
+"""Infinite and NaN values in x: the CPU statistics are the reference's (and
+the cs231n code's) -- a channel or group holding +inf has mean +inf and a
+NaN variance, one holding +inf and -inf or a NaN has a NaN mean -- on every
+CPU path where the statistics of a channel or group are merged from several
+units (nd_moments.h): rows of several row blocks, planes with C >= 8 and
+C < 8, layernorm rows and groupnorm groups longer than one unit.  The other
+channels and groups keep their finite statistics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normdrop as nd
+from normdrop import _cpu  # noqa: F401 - the CPU backend must be built
+from normdrop._cpu import _kernels
+from conftest import assert_close
+
+
+def _same_nonfinite(got, exp, dtype, what):
+    got = np.asarray(got, np.float64)
+    exp = np.asarray(exp, np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(exp), err_msg=f"{what}: NaN positions")
+    inf = np.isinf(exp)
+    np.testing.assert_array_equal(got[inf], exp[inf], err_msg=f"{what}: inf values")
+    np.testing.assert_array_equal(np.isinf(got), inf, err_msg=f"{what}: inf positions")
+    fin = np.isfinite(exp)
+    assert_close(got[fin], exp[fin], dtype, what)
+
+
+# Each case: (op, shape, extra args, two positions in one channel or group).
+# The positions are in early units of a channel or group with several units
+# after them, so a merge that computes inf - inf shows.
+def _cases():
+    return {
+        # ND_ROWS: 64 channels -> blocks of 512 rows; 2000 rows are 4 blocks
+        "rows": (nd.batchnorm_forward, (2000, 64), (), [(700, 3), (1300, 3)]),
+        # ND_PLANES, C >= 8: 6 planes of 10000 values per channel
+        "planes_c8": (nd.spatial_batchnorm_forward, (6, 8, 100, 100), (),
+                      [(1, 2, 5, 5), (2, 2, 0, 0)]),
+        # ND_PLANES, C < 8
+        "planes_c3": (nd.spatial_batchnorm_forward, (6, 3, 100, 100), (),
+                      [(1, 2, 5, 5), (2, 2, 9, 9)]),
+        # planes of 2 segments each
+        "planes_2seg": (nd.spatial_batchnorm_forward, (3, 2, 150, 150), (),
+                        [(0, 1, 3, 4), (1, 1, 0, 0)]),
+        # layernorm rows of 40000 values: 2 units per row
+        "layernorm": (nd.layernorm_forward, (3, 40000), (), [(1, 100), (1, 20000)]),
+        # groupnorm groups of 2 channels x 25600 values: a unit per channel
+        "groupnorm": (nd.spatial_groupnorm_forward, (2, 4, 160, 160), (2,),
+                      [(1, 2, 100, 3), (1, 2, 150, 3)]),
+    }
+
+
+CASES = _cases()
+BAD = {
+    "+inf": [np.inf],
+    "-inf": [-np.inf],
+    "+inf,-inf": [np.inf, -np.inf],
+    "nan": [np.nan],
+}
+
+
+def _forward(op, x, extra):
+    C = x.shape[-1] if op is nd.layernorm_forward else x.shape[1]
+    gamma = np.linspace(0.5, 1.5, C)
+    beta = np.linspace(-1, 1, C)
+    param = {"mode": "train"}
+    out, cache = op(x, gamma, beta, *extra, param)
+    return out, cache, param
+
+
+@pytest.mark.parametrize("bad", list(BAD))
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nonfinite_statistics_match_reference(case, bad, dtype):
+    op, shape, extra, positions = CASES[case]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    for pos, v in zip(positions, BAD[bad]):
+        x[pos] = v
+    out, cache, param = _forward(op, x, extra)
+    with nd.force_reference(), np.errstate(invalid="ignore"):
+        rout, rcache, rparam = _forward(op, x, extra)
+    _same_nonfinite(cache.mean, rcache.mean, "float64", f"{case} {bad}: mean")
+    _same_nonfinite(cache.invstd, rcache.invstd, "float64", f"{case} {bad}: invstd")
+    if op is not nd.layernorm_forward and op is not nd.spatial_groupnorm_forward:
+        for key in ("running_mean", "running_var"):
+            _same_nonfinite(param[key], rparam[key], dtype, f"{case} {bad}: {key}")
+    # the channel or group of the bad values: mean as the reference, var NaN
+    mean = np.asarray(cache.mean)
+    expected = {"+inf": np.inf, "-inf": -np.inf}.get(bad)
+    bad_groups = ~np.isfinite(mean)
+    assert bad_groups.sum() == 1, mean[bad_groups]
+    if expected is None:
+        assert np.isnan(mean[bad_groups]).all()
+    else:
+        assert (mean[bad_groups] == expected).all()
+    assert np.isnan(np.asarray(cache.invstd)[bad_groups]).all()
+    _same_nonfinite(out, rout, dtype, f"{case} {bad}: out")
+
+
+def test_merge_rules_for_nonfinite_means():
+    """nd_moments.h: a difference of the means that is not finite merges to
+    mean_a + mean_b and a NaN M2 (+inf stays +inf, +inf with -inf is NaN,
+    NaN stays NaN) in either order; finite means whose difference overflows
+    merge to their weighted mean with an infinite M2."""
+    inf, nan = np.inf, np.nan
+    sets = [  # (set a, set b, merged mean, merged m2)
+        ((4.0, 1.0, 2.0), (3.0, inf, nan), inf, nan),
+        ((3.0, inf, nan), (4.0, 1.0, 2.0), inf, nan),
+        ((3.0, -inf, nan), (4.0, 1.0, 2.0), -inf, nan),
+        ((3.0, inf, nan), (4.0, -inf, nan), nan, nan),
+        ((3.0, nan, nan), (4.0, 1.0, 2.0), nan, nan),
+        ((4.0, 1.0, 2.0), (3.0, nan, nan), nan, nan),
+        ((1.0, -1.5e308, 0.0), (3.0, 1.5e308, 0.0), 0.75e308, inf),
+    ]
+    for a, b, mean, m2 in sets:
+        count = np.array([[a[0]], [b[0]]])
+        means = np.array([[a[1]], [b[1]]])
+        m2s = np.array([[a[2]], [b[2]]])
+        n, mu, q = _kernels.merge_moments(count, means, m2s)
+        assert n[0] == a[0] + b[0]
+        np.testing.assert_array_equal(mu, [mean], err_msg=f"{a} + {b}: mean")
+        np.testing.assert_array_equal(q, [m2], err_msg=f"{a} + {b}: m2")
+    # a third, finite set after an infinite one keeps the mean infinite
+    n, mu, q = _kernels.merge_moments([[4.0], [3.0], [5.0]], [[1.0], [inf], [2.0]],
+                                      [[2.0], [nan], [1.0]])
+    assert mu[0] == inf and np.isnan(q[0])
