@@ -134,23 +134,27 @@ struct nd_stats_acc {
     }
 };
 
-/* Per-thread sums of dout and dout * (x - mean[c]) over one channel. */
-template <typename T>
+/* Per-thread sums of g and g * (x - mean[k]) over one statistics group k:
+ * g = dout per channel (Gamma false: gamma is not read), g = dout * gamma[ch]
+ * per group (Gamma true: the affine channel varies inside a group). */
+template <typename T, bool Gamma>
 struct nd_bwd_acc {
     typedef typename nd_type<T>::acc A;
     typedef nd_sum2_comb comb;
     const T *dout;
     const T *x;
     const double *mean;
+    const T *gamma;
     A m, sdy, sdyxm;
-    ND_DEVM void channel(nd_i64 c)
+    ND_DEVM void channel(nd_i64 k)
     {
-        nd_set_acc(&m, mean[c]);
+        nd_set_acc(&m, mean[k]);
         sdy = sdyxm = (A)0;
     }
-    ND_DEVM void add(nd_i64 off, nd_i64, nd_i64)
+    ND_DEVM void add(nd_i64 off, nd_i64 ch, nd_i64)
     {
-        const A g = nd_type<T>::to_acc(dout[off]);
+        A g = nd_type<T>::to_acc(dout[off]);
+        if (Gamma) g = g * nd_type<T>::to_acc(gamma[ch]);
         sdy += g;
         sdyxm += g * (nd_type<T>::to_acc(x[off]) - m);
     }
@@ -221,35 +225,6 @@ ND_DEV void nd_channel_reduce_part(Acc &acc, int kind, nd_i64 N, nd_i64 C, nd_i6
         }
     }
 }
-
-/* Per-thread sums of a group's dout * gamma[ch] and dout * gamma[ch] *
- * (x - mean[k]) (groups > 0: the affine channel varies inside a group). */
-template <typename T>
-struct nd_group_bwd_acc {
-    typedef typename nd_type<T>::acc A;
-    typedef nd_sum2_comb comb;
-    const T *dout;
-    const T *x;
-    const T *gamma;
-    const double *mean;
-    A m, sdy, sdyxm;
-    ND_DEVM void channel(nd_i64 k)
-    {
-        nd_set_acc(&m, mean[k]);
-        sdy = sdyxm = (A)0;
-    }
-    ND_DEVM void add(nd_i64 off, nd_i64 ch, nd_i64)
-    {
-        const A g = nd_type<T>::to_acc(dout[off]) * nd_type<T>::to_acc(gamma[ch]);
-        sdy += g;
-        sdyxm += g * (nd_type<T>::to_acc(x[off]) - m);
-    }
-    ND_DEVM void result(double (*sh)[ND_THREADS], int tid) const
-    {
-        sh[0][tid] = nd_acc_f64(sdy);
-        sh[1][tid] = nd_acc_f64(sdyxm);
-    }
-};
 
 /* Per-thread sums, over one channel, of dout and dout * (x - mean[k]) *
  * invstd[k] with k the element's statistics group (groups > 0): the
@@ -503,94 +478,14 @@ ND_DEV bool nd_acc_holds(const double *c, int n, float)
     return ok;
 }
 
-/* out = (x - mean[k]) * (invstd[k] * gamma[ch]) + beta[ch] over group k
- * (groups > 0), in nd_type<T>::acc, or in double where a coefficient does not
- * fit it (nd_acc_holds); rounded once. */
+/* out = (x - mean) * scale + shift, in nd_type<T>::acc, or in double where a
+ * coefficient does not fit it (nd_acc_holds); rounded once.  Per channel
+ * (nd_channel_elementwise: channel(c), apply(off)): mean[c],
+ * scale = gamma[c] * invstd[c], shift = beta[c], set once per channel.  Per
+ * group k (nd_group_elementwise: unit(k), apply(off, ch)): mean[k],
+ * scale = invstd[k] * gamma[ch], shift = beta[ch], set per value. */
 template <typename T>
-struct nd_group_normalize_op {
-    typedef typename nd_type<T>::acc A;
-    const T *x;
-    T *out;
-    const double *mean, *invstd;
-    const T *gamma, *beta;
-    double md, rd;
-    A m;
-    ND_DEVM void unit(nd_i64 k)
-    {
-        md = mean[k];
-        rd = invstd[k];
-        nd_set_acc(&m, md);
-    }
-    ND_DEVM void apply(nd_i64 off, nd_i64 ch)
-    {
-        double c[3];
-        c[0] = md;
-        c[1] = rd * nd_type<T>::to_f64(gamma[ch]);
-        c[2] = nd_type<T>::to_f64(beta[ch]);
-        if (nd_acc_holds(c, 3, A())) {
-            A a, b;
-            nd_set_acc(&a, c[1]);
-            nd_set_acc(&b, c[2]);
-            out[off] = nd_type<T>::from_acc((nd_type<T>::to_acc(x[off]) - m) * a + b);
-        } else {
-            out[off] = nd_type<T>::from_f64((nd_type<T>::to_f64(x[off]) - c[0]) * c[1] + c[2]);
-        }
-    }
-};
-
-/* dx = (invstd[k] gamma[ch]) * dout + b * (x - mean[k]) + e over group k
- * (groups > 0), training: b = -invstd^3 s2[k] / M, e = -invstd s1[k] / M
- * (src_c: gr_coef, with its recomputation of a b that is not finite, sum
- * first: a constant group with a tiny eps has r^3 = inf and s2 = 0); test
- * mode b = e = 0.  In nd_type<T>::acc, or in double
- * where a coefficient does not fit it; rounded once. */
-template <typename T>
-struct nd_group_dx_op {
-    typedef typename nd_type<T>::acc A;
-    const T *dout, *x;
-    T *dx;
-    const double *mean, *invstd, *s1, *s2;
-    const T *gamma;
-    double M;
-    int train;
-    double c[4];       /* mean, invstd, b, e */
-    ND_DEVM void unit(nd_i64 k)
-    {
-        const double r = invstd[k];
-        c[0] = mean[k];
-        c[1] = r;
-        c[2] = c[3] = 0.0;
-        if (train && M > 0.0) {
-            c[2] = -(r * r * r) * s2[k] / M;
-            if (c[2] - c[2] != 0.0) c[2] = -(r * (r * (r * (s2[k] / M))));  /* (gr_coef) */
-            c[3] = -r * s1[k] / M;
-        }
-    }
-    ND_DEVM void apply(nd_i64 off, nd_i64 ch)
-    {
-        double q[5];
-        q[0] = c[0];
-        q[1] = c[1] * nd_type<T>::to_f64(gamma[ch]);
-        q[2] = c[2];
-        q[3] = c[3];
-        q[4] = c[1];
-        if (nd_acc_holds(q, 5, A())) {
-            A m, a, b, e;
-            nd_set_acc(&m, q[0]);
-            nd_set_acc(&a, q[1]);
-            nd_set_acc(&b, q[2]);
-            nd_set_acc(&e, q[3]);
-            dx[off] = nd_type<T>::from_acc(a * nd_type<T>::to_acc(dout[off]) +
-                                           b * (nd_type<T>::to_acc(x[off]) - m) + e);
-        } else {
-            dx[off] = nd_type<T>::from_f64(q[1] * nd_type<T>::to_f64(dout[off]) +
-                                           q[2] * (nd_type<T>::to_f64(x[off]) - q[0]) + q[3]);
-        }
-    }
-};
-
-template <typename T>
-struct nd_affine_op {
+struct nd_normalize_op {
     typedef typename nd_type<T>::acc A;
     const T *x;
     T *out;
@@ -599,15 +494,20 @@ struct nd_affine_op {
     A m, a, b;
     double md[3];     /* mean, scale, shift in double; used when !narrow */
     bool narrow;      /* the coefficients fit A */
-    ND_DEVM void channel(nd_i64 c)
+    double mk, rk;    /* the group's mean and invstd */
+    ND_DEVM void set(double mean_, double scale, double shift)
     {
-        md[0] = mean[c];
-        md[1] = nd_type<T>::to_f64(gamma[c]) * invstd[c];
-        md[2] = nd_type<T>::to_f64(beta[c]);
+        md[0] = mean_;
+        md[1] = scale;
+        md[2] = shift;
         narrow = nd_acc_holds(md, 3, A());
         nd_set_acc(&m, md[0]);
         nd_set_acc(&a, md[1]);
         nd_set_acc(&b, md[2]);
+    }
+    ND_DEVM void channel(nd_i64 c)
+    {
+        set(mean[c], nd_type<T>::to_f64(gamma[c]) * invstd[c], nd_type<T>::to_f64(beta[c]));
     }
     ND_DEVM void apply(nd_i64 off)
     {
@@ -616,13 +516,23 @@ struct nd_affine_op {
         else
             out[off] = nd_type<T>::from_f64((nd_type<T>::to_f64(x[off]) - md[0]) * md[1] + md[2]);
     }
+    ND_DEVM void unit(nd_i64 k)
+    {
+        mk = mean[k];
+        rk = invstd[k];
+    }
+    ND_DEVM void apply(nd_i64 off, nd_i64 ch)
+    {
+        set(mk, rk * nd_type<T>::to_f64(gamma[ch]), nd_type<T>::to_f64(beta[ch]));
+        apply(off);
+    }
 };
 
 /*
  * nd_normalize: out = (x - mean[grp]) * (gamma[c] * invstd[grp]) + beta[c],
  * computed in nd_type<T>::acc and rounded once (src_c: nd_normalize); grp
- * the channel c (groups == 0: nd_affine_op over nd_channel_elementwise) or
- * the sample's channel group (nd_group_normalize_op over
+ * the channel c (groups == 0: nd_normalize_op over nd_channel_elementwise)
+ * or the sample's channel group (nd_normalize_op over
  * nd_group_elementwise).  Forward in training (batch statistics) and in
  * test mode (running statistics).
  * Layout: x and out share the geometry (kind, N, C, S, sn, sc, ss, groups);
@@ -636,25 +546,11 @@ nd_normalize(const T *__restrict__ x, T *__restrict__ out, int kind, nd_i64 N, n
              const double *__restrict__ mean, const double *__restrict__ invstd,
              const T *__restrict__ gamma, const T *__restrict__ beta)
 {
-    if (groups != 0) {
-        nd_group_normalize_op<T> op;
-        op.x = x;
-        op.out = out;
-        op.mean = mean;
-        op.invstd = invstd;
-        op.gamma = gamma;
-        op.beta = beta;
+    nd_normalize_op<T> op = {x, out, mean, invstd, gamma, beta};
+    if (groups != 0)
         nd_group_elementwise(op, kind, N, C, S, sn, sc, ss, groups);
-        return;
-    }
-    nd_affine_op<T> op;
-    op.x = x;
-    op.out = out;
-    op.mean = mean;
-    op.invstd = invstd;
-    op.gamma = gamma;
-    op.beta = beta;
-    nd_channel_elementwise(op, kind, N, C, S, sn, sc);
+    else
+        nd_channel_elementwise(op, kind, N, C, S, sn, sc);
 }
 
 /*
@@ -675,17 +571,10 @@ nd_grad_reduce_part(const T *__restrict__ dout, const T *__restrict__ x, int kin
 {
     __shared__ double sh[3][ND_THREADS];
     if (groups == 0) {
-        nd_bwd_acc<T> acc;
-        acc.dout = dout;
-        acc.x = x;
-        acc.mean = mean;
+        nd_bwd_acc<T, false> acc = {dout, x, mean, gamma};
         nd_channel_reduce_part(acc, kind, N, C, S, sn, sc, pn, ps, G, part, sh);
     } else {
-        nd_group_bwd_acc<T> acc;
-        acc.dout = dout;
-        acc.x = x;
-        acc.gamma = gamma;
-        acc.mean = mean;
+        nd_bwd_acc<T, true> acc = {dout, x, mean, gamma};
         nd_group_reduce_part(acc, kind, N, C, S, sn, sc, ss, groups, pn, ps, G, part, sh);
     }
 }
@@ -761,18 +650,39 @@ nd_grad_reduce_merge(const double *__restrict__ part, nd_i64 C, nd_i64 G,
     }
 }
 
+/* dx = a * dout + b * (x - mean) + e (test mode: a * dout, x not read), in
+ * nd_type<T>::acc, or in double where a coefficient does not fit it
+ * (nd_acc_holds); rounded once.
+ * Per channel c (channel(c), apply(off)): a = gamma[c] invstd[c],
+ * b = -a invstd[c] dgamma / M (sum first where that is not finite, as
+ * src_c's ch_coef), e = -a s1[c] / M, dgamma = s2[c] invstd[c]; set once per
+ * channel.
+ * Per group k (unit(k), apply(off, ch); groups are always training):
+ * r = invstd[k], a = r gamma[ch], b = -r^3 s2[k] / M, e = -r s1[k] / M
+ * (src_c: gr_coef, with its recomputation of a b that is not finite, sum
+ * first: a constant group with a tiny eps has r^3 = inf and s2 = 0), r
+ * itself required to fit as well; set per value. */
 template <typename T>
-struct nd_bwd_dx_op {
+struct nd_dx_op {
     typedef typename nd_type<T>::acc A;
     const T *dout, *x;
     T *dx;
-    const double *mean, *invstd, *sum_dy, *sum_dyxm;
+    const double *mean, *invstd, *s1, *s2;
     const T *gamma;
     double M;
     int train;
     A m, a, b, e;
-    double cd[4];     /* m, a, b, e in double; used when !narrow */
+    double cd[5];     /* m, a, b, e (and the group's r) in double; used when !narrow */
     bool narrow;      /* the coefficients fit A (nd_acc_holds) */
+    double gk[4];     /* the group's mean, r, b, e */
+    ND_DEVM void set(int n)
+    {
+        narrow = nd_acc_holds(cd, n, A());
+        nd_set_acc(&m, cd[0]);
+        nd_set_acc(&a, cd[1]);
+        nd_set_acc(&b, cd[2]);
+        nd_set_acc(&e, cd[3]);
+    }
     ND_DEVM void channel(nd_i64 c)
     {
         const double iv = invstd[c];
@@ -780,17 +690,13 @@ struct nd_bwd_dx_op {
         cd[0] = cd[2] = cd[3] = 0.0;
         cd[1] = ad;
         if (train) {
-            const double dg = sum_dyxm[c] * iv;
+            const double dg = s2[c] * iv;
             cd[0] = mean[c];
             cd[2] = -ad * iv * dg / M;
             if (cd[2] - cd[2] != 0.0) cd[2] = -ad * (iv * (dg / M));  /* (ch_coef) */
-            cd[3] = -ad * sum_dy[c] / M;
+            cd[3] = -ad * s1[c] / M;
         }
-        narrow = nd_acc_holds(cd, 4, A());
-        nd_set_acc(&m, cd[0]);
-        nd_set_acc(&a, cd[1]);
-        nd_set_acc(&b, cd[2]);
-        nd_set_acc(&e, cd[3]);
+        set(4);
     }
     ND_DEVM void apply(nd_i64 off)
     {
@@ -807,6 +713,28 @@ struct nd_bwd_dx_op {
         else
             dx[off] = nd_type<T>::from_acc(a * g);
     }
+    ND_DEVM void unit(nd_i64 k)
+    {
+        const double r = invstd[k];
+        gk[0] = mean[k];
+        gk[1] = r;
+        gk[2] = gk[3] = 0.0;
+        if (train && M > 0.0) {
+            gk[2] = -(r * r * r) * s2[k] / M;
+            if (gk[2] - gk[2] != 0.0) gk[2] = -(r * (r * (r * (s2[k] / M))));  /* (gr_coef) */
+            gk[3] = -r * s1[k] / M;
+        }
+    }
+    ND_DEVM void apply(nd_i64 off, nd_i64 ch)
+    {
+        cd[0] = gk[0];
+        cd[1] = gk[1] * nd_type<T>::to_f64(gamma[ch]);
+        cd[2] = gk[2];
+        cd[3] = gk[3];
+        cd[4] = gk[1];
+        set(5);
+        apply(off);
+    }
 };
 
 /*
@@ -819,8 +747,8 @@ struct nd_bwd_dx_op {
  *   test mode: dx = a * dout  (x is not read);
  * computed in nd_type<T>::acc, rounded once (src_c: nd_grad_input).  This is
  * gamma * invstd / M * (M * dout - dbeta - x_hat * dgamma).  Per group
- * (groups > 0): nd_group_dx_op, from the group sums s1, s2 (which carry
- * gamma).
+ * (groups > 0): nd_dx_op's group path, from the group sums s1, s2 (which
+ * carry gamma).
  * Layout: dout, x, dx share the geometry; per-channel arrays contiguous.
  * IN dout, x, geometry, mean, invstd, gamma, s1, s2 (from nd_grad_reduce_merge),
  * M, train; OUT dx.
@@ -833,33 +761,11 @@ nd_grad_input(const T *__restrict__ dout, const T *__restrict__ x, T *__restrict
               const T *__restrict__ gamma, const double *__restrict__ sum_dy,
               const double *__restrict__ sum_dyxm, double M, int train)
 {
-    if (groups != 0) {
-        nd_group_dx_op<T> op;
-        op.dout = dout;
-        op.x = x;
-        op.dx = dx;
-        op.mean = mean;
-        op.invstd = invstd;
-        op.s1 = sum_dy;
-        op.s2 = sum_dyxm;
-        op.gamma = gamma;
-        op.M = M;
-        op.train = train;
+    nd_dx_op<T> op = {dout, x, dx, mean, invstd, sum_dy, sum_dyxm, gamma, M, train};
+    if (groups != 0)
         nd_group_elementwise(op, kind, N, C, S, sn, sc, ss, groups);
-        return;
-    }
-    nd_bwd_dx_op<T> op;
-    op.dout = dout;
-    op.x = x;
-    op.dx = dx;
-    op.mean = mean;
-    op.invstd = invstd;
-    op.sum_dy = sum_dy;
-    op.sum_dyxm = sum_dyxm;
-    op.gamma = gamma;
-    op.M = M;
-    op.train = train;
-    nd_channel_elementwise(op, kind, N, C, S, sn, sc);
+    else
+        nd_channel_elementwise(op, kind, N, C, S, sn, sc);
 }
 
 /*
