@@ -52,9 +52,9 @@ def _norm_case(backend, dtype, case):
     return calls
 
 
-class Norm:
-    """Training forward and backward of every normalization op."""
-    params = [BACKENDS, DTYPES, NORM_CASES]
+class _NormCalls:
+    """Setup shared by the timing classes of the normalization ops: the
+    calls of one case, built once per process (memo)."""
     param_names = ["backend", "dtype", "case"]
     timeout = 240
 
@@ -62,6 +62,11 @@ class Norm:
         self.calls = memo(("norm", backend, dtype, case), lambda: _norm_case(backend, dtype, case))
         _, shape, _, _ = _parse(case)
         slow_reference(self, backend, math.prod(shape))
+
+
+class Norm(_NormCalls):
+    """Training forward and backward of every normalization op."""
+    params = [BACKENDS, DTYPES, NORM_CASES]
 
     def time_forward_train(self, backend, dtype, case):
         self.calls["forward_train"]()
@@ -70,16 +75,9 @@ class Norm:
         self.calls["backward"]()
 
 
-class NormTestMode:
+class NormTestMode(_NormCalls):
     """Test-mode forward (running statistics) of the ops that keep them."""
     params = [BACKENDS, DTYPES, RUNNING_CASES]
-    param_names = ["backend", "dtype", "case"]
-    timeout = 240
-
-    def setup(self, backend, dtype, case):
-        self.calls = memo(("norm", backend, dtype, case), lambda: _norm_case(backend, dtype, case))
-        _, shape, _, _ = _parse(case)
-        slow_reference(self, backend, math.prod(shape))
 
     def time_forward_test(self, backend, dtype, case):
         self.calls["forward_test"]()
