@@ -68,11 +68,32 @@ static inline void ch_coef(int64_t c, double M, int train, const double *gamma,
 /* A group of at most this many values is one statistics unit (two passes in
  * cache); larger groups are cut into units of about this size. */
 #define ND_GR_UNIT 32768
+/* float32: units of at most this many values, whose conversions to double
+ * (16 KiB) stay in L1 for the second pass. */
+#ifndef ND_GR_UNIT32
+#define ND_GR_UNIT32 2048
+#endif
 /* Values per block of whole samples in the backward (its per-channel partial
  * sums are one row of the scratch) ... */
 #define ND_GR_BLOCK 32768
 /* ... and at most this many doubles of such partial sums in all. */
 #define ND_GR_SCRATCH ((int64_t)1 << 20)
+/* Channels of a channel-run group whose coefficients are formed at once. */
+#define ND_GR_TILE 256
+/* Groups per sample up to which the forward forms the coefficient ranges
+ * (gr_range) once per call rather than once per group. */
+#define ND_GR_RANGES 64
+/* Channels up to which each thread of a float32 forward over channel runs
+ * keeps gamma and beta in float for the whole call (2 ND_GR_CF floats). */
+#define ND_GR_CF 4096
+
+#if defined(_OPENMP)
+#define ND_GR_PARALLEL(cond) ND_PRAGMA(omp parallel if (cond))
+#define ND_GR_FOR ND_PRAGMA(omp for schedule(static))
+#else
+#define ND_GR_PARALLEL(cond)
+#define ND_GR_FOR
+#endif
 
 /* One statistics group: nrun runs of len contiguous values, stride apart,
  * from base; per_run: run r is channel c0 + r, else position t of every run is
@@ -125,6 +146,36 @@ static int64_t nd_group_block(const nd_geom *g)
     if (maxb < 1) maxb = 1;
     if (nd_cdiv(N, nb) > maxb) nb = nd_cdiv(N, maxb);
     return nb;
+}
+
+/* rng[0], rng[1] <- the largest |gamma| and |beta| of channels [c0, c0 + len),
+ * or +inf where one of them is NaN: what the float32 forward checks its
+ * float formula's range with (nd_aff32_ok). */
+static void gr_range(const double *gamma, const double *beta, int64_t c0, int64_t len,
+                     double *rng)
+{
+    double a = 0.0, b = 0.0;
+    int nan = 0;
+    for (int64_t j = 0; j < len; ++j) {
+        const double u = fabs(gamma[c0 + j]), v = fabs(beta[c0 + j]);
+        a = u > a ? u : a;
+        b = v > b ? v : b;
+        nan |= (u != u) | (v != v);
+    }
+    rng[0] = nan ? INFINITY : a;
+    rng[1] = nan ? INFINITY : b;
+}
+
+/* Whether a float32 group with mean m, invstd r and coefficient range rng
+ * (gr_range) is normalized with the float formula: nd_aff32_ok for the mean
+ * and for r times the largest |gamma| -- then for every channel's
+ * r * gamma, rounding being monotonic -- and |r|, |gamma| <= 2^100, which
+ * the channel-run formula uses as floats. */
+static inline int gr_aff32_ok(double m, double r, const double *rng)
+{
+    const double big = 0x1p100, ar = fabs(r);
+    return ((m == 0.0) | ((fabs(m) >= 0x1p-100) & (fabs(m) <= big))) & (ar * rng[0] <= big) &
+           (rng[1] <= big) & (ar <= big) & (rng[0] <= big);
 }
 
 /* The coefficients b, e of group k's dx from its sums (M values):
@@ -181,6 +232,15 @@ static inline double nd_lanes_sum(const double *a)
 static int nd_norm_stream(const void *out, const nd_geom *g, int64_t elsize)
 {
     const int64_t run = (g->kind == ND_PLANES ? g->s : g->c) * elsize;
+    return ((uintptr_t)out & 63) == 0 && run % 64 == 0 && run >= 1024 &&
+           nd_stream_ok(g->n * g->c * g->s * elsize);
+}
+
+/* Streaming stores for a group kernel's output: as nd_norm_stream, for the
+ * runs of a group (a plane, or the c / G channels of a row or position). */
+static int gr_stream(const void *out, const nd_geom *g, int64_t elsize)
+{
+    const int64_t run = (g->kind == ND_PLANES ? g->s : g->c / g->groups) * elsize;
     return ((uintptr_t)out & 63) == 0 && run % 64 == 0 && run >= 1024 &&
            nd_stream_ok(g->n * g->c * g->s * elsize);
 }
