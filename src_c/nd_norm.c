@@ -16,6 +16,23 @@
 #include "nd_moments.h"
 #include "nd_philox.h"
 
+/* The group kernels' float32 AVX2 loops (nd_norm_group.h): x86-64 with GCC or
+ * Clang, unless ND_NO_CLONES or ND_GR_PORTABLE (testing: the portable loops
+ * only) is defined. */
+#if ND_X86_SIMD && !defined(ND_GR_PORTABLE)
+#include <immintrin.h>
+#define ND_GR_SIMD 1
+/* Whether this processor runs the AVX2 loops (a few loads of the CPU model
+ * data filled in at startup). */
+static inline int gr_simd(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#else
+#define ND_GR_SIMD 0
+#endif
+
 /* ------------------------------------------- per channel (groups == 0) */
 #define ND_CT 256          /* channels per ND_ROWS tile */
 #define ND_TILE_VALUES 32768
@@ -220,6 +237,20 @@ static inline double nd_lanes_sum(const double *a)
     double t[ND_LANES];
     for (int k = 0; k < ND_LANES; ++k) t[k] = a[k];
     for (int h = ND_LANES / 2; h > 0; h /= 2)
+        for (int k = 0; k < h; ++k) t[k] += t[k + h];
+    return t[0];
+}
+
+/* Fixed accumulators of the group backward's sums (lane k takes positions
+ * k mod ND_GR_BL), few enough that two rows' sums stay in registers. */
+#define ND_GR_BL 8
+
+/* Sum of the ND_GR_BL accumulators, pairwise in a fixed order. */
+static inline double gr_bl_sum(const double *a)
+{
+    double t[ND_GR_BL];
+    for (int k = 0; k < ND_GR_BL; ++k) t[k] = a[k];
+    for (int h = ND_GR_BL / 2; h > 0; h /= 2)
         for (int k = 0; k < h; ++k) t[k] += t[k + h];
     return t[0];
 }
