@@ -87,9 +87,7 @@ static inline void ch_coef(int64_t c, double M, int train, const double *gamma,
 #define ND_GR_UNIT 32768
 /* float32: units of at most this many values, whose conversions to double
  * (16 KiB) stay in L1 for the second pass. */
-#ifndef ND_GR_UNIT32
 #define ND_GR_UNIT32 2048
-#endif
 /* Values per block of whole samples in the backward (its per-channel partial
  * sums are one row of the scratch) ... */
 #define ND_GR_BLOCK 32768

@@ -9,16 +9,22 @@
  *              i sn + (q cg + r) sc;
  *   channel runs (ND_ROWS: one run; ND_CLAST: S runs at stride ss): position
  *              t of a run is channel q cg + t.
- * Statistics: a group of at most ND_GR_UNIT values is one unit, read twice in
- * cache (mean, then sum of squared deviations); a larger group is cut into
- * units of whole runs or run segments of at most ND_GR_UNIT values, merged in
- * order (nd_chan_merge).  Sums use ND_LANES fixed accumulators: lane k takes
- * the positions t = k mod ND_LANES of every run, in run order.
+ * Statistics, in double: a group of at most ND_GU values (ND_GR_UNIT32 for
+ * float32, ND_GR_UNIT for float64) is one unit, read twice in cache (mean,
+ * then sum of squared deviations; float32 keeps the first pass's conversions
+ * to double in an L1 buffer for the second); a larger group is cut into units
+ * of whole runs or run segments of at most ND_GU values, merged in order
+ * (nd_chan_merge).  Sums use fixed accumulators: lane k takes the positions
+ * t = k mod ND_LANES of every run, in run order (the backward's row sums
+ * ND_GR_BL lanes).
+ * Elementwise passes: float64 in double, rounded once; the float32 forward in
+ * float with the mean split in two floats (gr_group_normalize), the float32
+ * dx in double, rounded once.
  * Work is split over groups (forward, grad_input) or over blocks of whole
  * samples (grad_reduce and the fused backward, whose per-channel dgamma and
  * dbeta are summed per block and the blocks then added in order), with
  * boundaries that depend only on the shape: the results do not depend on the
- * thread count.  Every quantity is computed in double and rounded once.
+ * thread count, nor on which loops (AVX2 or portable, GR_CALL) run.
  */
 
 /* Values per chunk of a streamed output (see nd_stream_copy). */
@@ -55,14 +61,21 @@ ND_GR_AVX2 static double gr_sum_cvt_avx2(const float *p, int64_t nrun, int64_t l
                 _mm256_storeu_pd(b + i + 4 * k, v);
                 a[k] = _mm256_add_pd(a[k], v);
             }
-        if (i < len) {
-            for (int k = 0; k < 8; ++k) _mm256_storeu_pd(t + 4 * k, a[k]);
-            for (int k = 0; i + k < len; ++k) {
-                const double v = (double)q[i + k];
-                b[i + k] = v;
-                t[k] += v;
+        int k = 0;   /* the tail: whole vectors of lanes 4 j .. 4 j + 3, then lane by lane */
+        for (; i + 4 * k + 4 <= len; ++k) {
+            const __m256d v = gr_ld4(q + i + 4 * k);
+            _mm256_storeu_pd(b + i + 4 * k, v);
+            a[k] = _mm256_add_pd(a[k], v);
+        }
+        if (i + 4 * k < len) {
+            double u[4];
+            _mm256_storeu_pd(u, a[k]);
+            for (int j = 0; i + 4 * k + j < len; ++j) {
+                const double v = (double)q[i + 4 * k + j];
+                b[i + 4 * k + j] = v;
+                u[j] += v;
             }
-            for (int k = 0; k < 8; ++k) a[k] = _mm256_loadu_pd(t + 4 * k);
+            a[k] = _mm256_loadu_pd(u);
         }
     }
     for (int k = 0; k < 8; ++k) _mm256_storeu_pd(t + 4 * k, a[k]);
