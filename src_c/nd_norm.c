@@ -33,6 +33,20 @@ static inline int gr_simd(void)
 #define ND_GR_SIMD 0
 #endif
 
+/* Request [p, p + bytes) for writing (PREFETCHW, a hint that changes no
+ * result): a row's output lines are fetched while its statistics are formed,
+ * rather than when its elementwise pass stores to them (measured 3 to 6 %
+ * faster for layernorm's forward; for the backward, slower). */
+static inline void gr_prefetchw(const void *p, int64_t bytes)
+{
+#if ND_X86_SIMD && !defined(ND_GR_NO_PREFETCHW)
+    for (int64_t o = 0; o < bytes; o += 64) __asm__ volatile("prefetchw (%0)" ::"r"((const char *)p + o));
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 /* ------------------------------------------- per channel (groups == 0) */
 #define ND_CT 256          /* channels per ND_ROWS tile */
 #define ND_TILE_VALUES 32768

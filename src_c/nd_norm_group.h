@@ -617,6 +617,8 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
             }
             if (fused) {
                 double m2;
+                if (grp.nrun == 1 && !st)   /* a row: its output lines, while its moments are formed */
+                    gr_prefetchw(out + grp.base, grp.len * (int64_t)sizeof(T));
                 FN(gr_group_moments)(x, &grp, &mean[k], &m2);
                 var[k] = cnt > 0 ? m2 / (double)cnt : 0.0;
                 invstd[k] = 1.0 / sqrt(var[k] + eps);
