@@ -589,9 +589,12 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
 {
     const int64_t ng = nd_ngroups(g), cnt = nd_group_count(g), G = g->groups, cg = g->c / G;
     const int st = gr_stream(out, g, (int64_t)sizeof(T));
-    /* the range of each group pattern's gamma and beta, formed once when G is small */
-    double rbuf[2 * ND_GR_RANGES];
-    if (G <= ND_GR_RANGES)
+    const int pw = !st && g->n * g->c * g->s * (int64_t)sizeof(T) >= ND_GR_PFW_BYTES;
+    /* float32: the range of each group pattern's gamma and beta, formed once
+     * when G is small (float64 has no use for them) */
+    double rbuf[2 * ND_GR_RANGES] = {0.0, 0.0};
+    const int per_group = ND_AFFINE_FLOAT && G > ND_GR_RANGES;
+    if (ND_AFFINE_FLOAT && !per_group)
         for (int64_t q = 0; q < G; ++q) gr_range(gamma, beta, q * cg, cg, &rbuf[2 * q]);
 #if ND_AFFINE_FLOAT
     const int use_cf = g->kind != ND_PLANES && g->c <= ND_GR_CF;
@@ -610,14 +613,14 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
         for (int64_t k = 0; k < ng; ++k) {
             const nd_grp grp = nd_group(g, k);
             double own[2];
-            const double *rng = &rbuf[2 * (k % G)];
-            if (G > ND_GR_RANGES) {
+            const double *rng = per_group || !ND_AFFINE_FLOAT ? rbuf : &rbuf[2 * (k % G)];
+            if (per_group) {
                 gr_range(gamma, beta, (k % G) * cg, cg, own);
                 rng = own;
             }
             if (fused) {
                 double m2;
-                if (grp.nrun == 1 && !st)   /* a row: its output lines, while its moments are formed */
+                if (pw && grp.nrun == 1)   /* a row: its output lines, while its moments are formed */
                     gr_prefetchw(out + grp.base, grp.len * (int64_t)sizeof(T));
                 FN(gr_group_moments)(x, &grp, &mean[k], &m2);
                 var[k] = cnt > 0 ? m2 / (double)cnt : 0.0;
