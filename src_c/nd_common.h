@@ -15,7 +15,9 @@
 #define ND_CAT2(a, b) a##_##b
 #define ND_CAT(a, b) ND_CAT2(a, b)
 
-/* Every parallel region of the kernels is an ND_OMP_FOR loop: parallel when
+/* Every parallel region of the kernels is an ND_OMP_FOR loop, or an
+ * ND_OMP_PARALLEL region around ND_OMP_SPLIT loops (per-thread set-up before
+ * a worksharing loop): parallel when
  * cond holds and nd_omp_parallel (nd_common.c) allows it -- not in a process
  * forked from a thread that had run a parallel region, where GNU libgomp's
  * thread pool is gone (the copied pool waits for threads that fork did not
@@ -23,11 +25,15 @@
 #if defined(_OPENMP)
 #define ND_PRAGMA(x) _Pragma(#x)
 #define ND_OMP_FOR(cond) ND_PRAGMA(omp parallel for schedule(static) if (nd_omp_parallel(cond)))
+#define ND_OMP_PARALLEL(cond) ND_PRAGMA(omp parallel if (nd_omp_parallel(cond)))
+#define ND_OMP_SPLIT ND_PRAGMA(omp for schedule(static))
 /* cond, unless this is such a forked process (then 0); notes that the calling
  * thread starts a parallel region when it returns nonzero. */
 int nd_omp_parallel(int cond);
 #else
 #define ND_OMP_FOR(cond)
+#define ND_OMP_PARALLEL(cond)
+#define ND_OMP_SPLIT
 #endif
 
 /* Runtime choice of the widest vector unit for the integer-heavy Philox loop

@@ -16,6 +16,40 @@
 #include "nd_moments.h"
 #include "nd_philox.h"
 
+/* The group kernels' float32 AVX2 loops (nd_norm_group.h): x86-64 with GCC or
+ * Clang, unless ND_NO_CLONES or ND_GR_PORTABLE (testing: the portable loops
+ * only) is defined. */
+#if ND_X86_SIMD && !defined(ND_GR_PORTABLE)
+#include <immintrin.h>
+#define ND_GR_SIMD 1
+/* Whether this processor runs the AVX2 loops (a few loads of the CPU model
+ * data filled in at startup). */
+static inline int gr_simd(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#else
+#define ND_GR_SIMD 0
+#endif
+
+/* Request [p, p + bytes) for writing (PREFETCHW, a hint that changes no
+ * result): a row's output lines are fetched while its statistics are formed,
+ * rather than when its elementwise pass stores to them: for outputs of at
+ * least ND_GR_PFW_BYTES, which do not stay in the L2 caches (measured 3 to 6 %
+ * faster for layernorm's forward there, and as much slower on data in L2;
+ * for the backward's dx, slower). */
+#define ND_GR_PFW_BYTES ((int64_t)4 << 20)
+static inline void gr_prefetchw(const void *p, int64_t bytes)
+{
+#if ND_X86_SIMD && !defined(ND_GR_NO_PREFETCHW)
+    for (int64_t o = 0; o < bytes; o += 64) __asm__ volatile("prefetchw (%0)" ::"r"((const char *)p + o));
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 /* ------------------------------------------- per channel (groups == 0) */
 #define ND_CT 256          /* channels per ND_ROWS tile */
 #define ND_TILE_VALUES 32768
@@ -115,11 +149,23 @@ static inline void ch_coef(int64_t c, double M, int train, const double *gamma,
 /* A group of at most this many values is one statistics unit (two passes in
  * cache); larger groups are cut into units of about this size. */
 #define ND_GR_UNIT 32768
+/* float32: units of at most this many values, whose conversions to double
+ * (16 KiB) stay in L1 for the second pass. */
+#define ND_GR_UNIT32 2048
 /* Values per block of whole samples in the backward (its per-channel partial
  * sums are one row of the scratch) ... */
 #define ND_GR_BLOCK 32768
 /* ... and at most this many doubles of such partial sums in all. */
 #define ND_GR_SCRATCH ((int64_t)1 << 20)
+/* Channels of a channel-run group whose coefficients are formed at once. */
+#define ND_GR_TILE 256
+/* Groups per sample up to which the forward forms the coefficient ranges
+ * (gr_range) once per call rather than once per group. */
+#define ND_GR_RANGES 64
+/* Channels up to which each thread of a float32 forward over channel runs
+ * keeps gamma and beta in float for the whole call (2 ND_GR_CF floats). */
+#define ND_GR_CF 4096
+
 
 /* One statistics group: nrun runs of len contiguous values, stride apart,
  * from base; per_run: run r is channel c0 + r, else position t of every run is
@@ -174,6 +220,36 @@ static int64_t nd_group_block(const nd_geom *g)
     return nb;
 }
 
+/* rng[0], rng[1] <- the largest |gamma| and |beta| of channels [c0, c0 + len),
+ * or +inf where one of them is NaN: what the float32 forward checks its
+ * float formula's range with (nd_aff32_ok). */
+static void gr_range(const double *gamma, const double *beta, int64_t c0, int64_t len,
+                     double *rng)
+{
+    double a = 0.0, b = 0.0;
+    int nan = 0;
+    for (int64_t j = 0; j < len; ++j) {
+        const double u = fabs(gamma[c0 + j]), v = fabs(beta[c0 + j]);
+        a = u > a ? u : a;
+        b = v > b ? v : b;
+        nan |= (u != u) | (v != v);
+    }
+    rng[0] = nan ? INFINITY : a;
+    rng[1] = nan ? INFINITY : b;
+}
+
+/* Whether a float32 group with mean m, invstd r and coefficient range rng
+ * (gr_range) is normalized with the float formula: nd_aff32_ok for the mean
+ * and for r times the largest |gamma| -- then for every channel's
+ * r * gamma, rounding being monotonic -- and |r|, |gamma| <= 2^100, which
+ * the channel-run formula uses as floats. */
+static inline int gr_aff32_ok(double m, double r, const double *rng)
+{
+    const double big = 0x1p100, ar = fabs(r);
+    return ((m == 0.0) | ((fabs(m) >= 0x1p-100) & (fabs(m) <= big))) & (ar * rng[0] <= big) &
+           (rng[1] <= big) & (ar <= big) & (rng[0] <= big);
+}
+
 /* The coefficients b, e of group k's dx from its sums (M values):
  * training dx = r (gamma dout - s1 / M - x_hat r s2 / M), i.e.
  * b = -r^3 s2 / M, e = -r s1 / M; test mode b = e = 0.  As in ch_coef, a b
@@ -223,6 +299,20 @@ static inline double nd_lanes_sum(const double *a)
     return t[0];
 }
 
+/* Fixed accumulators of the group backward's sums (lane k takes positions
+ * k mod ND_GR_BL), few enough that two rows' sums stay in registers. */
+#define ND_GR_BL 8
+
+/* Sum of the ND_GR_BL accumulators, pairwise in a fixed order. */
+static inline double gr_bl_sum(const double *a)
+{
+    double t[ND_GR_BL];
+    for (int k = 0; k < ND_GR_BL; ++k) t[k] = a[k];
+    for (int h = ND_GR_BL / 2; h > 0; h /= 2)
+        for (int k = 0; k < h; ++k) t[k] += t[k + h];
+    return t[0];
+}
+
 /* Streaming stores for this output: large enough (nd_stream_ok), 64-byte
  * aligned, and written in contiguous runs (a row of an ND_ROWS output, a plane
  * of an ND_PLANES one) of whole cache lines, at least 1 KiB long.  Shorter or
@@ -231,6 +321,15 @@ static inline double nd_lanes_sum(const double *a)
 static int nd_norm_stream(const void *out, const nd_geom *g, int64_t elsize)
 {
     const int64_t run = (g->kind == ND_PLANES ? g->s : g->c) * elsize;
+    return ((uintptr_t)out & 63) == 0 && run % 64 == 0 && run >= 1024 &&
+           nd_stream_ok(g->n * g->c * g->s * elsize);
+}
+
+/* Streaming stores for a group kernel's output: as nd_norm_stream, for the
+ * runs of a group (a plane, or the c / G channels of a row or position). */
+static int gr_stream(const void *out, const nd_geom *g, int64_t elsize)
+{
+    const int64_t run = (g->kind == ND_PLANES ? g->s : g->c / g->groups) * elsize;
     return ((uintptr_t)out & 63) == 0 && run % 64 == 0 && run >= 1024 &&
            nd_stream_ok(g->n * g->c * g->s * elsize);
 }

@@ -9,20 +9,278 @@
  *              i sn + (q cg + r) sc;
  *   channel runs (ND_ROWS: one run; ND_CLAST: S runs at stride ss): position
  *              t of a run is channel q cg + t.
- * Statistics: a group of at most ND_GR_UNIT values is one unit, read twice in
- * cache (mean, then sum of squared deviations); a larger group is cut into
- * units of whole runs or run segments of at most ND_GR_UNIT values, merged in
- * order (nd_chan_merge).  Sums use ND_LANES fixed accumulators: lane k takes
- * the positions t = k mod ND_LANES of every run, in run order.
+ * Statistics, in double: a group of at most ND_GU values (ND_GR_UNIT32 for
+ * float32, ND_GR_UNIT for float64) is one unit, read twice in cache (mean,
+ * then sum of squared deviations; float32 keeps the first pass's conversions
+ * to double in an L1 buffer for the second); a larger group is cut into units
+ * of whole runs or run segments of at most ND_GU values, merged in order
+ * (nd_chan_merge).  Sums use fixed accumulators: lane k takes the positions
+ * t = k mod ND_LANES of every run, in run order (the backward's row sums
+ * ND_GR_BL lanes).
+ * Elementwise passes: float64 in double, rounded once; the float32 forward in
+ * float with the mean split in two floats (gr_group_normalize), the float32
+ * dx in double, rounded once.
  * Work is split over groups (forward, grad_input) or over blocks of whole
  * samples (grad_reduce and the fused backward, whose per-channel dgamma and
  * dbeta are summed per block and the blocks then added in order), with
  * boundaries that depend only on the shape: the results do not depend on the
- * thread count.  Every quantity is computed in double and rounded once.
+ * thread count, nor on which loops (AVX2 or portable, GR_CALL) run.
  */
+
+/* Values per chunk of a streamed output (see nd_stream_copy). */
+#define ND_GSCH ((int64_t)(ND_STREAM_CHUNK / sizeof(T)))
+
+/* ------------------------------------------------ float32 AVX2 variants
+ * The float32 loops that convert to double, written with AVX2 intrinsics:
+ * GCC vectorizes their portable C (below) with a 256-bit load and
+ * vextractf128 for the upper four floats, and vinsertf128 to store the
+ * rounded results, where vcvtps2pd from memory and 128-bit stores do without
+ * (about a third of the conversions' cost, measured).  Each computes the
+ * same IEEE operations in the same order, lane for lane, as its portable
+ * version (GR_CALL picks one at run time: gr_simd), so either gives the same
+ * bits. */
+#if ND_GR_SIMD && ND_AFFINE_FLOAT
+#define ND_GR_AVX2 __attribute__((target("avx2")))
+
+ND_GR_AVX2 static inline __m256d gr_ld4(const float *p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+
+/* gr_sum_cvt: 32 lanes (8 vectors), the tail of each run added lane by lane. */
+ND_GR_AVX2 static double gr_sum_cvt_avx2(const float *p, int64_t nrun, int64_t len,
+                                         int64_t stride, double *buf)
+{
+    __m256d a[8];
+    double t[ND_LANES];
+    for (int k = 0; k < 8; ++k) a[k] = _mm256_setzero_pd();
+    for (int64_t r = 0; r < nrun; ++r) {
+        const float *q = p + r * stride;
+        double *b = buf + r * len;
+        int64_t i = 0;
+        for (; i + ND_LANES <= len; i += ND_LANES)
+            for (int k = 0; k < 8; ++k) {
+                const __m256d v = gr_ld4(q + i + 4 * k);
+                _mm256_storeu_pd(b + i + 4 * k, v);
+                a[k] = _mm256_add_pd(a[k], v);
+            }
+        int k = 0;   /* the tail: whole vectors of lanes 4 j .. 4 j + 3, then lane by lane */
+        for (; i + 4 * k + 4 <= len; ++k) {
+            const __m256d v = gr_ld4(q + i + 4 * k);
+            _mm256_storeu_pd(b + i + 4 * k, v);
+            a[k] = _mm256_add_pd(a[k], v);
+        }
+        if (i + 4 * k < len) {
+            double u[4];
+            _mm256_storeu_pd(u, a[k]);
+            for (int j = 0; i + 4 * k + j < len; ++j) {
+                const double v = (double)q[i + 4 * k + j];
+                b[i + 4 * k + j] = v;
+                u[j] += v;
+            }
+            a[k] = _mm256_loadu_pd(u);
+        }
+    }
+    for (int k = 0; k < 8; ++k) _mm256_storeu_pd(t + 4 * k, a[k]);
+    return nd_lanes_sum(t);
+}
+
+/* gr_plane_sums: ND_LANES = 32 lanes, 8 vectors per sum. */
+ND_GR_AVX2 static void gr_plane_sums_avx2(const float *dp, const float *xp, int64_t len,
+                                          double m, double *v1, double *v2)
+{
+    const __m256d M = _mm256_set1_pd(m);
+    __m256d u1[8], u2[8];
+    for (int k = 0; k < 8; ++k) {
+        u1[k] = _mm256_setzero_pd();
+        u2[k] = _mm256_setzero_pd();
+    }
+    int64_t i = 0;
+    for (; i + ND_LANES <= len; i += ND_LANES)
+        for (int k = 0; k < 8; ++k) {
+            const __m256d d = gr_ld4(dp + i + 4 * k);
+            const __m256d y = _mm256_sub_pd(gr_ld4(xp + i + 4 * k), M);
+            u1[k] = _mm256_add_pd(u1[k], d);
+            u2[k] = _mm256_add_pd(u2[k], _mm256_mul_pd(d, y));
+        }
+    double a1[ND_LANES], a2[ND_LANES];
+    for (int k = 0; k < 8; ++k) {
+        _mm256_storeu_pd(a1 + 4 * k, u1[k]);
+        _mm256_storeu_pd(a2 + 4 * k, u2[k]);
+    }
+    for (int k = 0; i + k < len; ++k) {
+        const double d = (double)dp[i + k];
+        a1[k] += d;
+        a2[k] += d * ((double)xp[i + k] - m);
+    }
+    *v1 = nd_lanes_sum(a1);
+    *v2 = nd_lanes_sum(a2);
+}
+
+/* gr_rows_sums: one or two rows, 8 lanes per sum. */
+ND_GR_AVX2 static void gr_rows_sums_avx2(const float *const *dp, const float *const *xp, int nr,
+                                         int64_t len, const double *m, const double *r,
+                                         const double *gm, double *db, double *dg, double *s)
+{
+    const float *d0 = dp[0], *x0 = xp[0];
+    const float *d1 = nr == 2 ? dp[1] : dp[0], *x1 = nr == 2 ? xp[1] : xp[0];
+    const double m0 = m[0], r0 = r[0], m1 = nr == 2 ? m[1] : 0.0, r1 = nr == 2 ? r[1] : 0.0;
+    const __m256d M0 = _mm256_set1_pd(m0), R0 = _mm256_set1_pd(r0);
+    const __m256d M1 = _mm256_set1_pd(m1), R1 = _mm256_set1_pd(r1);
+    __m256d a0a = _mm256_setzero_pd(), a0b = a0a, b0a = a0a, b0b = a0a;
+    __m256d a1a = a0a, a1b = a0a, b1a = a0a, b1b = a0a;
+    int64_t i = 0;
+    if (nr == 2) {
+        for (; i + 8 <= len; i += 8) {
+            const __m256d ga = _mm256_loadu_pd(gm + i), gb = _mm256_loadu_pd(gm + i + 4);
+            const __m256d e0a = gr_ld4(d0 + i), e0b = gr_ld4(d0 + i + 4);
+            const __m256d y0a = _mm256_sub_pd(gr_ld4(x0 + i), M0);
+            const __m256d y0b = _mm256_sub_pd(gr_ld4(x0 + i + 4), M0);
+            const __m256d e1a = gr_ld4(d1 + i), e1b = gr_ld4(d1 + i + 4);
+            const __m256d y1a = _mm256_sub_pd(gr_ld4(x1 + i), M1);
+            const __m256d y1b = _mm256_sub_pd(gr_ld4(x1 + i + 4), M1);
+            const __m256d w0a = _mm256_mul_pd(ga, e0a), w0b = _mm256_mul_pd(gb, e0b);
+            const __m256d w1a = _mm256_mul_pd(ga, e1a), w1b = _mm256_mul_pd(gb, e1b);
+            a0a = _mm256_add_pd(a0a, w0a);
+            a0b = _mm256_add_pd(a0b, w0b);
+            b0a = _mm256_add_pd(b0a, _mm256_mul_pd(w0a, y0a));
+            b0b = _mm256_add_pd(b0b, _mm256_mul_pd(w0b, y0b));
+            a1a = _mm256_add_pd(a1a, w1a);
+            a1b = _mm256_add_pd(a1b, w1b);
+            b1a = _mm256_add_pd(b1a, _mm256_mul_pd(w1a, y1a));
+            b1b = _mm256_add_pd(b1b, _mm256_mul_pd(w1b, y1b));
+            _mm256_storeu_pd(db + i,
+                             _mm256_add_pd(_mm256_add_pd(_mm256_loadu_pd(db + i), e0a), e1a));
+            _mm256_storeu_pd(db + i + 4,
+                             _mm256_add_pd(_mm256_add_pd(_mm256_loadu_pd(db + i + 4), e0b), e1b));
+            const __m256d p0a = _mm256_mul_pd(R0, _mm256_mul_pd(e0a, y0a));
+            const __m256d p0b = _mm256_mul_pd(R0, _mm256_mul_pd(e0b, y0b));
+            const __m256d p1a = _mm256_mul_pd(R1, _mm256_mul_pd(e1a, y1a));
+            const __m256d p1b = _mm256_mul_pd(R1, _mm256_mul_pd(e1b, y1b));
+            _mm256_storeu_pd(dg + i,
+                             _mm256_add_pd(_mm256_add_pd(_mm256_loadu_pd(dg + i), p0a), p1a));
+            _mm256_storeu_pd(dg + i + 4,
+                             _mm256_add_pd(_mm256_add_pd(_mm256_loadu_pd(dg + i + 4), p0b), p1b));
+        }
+    } else {
+        for (; i + 8 <= len; i += 8) {
+            const __m256d ga = _mm256_loadu_pd(gm + i), gb = _mm256_loadu_pd(gm + i + 4);
+            const __m256d e0a = gr_ld4(d0 + i), e0b = gr_ld4(d0 + i + 4);
+            const __m256d y0a = _mm256_sub_pd(gr_ld4(x0 + i), M0);
+            const __m256d y0b = _mm256_sub_pd(gr_ld4(x0 + i + 4), M0);
+            const __m256d w0a = _mm256_mul_pd(ga, e0a), w0b = _mm256_mul_pd(gb, e0b);
+            a0a = _mm256_add_pd(a0a, w0a);
+            a0b = _mm256_add_pd(a0b, w0b);
+            b0a = _mm256_add_pd(b0a, _mm256_mul_pd(w0a, y0a));
+            b0b = _mm256_add_pd(b0b, _mm256_mul_pd(w0b, y0b));
+            _mm256_storeu_pd(db + i, _mm256_add_pd(_mm256_loadu_pd(db + i), e0a));
+            _mm256_storeu_pd(db + i + 4, _mm256_add_pd(_mm256_loadu_pd(db + i + 4), e0b));
+            _mm256_storeu_pd(dg + i, _mm256_add_pd(_mm256_loadu_pd(dg + i),
+                                                   _mm256_mul_pd(R0, _mm256_mul_pd(e0a, y0a))));
+            _mm256_storeu_pd(dg + i + 4,
+                             _mm256_add_pd(_mm256_loadu_pd(dg + i + 4),
+                                           _mm256_mul_pd(R0, _mm256_mul_pd(e0b, y0b))));
+        }
+    }
+    double a0[ND_GR_BL], b0[ND_GR_BL], a1[ND_GR_BL], b1[ND_GR_BL];
+    _mm256_storeu_pd(a0, a0a);
+    _mm256_storeu_pd(a0 + 4, a0b);
+    _mm256_storeu_pd(b0, b0a);
+    _mm256_storeu_pd(b0 + 4, b0b);
+    _mm256_storeu_pd(a1, a1a);
+    _mm256_storeu_pd(a1 + 4, a1b);
+    _mm256_storeu_pd(b1, b1a);
+    _mm256_storeu_pd(b1 + 4, b1b);
+    for (int k = 0; i + k < len; ++k) {   /* the tail, as the portable loop */
+        const int64_t t = i + k;
+        const double g = gm[t];
+        const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
+        const double w0 = g * e0;
+        a0[k] += w0;
+        b0[k] += w0 * y0;
+        if (nr == 2) {
+            const double e1 = (double)d1[t], y1 = (double)x1[t] - m1;
+            const double w1 = g * e1;
+            a1[k] += w1;
+            b1[k] += w1 * y1;
+            db[t] = (db[t] + e0) + e1;
+            dg[t] = (dg[t] + r0 * (e0 * y0)) + r1 * (e1 * y1);
+        } else {
+            db[t] += e0;
+            dg[t] += r0 * (e0 * y0);
+        }
+    }
+    s[0] = gr_bl_sum(a0);
+    s[1] = gr_bl_sum(b0);
+    if (nr == 2) {
+        s[2] = gr_bl_sum(a1);
+        s[3] = gr_bl_sum(b1);
+    }
+}
+
+/* o[t] = (float)((r * gm[t]) * d[t] + b * (x[t] - m) + e), t < len (gm NULL:
+ * ac in place of r * gm[t]), 8 values at a time. */
+ND_GR_AVX2 static inline void gr_dx8_avx2(const float *dp, const float *xp, float *o,
+                                          int64_t len, double m, double r, double ac, double b,
+                                          double e, const double *gm)
+{
+    const __m256d M = _mm256_set1_pd(m), R = _mm256_set1_pd(r), A = _mm256_set1_pd(ac);
+    const __m256d B = _mm256_set1_pd(b), E = _mm256_set1_pd(e);
+    int64_t t = 0;
+    for (; t + 8 <= len; t += 8) {
+        const __m256d aa = gm ? _mm256_mul_pd(R, _mm256_loadu_pd(gm + t)) : A;
+        const __m256d ab = gm ? _mm256_mul_pd(R, _mm256_loadu_pd(gm + t + 4)) : A;
+        const __m256d sa = _mm256_add_pd(
+            _mm256_add_pd(_mm256_mul_pd(aa, gr_ld4(dp + t)),
+                          _mm256_mul_pd(B, _mm256_sub_pd(gr_ld4(xp + t), M))), E);
+        const __m256d sb = _mm256_add_pd(
+            _mm256_add_pd(_mm256_mul_pd(ab, gr_ld4(dp + t + 4)),
+                          _mm256_mul_pd(B, _mm256_sub_pd(gr_ld4(xp + t + 4), M))), E);
+        _mm_storeu_ps(o + t, _mm256_cvtpd_ps(sa));
+        _mm_storeu_ps(o + t + 4, _mm256_cvtpd_ps(sb));
+    }
+    for (; t < len; ++t) {
+        const double a = gm ? r * gm[t] : ac;
+        o[t] = (float)(a * (double)dp[t] + b * ((double)xp[t] - m) + e);
+    }
+}
+
+ND_GR_AVX2 static void gr_dx_avx2(const float *dp, const float *xp, float *op, int64_t len,
+                                  double m, double r, double ac, double b, double e,
+                                  const double *gm, int st)
+{
+    if (!st) {
+        gr_dx8_avx2(dp, xp, op, len, m, r, ac, b, e, gm);
+        return;
+    }
+    float buf[ND_GSCH];
+    for (int64_t t0 = 0; t0 < len; t0 += ND_GSCH) {
+        const int64_t l = nd_min64(ND_GSCH, len - t0);
+        gr_dx8_avx2(dp + t0, xp + t0, buf, l, m, r, ac, b, e, gm ? gm + t0 : NULL);
+        nd_stream_copy(op + t0, buf, (size_t)l * sizeof(float));
+    }
+}
+
+/* gr_run_dx, and the plane runs' nd_plane_dx. */
+ND_GR_AVX2 static void gr_run_dx_avx2(const float *dp, const float *xp, float *op, int64_t len,
+                                      double m, double r, double b, double e, const double *gm,
+                                      int st)
+{
+    gr_dx_avx2(dp, xp, op, len, m, r, 0.0, b, e, gm, st);
+}
+
+ND_GR_AVX2 static void gr_plane_dx_avx2(const float *dp, const float *xp, float *o, int64_t S,
+                                        double m, double ac, double bc, double ec, int st)
+{
+    gr_dx_avx2(dp, xp, o, S, m, 0.0, ac, bc, ec, NULL, st);
+    if (st) nd_stream_fence();
+}
+
+#define GR_CALL(name) (gr_simd() ? name##_avx2 : FN(name))
+#else
+#define GR_CALL(name) FN(name)
+#endif
 
 /* ---------------------------------------------------------------- sums */
 
+#if !ND_AFFINE_FLOAT
 /* sum of x over the runs of a block: lanes by position mod ND_LANES. */
 ND_CLONES
 static double FN(gr_sum)(const T *p, int64_t nrun, int64_t len, int64_t stride)
@@ -60,11 +318,86 @@ static double FN(gr_sqdev)(const T *p, int64_t nrun, int64_t len, int64_t stride
     }
     return nd_lanes_sum(a);
 }
+#endif
+
+#if ND_AFFINE_FLOAT
+/* gr_sum for float32 that also leaves the values, converted to double, in
+ * buf (run r at buf + r len): the second pass reads them from there, in L1,
+ * instead of converting every value again. */
+ND_CLONES
+static double FN(gr_sum_cvt)(const T *p, int64_t nrun, int64_t len, int64_t stride, double *buf)
+{
+    double a[ND_LANES];
+    for (int k = 0; k < ND_LANES; ++k) a[k] = 0.0;
+    for (int64_t r = 0; r < nrun; ++r) {
+        const T *q = p + r * stride;
+        double *b = buf + r * len;
+        int64_t i = 0;
+        for (; i + ND_LANES <= len; i += ND_LANES)
+            for (int k = 0; k < ND_LANES; ++k) {
+                const double v = (double)q[i + k];
+                b[i + k] = v;
+                a[k] += v;
+            }
+        for (int k = 0; i + k < len; ++k) {
+            const double v = (double)q[i + k];
+            b[i + k] = v;
+            a[k] += v;
+        }
+    }
+    return nd_lanes_sum(a);
+}
+
+/* sum of (b[i] - m)^2, i < n: lanes by i mod ND_LANES. */
+ND_CLONES
+static double FN(gr_sqdev_buf)(const double *b, int64_t n, double m)
+{
+    double a[ND_LANES];
+    for (int k = 0; k < ND_LANES; ++k) a[k] = 0.0;
+    int64_t i = 0;
+    for (; i + ND_LANES <= n; i += ND_LANES)
+        for (int k = 0; k < ND_LANES; ++k) {
+            const double d = b[i + k] - m;
+            a[k] += d * d;
+        }
+    for (int k = 0; i + k < n; ++k) {
+        const double d = b[i + k] - m;
+        a[k] += d * d;
+    }
+    return nd_lanes_sum(a);
+}
+
+#define ND_GU ND_GR_UNIT32
+#else
+#define ND_GU ND_GR_UNIT
+#endif
+
+/* (mean, M2) of one statistics unit: nrun runs of len values, stride apart
+ * (two passes: the mean, then the squared deviations from it). */
+static inline void FN(gr_unit)(const T *p, int64_t nrun, int64_t len, int64_t stride,
+                               double *mean, double *m2)
+{
+    const double cnt = (double)(nrun * len);
+#if ND_AFFINE_FLOAT
+    double buf[ND_GU];
+    const double mu = GR_CALL(gr_sum_cvt)(p, nrun, len, stride, buf) / cnt;
+    *mean = mu;
+    *m2 = FN(gr_sqdev_buf)(buf, nrun * len, mu);
+#else
+    const double mu = FN(gr_sum)(p, nrun, len, stride) / cnt;
+    *mean = mu;
+    *m2 = FN(gr_sqdev)(p, nrun, len, stride, mu);
+#endif
+}
 
 /* ------------------------------------------------------------ moments */
 
 /* (mean, M2) of group grp.  Its values as runs (planes of one group that
- * follow each other in memory count as one run). */
+ * follow each other in memory count as one run), cut into units of at most
+ * ND_GU values (ND_GR_UNIT32 for float32, whose units are converted to double
+ * once into an L1 buffer; ND_GR_UNIT for float64): one unit when the group
+ * fits, else segments of a run or groups of whole runs, merged in order
+ * (nd_chan_merge). */
 static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, double *m2)
 {
     int64_t nrun = grp->nrun, len = grp->len, stride = grp->stride;
@@ -79,29 +412,24 @@ static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, do
         *m2 = 0.0;
         return;
     }
-    if (total <= ND_GR_UNIT) {
-        const double mu = FN(gr_sum)(p, nrun, len, stride) / (double)total;
-        *mean = mu;
-        *m2 = FN(gr_sqdev)(p, nrun, len, stride, mu);
+    if (total <= ND_GU) {
+        FN(gr_unit)(p, nrun, len, stride, mean, m2);
         return;
     }
-    double n = 0.0, mu = 0.0, q = 0.0;
-    if (len >= ND_GR_UNIT) {                /* units: segments of one run */
+    double n = 0.0, mu = 0.0, q = 0.0, um, uq;
+    if (len >= ND_GU) {                     /* units: segments of one run */
         for (int64_t r = 0; r < nrun; ++r)
-            for (int64_t s0 = 0; s0 < len; s0 += ND_GR_UNIT) {
-                const int64_t l = nd_min64(ND_GR_UNIT, len - s0);
-                const T *u = p + r * stride + s0;
-                const double um = FN(gr_sum)(u, 1, l, 0) / (double)l;
-                nd_chan_merge(&n, &mu, &q, (double)l, um, FN(gr_sqdev)(u, 1, l, 0, um));
+            for (int64_t s0 = 0; s0 < len; s0 += ND_GU) {
+                const int64_t l = nd_min64(ND_GU, len - s0);
+                FN(gr_unit)(p + r * stride + s0, 1, l, 0, &um, &uq);
+                nd_chan_merge(&n, &mu, &q, (double)l, um, uq);
             }
     } else {                                /* units: whole runs, k at a time */
-        const int64_t k = ND_GR_UNIT / len;
+        const int64_t k = ND_GU / len;
         for (int64_t r0 = 0; r0 < nrun; r0 += k) {
             const int64_t kr = nd_min64(k, nrun - r0);
-            const T *u = p + r0 * stride;
-            const double um = FN(gr_sum)(u, kr, len, stride) / (double)(kr * len);
-            nd_chan_merge(&n, &mu, &q, (double)(kr * len), um,
-                          FN(gr_sqdev)(u, kr, len, stride, um));
+            FN(gr_unit)(p + r0 * stride, kr, len, stride, &um, &uq);
+            nd_chan_merge(&n, &mu, &q, (double)(kr * len), um, uq);
         }
     }
     *mean = mu;
@@ -121,24 +449,185 @@ static void FN(gr_moments)(const T *x, const nd_geom *g, double *mean, double *m
 
 /* ---------------------------------------------------------- normalize */
 
-/* out = (x - m) * (r * gamma[ch]) + beta[ch] over group grp, in double,
- * rounded once. */
+/* out = (x - m) * (r * gamma[ch]) + beta[ch] in double, rounded once, over
+ * channel-run group grp: float64, and float32 groups outside the float
+ * formula's range.  st: stream the runs out. */
 ND_CLONES
-static void FN(gr_group_normalize)(const T *x, T *out, const nd_grp *grp, double m, double r,
-                                   const double *gamma, const double *beta)
+static void FN(gr_runs_affine_d)(const T *x, T *out, const nd_grp *grp, double m, double r,
+                                 const double *gamma, const double *beta, int st)
 {
+    double ad[ND_GR_TILE];
+    T buf[ND_GSCH];
+    if (grp->nrun == 1 && !st) {   /* one run (rows): r * gamma formed in the loop */
+        const T *xp = x + grp->base;
+        T *op = out + grp->base;
+        const double *gm = gamma + grp->c0, *bt = beta + grp->c0;
+        for (int64_t j = 0; j < grp->len; ++j)
+            op[j] = (T)(((double)xp[j] - m) * (r * gm[j]) + bt[j]);
+        return;
+    }
+    for (int64_t t0 = 0; t0 < grp->len; t0 += ND_GR_TILE) {
+        const int64_t tw = nd_min64(ND_GR_TILE, grp->len - t0);
+        const double *gm = gamma + grp->c0 + t0, *bt = beta + grp->c0 + t0;
+        for (int64_t j = 0; j < tw; ++j) ad[j] = r * gm[j];
+        for (int64_t run = 0; run < grp->nrun; ++run) {
+            const int64_t off = grp->base + run * grp->stride + t0;
+            const T *xp = x + off;
+            T *op = out + off;
+            if (!st) {
+                for (int64_t j = 0; j < tw; ++j) op[j] = (T)(((double)xp[j] - m) * ad[j] + bt[j]);
+                continue;
+            }
+            for (int64_t j0 = 0; j0 < tw; j0 += ND_GSCH) {
+                const int64_t len = nd_min64(ND_GSCH, tw - j0);
+                for (int64_t j = 0; j < len; ++j)
+                    buf[j] = (T)(((double)xp[j0 + j] - m) * ad[j0 + j] + bt[j0 + j]);
+                nd_stream_copy(op + j0, buf, (size_t)len * sizeof(T));
+            }
+        }
+    }
+}
+
+#if ND_AFFINE_FLOAT
+/* float32 over positions [t0, t0 + tw) of every run of channel-run group grp:
+ * out = (((x - mh) - ml) * rf) * ga[j] + gb[j] in float, with mean = mh + ml
+ * split as in nd_aff32, rf = (float)r, ga[j] = (float)gamma, gb[j] =
+ * (float)beta of channel c0 + t0 + j.  The row's r and the channel's gamma
+ * are applied one after the other, so that ga and gb, the same for every
+ * row, are formed once per thread rather than once per row. */
+ND_CLONES
+static void FN(gr_runs_affine)(const T *x, T *out, const nd_grp *grp, int64_t t0, int64_t tw,
+                               double m, double r, const float *ga, const float *gb, int st)
+{
+    const nd_aff32 p = nd_aff32_of(m, r, 0.0);
+    const float mh = p.mh, ml = p.ml, rf = p.a;
+    T buf[ND_GSCH];
     for (int64_t run = 0; run < grp->nrun; ++run) {
-        const int64_t off = grp->base + run * grp->stride;
+        const int64_t off = grp->base + run * grp->stride + t0;
         const T *xp = x + off;
         T *op = out + off;
-        if (grp->per_run) {
-            const int64_t ch = grp->c0 + run;
-            const double a = r * gamma[ch], b = beta[ch];
-            for (int64_t t = 0; t < grp->len; ++t) op[t] = (T)(((double)xp[t] - m) * a + b);
+        if (!st) {
+            for (int64_t j = 0; j < tw; ++j) op[j] = (((xp[j] - mh) - ml) * rf) * ga[j] + gb[j];
+            continue;
+        }
+        for (int64_t j0 = 0; j0 < tw; j0 += ND_GSCH) {
+            const int64_t len = nd_min64(ND_GSCH, tw - j0);
+            for (int64_t j = 0; j < len; ++j) {
+                const int64_t k = j0 + j;
+                buf[j] = (((xp[k] - mh) - ml) * rf) * ga[k] + gb[k];
+            }
+            nd_stream_copy(op + j0, buf, (size_t)len * sizeof(T));
+        }
+    }
+}
+
+/* cf[0, n) <- (float)gamma[c0 + j], cf[n, 2 n) <- (float)beta[c0 + j]. */
+static inline void gr_coef32(const double *gamma, const double *beta, int64_t c0, int64_t n,
+                             float *cf)
+{
+    for (int64_t j = 0; j < n; ++j) {
+        cf[j] = (float)gamma[c0 + j];
+        cf[n + j] = (float)beta[c0 + j];
+    }
+}
+#endif
+
+/* out = (x - m) * (r * gamma[ch]) + beta[ch] over group grp.
+ * float64: in double, rounded once.
+ * float32, when gr_aff32_ok holds for the group (mean, r and the range rng of
+ * its gamma and beta): in float with the mean split, per plane as batchnorm's
+ * nd_plane_affine (plane runs), or as gr_runs_affine (channel runs; cf: the
+ * float gamma and beta of all c channels, or NULL: formed here per tile);
+ * otherwise the float64 formula.  st: streaming stores (gr_stream). */
+static void FN(gr_group_normalize)(const T *x, T *out, const nd_grp *grp, double m, double r,
+                                   const double *gamma, const double *beta, const double *rng,
+                                   const float *cf, int64_t c, int st)
+{
+#if ND_AFFINE_FLOAT
+    const int fl = gr_aff32_ok(m, r, rng);
+#else
+    const int fl = 0;
+    (void)rng;
+    (void)cf;
+    (void)c;
+#endif
+    if (grp->per_run) {
+        for (int64_t run = 0; run < grp->nrun; ++run) {
+            const int64_t off = grp->base + run * grp->stride, ch = grp->c0 + run;
+            if (fl)
+                FN(nd_plane_affine)(x + off, out + off, grp->len, m, r * gamma[ch], beta[ch], st);
+            else
+                FN(nd_plane_affine_d)(x + off, out + off, grp->len, m, r * gamma[ch], beta[ch],
+                                      st);
+        }
+        return;
+    }
+#if ND_AFFINE_FLOAT
+    if (fl) {
+        if (cf) {
+            FN(gr_runs_affine)(x, out, grp, 0, grp->len, m, r, cf + grp->c0, cf + c + grp->c0, st);
         } else {
-            const double *gm = gamma + grp->c0, *bt = beta + grp->c0;
-            for (int64_t t = 0; t < grp->len; ++t)
-                op[t] = (T)(((double)xp[t] - m) * (r * gm[t]) + bt[t]);
+            float tile[2 * ND_GR_TILE];
+            for (int64_t t0 = 0; t0 < grp->len; t0 += ND_GR_TILE) {
+                const int64_t tw = nd_min64(ND_GR_TILE, grp->len - t0);
+                gr_coef32(gamma, beta, grp->c0 + t0, tw, tile);
+                FN(gr_runs_affine)(x, out, grp, t0, tw, m, r, tile, tile + tw, st);
+            }
+        }
+    } else
+#endif
+        FN(gr_runs_affine_d)(x, out, grp, m, r, gamma, beta, st);
+    if (st) nd_stream_fence();
+}
+
+/* The forward over every group: fused (the training forward): each group's
+ * moments, var and invstd, then its values normalized while they are in
+ * cache; else (nd_normalize) with the given mean and invstd. */
+static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *gamma,
+                           const double *beta, double eps, int fused, double *mean, double *var,
+                           double *invstd)
+{
+    const int64_t ng = nd_ngroups(g), cnt = nd_group_count(g), G = g->groups, cg = g->c / G;
+    const int st = gr_stream(out, g, (int64_t)sizeof(T));
+    const int pw = !st && g->n * g->c * g->s * (int64_t)sizeof(T) >= ND_GR_PFW_BYTES;
+    /* float32: the range of each group pattern's gamma and beta, formed once
+     * when G is small (float64 has no use for them) */
+    double rbuf[2 * ND_GR_RANGES] = {0.0, 0.0};
+    const int per_group = ND_AFFINE_FLOAT && G > ND_GR_RANGES;
+    if (ND_AFFINE_FLOAT && !per_group)
+        for (int64_t q = 0; q < G; ++q) gr_range(gamma, beta, q * cg, cg, &rbuf[2 * q]);
+#if ND_AFFINE_FLOAT
+    const int use_cf = g->kind != ND_PLANES && g->c <= ND_GR_CF;
+#endif
+    ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
+    {
+        const float *cf = NULL;
+#if ND_AFFINE_FLOAT
+        float cbuf[2 * ND_GR_CF];
+        if (use_cf) {
+            gr_coef32(gamma, beta, 0, g->c, cbuf);
+            cf = cbuf;
+        }
+#endif
+        ND_OMP_SPLIT
+        for (int64_t k = 0; k < ng; ++k) {
+            const nd_grp grp = nd_group(g, k);
+            double own[2];
+            const double *rng = per_group || !ND_AFFINE_FLOAT ? rbuf : &rbuf[2 * (k % G)];
+            if (per_group) {
+                gr_range(gamma, beta, (k % G) * cg, cg, own);
+                rng = own;
+            }
+            if (fused) {
+                double m2;
+                if (pw && grp.nrun == 1)   /* a row: its output lines, while its moments are formed */
+                    gr_prefetchw(out + grp.base, grp.len * (int64_t)sizeof(T));
+                FN(gr_group_moments)(x, &grp, &mean[k], &m2);
+                var[k] = cnt > 0 ? m2 / (double)cnt : 0.0;
+                invstd[k] = 1.0 / sqrt(var[k] + eps);
+            }
+            FN(gr_group_normalize)(x, out, &grp, mean[k], invstd[k], gamma, beta, rng, cf, g->c,
+                                   st);
         }
     }
 }
@@ -146,75 +635,129 @@ static void FN(gr_group_normalize)(const T *x, T *out, const nd_grp *grp, double
 static void FN(gr_normalize)(const T *x, T *out, const nd_geom *g, const double *mean,
                              const double *invstd, const double *gamma, const double *beta)
 {
-    const int64_t ng = nd_ngroups(g);
-    ND_OMP_FOR(g->n * g->c * g->s >= ND_PARALLEL_MIN)
-    for (int64_t k = 0; k < ng; ++k) {
-        const nd_grp grp = nd_group(g, k);
-        FN(gr_group_normalize)(x, out, &grp, mean[k], invstd[k], gamma, beta);
-    }
+    FN(gr_forward)(x, out, g, gamma, beta, 0.0, 0, (double *)mean, NULL, (double *)invstd);
 }
 
-/* The fused training forward: each group's moments, then its values
- * normalized while they are in cache. */
 static void FN(gr_train_fwd)(const T *x, T *out, const nd_geom *g, const double *gamma,
                              const double *beta, double eps, double *mean, double *var,
                              double *invstd)
 {
-    const int64_t ng = nd_ngroups(g), cnt = nd_group_count(g);
-    ND_OMP_FOR(g->n * g->c * g->s >= ND_PARALLEL_MIN)
-    for (int64_t k = 0; k < ng; ++k) {
-        const nd_grp grp = nd_group(g, k);
-        double m2;
-        FN(gr_group_moments)(x, &grp, &mean[k], &m2);
-        var[k] = cnt > 0 ? m2 / (double)cnt : 0.0;
-        invstd[k] = 1.0 / sqrt(var[k] + eps);
-        FN(gr_group_normalize)(x, out, &grp, mean[k], invstd[k], gamma, beta);
-    }
+    FN(gr_forward)(x, out, g, gamma, beta, eps, 1, mean, var, invstd);
 }
 
 /* ----------------------------------------------------------- backward */
 
-/* Sums of group grp: *s1 = sum dout * gamma[ch], *s2 = sum dout * gamma[ch] *
- * (x - m); and per channel of the group, db[ch] += sum dout and
- * dg[ch] += r * sum dout * (x - m) (tc: scratch of cg doubles). */
+/* Sums of one plane run: *v1 = sum d, *v2 = sum d * (x - m), ND_LANES lanes
+ * (lane k takes positions t = k mod ND_LANES). */
 ND_CLONES
-static void FN(gr_group_sums)(const T *dout, const T *x, const nd_grp *grp, double m, double r,
+static void FN(gr_plane_sums)(const T *restrict dp, const T *restrict xp, int64_t len, double m,
+                              double *v1, double *v2)
+{
+    double u1[ND_LANES], u2[ND_LANES];
+    for (int k = 0; k < ND_LANES; ++k) { u1[k] = 0.0; u2[k] = 0.0; }
+    int64_t i = 0;
+    for (; i + ND_LANES <= len; i += ND_LANES)
+        for (int k = 0; k < ND_LANES; ++k) {
+            const double d = (double)dp[i + k];
+            u1[k] += d;
+            u2[k] += d * ((double)xp[i + k] - m);
+        }
+    for (int k = 0; i + k < len; ++k) {
+        const double d = (double)dp[i + k];
+        u1[k] += d;
+        u2[k] += d * ((double)xp[i + k] - m);
+    }
+    *v1 = nd_lanes_sum(u1);
+    *v2 = nd_lanes_sum(u2);
+}
+
+/* Sums of nr (1 or 2) channel-run groups of one run each, the same channels
+ * [c0, c0 + len) of consecutive samples (rows): for row j, values d_j, x_j at
+ * dp[j], xp[j], statistics m[j], r[j]: s[2 j] = sum gamma d_j, s[2 j + 1] =
+ * sum gamma d_j (x_j - m_j) (ND_GR_BL lanes by position); per channel
+ * db[t] += d_0 (+ d_1) and dg[t] += r_0 (d_0 (x_0 - m_0)) (+ the same for row
+ * 1) -- row by row, so two rows at once add what one at a time would, but
+ * load and store db and dg once. */
+ND_CLONES
+static void FN(gr_rows_sums)(const T *const *dp, const T *const *xp, int nr, int64_t len,
+                             const double *m, const double *r, const double *restrict gm,
+                             double *restrict db, double *restrict dg, double *s)
+{
+    double a0[ND_GR_BL], b0[ND_GR_BL], a1[ND_GR_BL], b1[ND_GR_BL];
+    for (int k = 0; k < ND_GR_BL; ++k) { a0[k] = 0.0; b0[k] = 0.0; a1[k] = 0.0; b1[k] = 0.0; }
+    const T *restrict d0 = dp[0], *restrict x0 = xp[0];
+    const double m0 = m[0], r0 = r[0];
+    if (nr == 2) {
+        const T *restrict d1 = dp[1], *restrict x1 = xp[1];
+        const double m1 = m[1], r1 = r[1];
+        int64_t i = 0;
+        for (; i + ND_GR_BL <= len; i += ND_GR_BL)
+            for (int k = 0; k < ND_GR_BL; ++k) {
+                const int64_t t = i + k;
+                const double g = gm[t];
+                const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
+                const double e1 = (double)d1[t], y1 = (double)x1[t] - m1;
+                const double w0 = g * e0, w1 = g * e1;
+                a0[k] += w0;
+                b0[k] += w0 * y0;
+                a1[k] += w1;
+                b1[k] += w1 * y1;
+                db[t] = (db[t] + e0) + e1;
+                dg[t] = (dg[t] + r0 * (e0 * y0)) + r1 * (e1 * y1);
+            }
+        for (int k = 0; i + k < len; ++k) {
+            const int64_t t = i + k;
+            const double g = gm[t];
+            const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
+            const double e1 = (double)d1[t], y1 = (double)x1[t] - m1;
+            const double w0 = g * e0, w1 = g * e1;
+            a0[k] += w0;
+            b0[k] += w0 * y0;
+            a1[k] += w1;
+            b1[k] += w1 * y1;
+            db[t] = (db[t] + e0) + e1;
+            dg[t] = (dg[t] + r0 * (e0 * y0)) + r1 * (e1 * y1);
+        }
+        s[2] = gr_bl_sum(a1);
+        s[3] = gr_bl_sum(b1);
+    } else {
+        int64_t i = 0;
+        for (; i + ND_GR_BL <= len; i += ND_GR_BL)
+            for (int k = 0; k < ND_GR_BL; ++k) {
+                const int64_t t = i + k;
+                const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
+                const double w0 = gm[t] * e0;
+                a0[k] += w0;
+                b0[k] += w0 * y0;
+                db[t] += e0;
+                dg[t] += r0 * (e0 * y0);
+            }
+        for (int k = 0; i + k < len; ++k) {
+            const int64_t t = i + k;
+            const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
+            const double w0 = gm[t] * e0;
+            a0[k] += w0;
+            b0[k] += w0 * y0;
+            db[t] += e0;
+            dg[t] += r0 * (e0 * y0);
+        }
+    }
+    s[0] = gr_bl_sum(a0);
+    s[1] = gr_bl_sum(b0);
+}
+
+/* Sums of a channel-run group of several runs (channels-last): *s1 = sum
+ * dout * gamma[ch], *s2 = sum dout * gamma[ch] * (x - m) (ND_LANES lanes by
+ * position in the run); per channel db[ch] += sum dout and dg[ch] += r * sum
+ * dout * (x - m) over the runs (tc: scratch of cg doubles). */
+ND_CLONES
+static void FN(gr_clast_sums)(const T *dout, const T *x, const nd_grp *grp, double m, double r,
                               const double *gamma, double *s1, double *s2, double *dg,
                               double *db, double *tc)
 {
     double a1[ND_LANES], a2[ND_LANES];
     for (int k = 0; k < ND_LANES; ++k) { a1[k] = 0.0; a2[k] = 0.0; }
     const int64_t len = grp->len;
-    if (grp->per_run) {
-        /* one channel per run: its plain sums, then gamma and r applied once */
-        double t1 = 0.0, t2 = 0.0;
-        for (int64_t run = 0; run < grp->nrun; ++run) {
-            const int64_t off = grp->base + run * grp->stride, ch = grp->c0 + run;
-            const T *dp = dout + off, *xp = x + off;
-            double u1[ND_LANES], u2[ND_LANES];
-            for (int k = 0; k < ND_LANES; ++k) { u1[k] = 0.0; u2[k] = 0.0; }
-            int64_t i = 0;
-            for (; i + ND_LANES <= len; i += ND_LANES)
-                for (int k = 0; k < ND_LANES; ++k) {
-                    const double d = (double)dp[i + k];
-                    u1[k] += d;
-                    u2[k] += d * ((double)xp[i + k] - m);
-                }
-            for (int k = 0; i + k < len; ++k) {
-                const double d = (double)dp[i + k];
-                u1[k] += d;
-                u2[k] += d * ((double)xp[i + k] - m);
-            }
-            const double v1 = nd_lanes_sum(u1), v2 = nd_lanes_sum(u2);
-            t1 += gamma[ch] * v1;
-            t2 += gamma[ch] * v2;
-            db[ch] += v1;
-            dg[ch] += r * v2;
-        }
-        *s1 = t1;
-        *s2 = t2;
-        return;
-    }
     const double *gm = gamma + grp->c0;
     for (int64_t t = 0; t < len; ++t) tc[t] = 0.0;
     for (int64_t run = 0; run < grp->nrun; ++run) {
@@ -246,51 +789,142 @@ static void FN(gr_group_sums)(const T *dout, const T *x, const nd_grp *grp, doub
     *s2 = nd_lanes_sum(a2);
 }
 
-/* dx = (r gamma[ch]) * dout + b * (x - m) + e over group grp (double,
- * rounded once). */
-ND_CLONES
-static void FN(gr_group_dx)(const T *dout, const T *x, T *dx, const nd_grp *grp, double m,
-                            double r, double b, double e, const double *gamma)
+/* Sums of group grp (gr_plane_sums per plane, gamma and r applied once per
+ * channel; gr_rows_sums; gr_clast_sums). */
+static void FN(gr_group_sums)(const T *dout, const T *x, const nd_grp *grp, double m, double r,
+                              const double *gamma, double *s1, double *s2, double *dg,
+                              double *db, double *tc)
 {
-    for (int64_t run = 0; run < grp->nrun; ++run) {
-        const int64_t off = grp->base + run * grp->stride;
-        const T *dp = dout + off, *xp = x + off;
-        T *op = dx + off;
-        if (grp->per_run) {
-            const double a = r * gamma[grp->c0 + run];
-            for (int64_t t = 0; t < grp->len; ++t)
-                op[t] = (T)(a * (double)dp[t] + b * ((double)xp[t] - m) + e);
-        } else {
-            const double *gm = gamma + grp->c0;
-            for (int64_t t = 0; t < grp->len; ++t)
-                op[t] = (T)((r * gm[t]) * (double)dp[t] + b * ((double)xp[t] - m) + e);
+    if (grp->per_run) {
+        double t1 = 0.0, t2 = 0.0;
+        for (int64_t run = 0; run < grp->nrun; ++run) {
+            const int64_t off = grp->base + run * grp->stride, ch = grp->c0 + run;
+            double v1, v2;
+            GR_CALL(gr_plane_sums)(dout + off, x + off, grp->len, m, &v1, &v2);
+            t1 += gamma[ch] * v1;
+            t2 += gamma[ch] * v2;
+            db[ch] += v1;
+            dg[ch] += r * v2;
         }
+        *s1 = t1;
+        *s2 = t2;
+    } else if (grp->nrun == 1) {
+        const T *dp = dout + grp->base, *xp = x + grp->base;
+        double sv[4];
+        GR_CALL(gr_rows_sums)(&dp, &xp, 1, grp->len, &m, &r, gamma + grp->c0, db + grp->c0,
+                         dg + grp->c0, sv);
+        *s1 = sv[0];
+        *s2 = sv[1];
+    } else {
+        FN(gr_clast_sums)(dout, x, grp, m, r, gamma, s1, s2, dg, db, tc);
     }
 }
 
+/* dx = (r gamma[ch]) * dout + b * (x - m) + e over the positions [0, len) of
+ * one channel run from off (gm: gamma of its channels), in double, rounded
+ * once; st: streamed. */
+ND_CLONES
+static void FN(gr_run_dx)(const T *restrict dp, const T *restrict xp, T *restrict op,
+                          int64_t len, double m, double r, double b, double e,
+                          const double *restrict gm, int st)
+{
+    if (!st) {
+        for (int64_t t = 0; t < len; ++t)
+            op[t] = (T)((r * gm[t]) * (double)dp[t] + b * ((double)xp[t] - m) + e);
+        return;
+    }
+    T buf[ND_GSCH];
+    for (int64_t t0 = 0; t0 < len; t0 += ND_GSCH) {
+        const int64_t l = nd_min64(ND_GSCH, len - t0);
+        for (int64_t j = 0; j < l; ++j) {
+            const int64_t t = t0 + j;
+            buf[j] = (T)((r * gm[t]) * (double)dp[t] + b * ((double)xp[t] - m) + e);
+        }
+        nd_stream_copy(op + t0, buf, (size_t)l * sizeof(T));
+    }
+}
+
+/* A plane run's dx: batchnorm's nd_plane_dx. */
+static inline void FN(gr_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m, double ac,
+                                   double bc, double ec, int st)
+{
+    FN(nd_plane_dx)(dp, xp, o, S, m, ac, bc, ec, st);
+}
+
+/* dx = (r gamma[ch]) * dout + b * (x - m) + e over group grp (double,
+ * rounded once; plane runs as batchnorm's nd_plane_dx). */
+static void FN(gr_group_dx)(const T *dout, const T *x, T *dx, const nd_grp *grp, double m,
+                            double r, double b, double e, const double *gamma, int st)
+{
+    for (int64_t run = 0; run < grp->nrun; ++run) {
+        const int64_t off = grp->base + run * grp->stride;
+        if (grp->per_run)
+            GR_CALL(gr_plane_dx)(dout + off, x + off, dx + off, grp->len, m,
+                                 r * gamma[grp->c0 + run], b, e, st);
+        else
+            GR_CALL(gr_run_dx)(dout + off, x + off, dx + off, grp->len, m, r, b, e,
+                          gamma + grp->c0, st);
+    }
+    if (st) nd_stream_fence();
+}
+
 /* grad_reduce over sample blocks, and (fused: dx != NULL) each group's dx
- * right after its sums.  work: 3 c doubles per block. */
+ * right after its sums.  Groups of one channel run (rows) go two samples at
+ * a time (gr_rows_sums).  work: 3 c doubles per block. */
 static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                             const double *mean, const double *invstd, const double *gamma,
                             int train, double *work, double *s1, double *s2, double *dgamma,
                             double *dbeta)
 {
-    const int64_t C = g->c, G = g->groups, N = g->n;
+    const int64_t C = g->c, G = g->groups, N = g->n, cg = C / G;
     const int64_t nb = nd_group_block(g), nblk = nd_cdiv(N, nb);
     const double M = (double)nd_group_count(g);
+    const int rows = g->kind == ND_ROWS;
+    const int st = dx ? gr_stream(dx, g, (int64_t)sizeof(T)) : 0;
     ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
     for (int64_t blk = 0; blk < nblk; ++blk) {
         double *P = work + 3 * C * blk, *dg = P, *db = P + C, *tc = P + 2 * C;
         for (int64_t c = 0; c < 2 * C; ++c) P[c] = 0.0;
-        const int64_t i1 = nd_min64(N, (blk + 1) * nb);
-        for (int64_t k = blk * nb * G; k < i1 * G; ++k) {
+        const int64_t i0 = blk * nb, i1 = nd_min64(N, i0 + nb);
+        if (rows) {
+            for (int64_t i = i0; i < i1; i += 2) {
+                const int nr = i + 1 < i1 ? 2 : 1;
+                for (int64_t q = 0; q < G; ++q) {
+                    const int64_t k0 = i * G + q, c0 = q * cg;
+                    const T *dp[2], *xp[2];
+                    double m[2], r[2], sv[4];
+                    for (int j = 0; j < nr; ++j) {
+                        const int64_t off = (i + j) * g->sn + c0;
+                        dp[j] = dout + off;
+                        xp[j] = x + off;
+                        m[j] = mean[k0 + j * G];
+                        r[j] = invstd[k0 + j * G];
+                    }
+                    GR_CALL(gr_rows_sums)(dp, xp, nr, cg, m, r, gamma + c0, db + c0, dg + c0, sv);
+                    for (int j = 0; j < nr; ++j) {
+                        const int64_t k = k0 + j * G;
+                        s1[k] = sv[2 * j];
+                        s2[k] = sv[2 * j + 1];
+                        if (dx) {
+                            double b, e;
+                            gr_coef(r[j], s1[k], s2[k], M, train, &b, &e);
+                            GR_CALL(gr_run_dx)(dp[j], xp[j], dx + (i + j) * g->sn + c0, cg, m[j],
+                                          r[j], b, e, gamma + c0, st);
+                        }
+                    }
+                }
+            }
+            if (st) nd_stream_fence();
+            continue;
+        }
+        for (int64_t k = i0 * G; k < i1 * G; ++k) {
             const nd_grp grp = nd_group(g, k);
             FN(gr_group_sums)(dout, x, &grp, mean[k], invstd[k], gamma, &s1[k], &s2[k], dg, db,
                               tc);
             if (dx) {
                 double b, e;
                 gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
-                FN(gr_group_dx)(dout, x, dx, &grp, mean[k], invstd[k], b, e, gamma);
+                FN(gr_group_dx)(dout, x, dx, &grp, mean[k], invstd[k], b, e, gamma, st);
             }
         }
     }
@@ -302,11 +936,19 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
                               const double *s1, const double *s2, int train, double M)
 {
     const int64_t ng = nd_ngroups(g);
+    const int st = gr_stream(dx, g, (int64_t)sizeof(T));
     ND_OMP_FOR(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     for (int64_t k = 0; k < ng; ++k) {
         const nd_grp grp = nd_group(g, k);
         double b, e;
         gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
-        FN(gr_group_dx)(dout, x, dx, &grp, mean[k], invstd[k], b, e, gamma);
+        FN(gr_group_dx)(dout, x, dx, &grp, mean[k], invstd[k], b, e, gamma, st);
     }
 }
+
+#undef ND_GSCH
+#undef ND_GU
+#undef GR_CALL
+#ifdef ND_GR_AVX2
+#undef ND_GR_AVX2
+#endif

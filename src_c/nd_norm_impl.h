@@ -29,8 +29,8 @@ void FN(nd_moments)(const T *x, const nd_geom *g, double *work, double *mean, do
 
 /*
  * nd_normalize: out = (x - mean[grp]) * (invstd[grp] * gamma[ch]) + beta[ch];
- * per channel: in double for float64, in float with a split mean for float32
- * (ch_affine); per group: in double, rounded once.  Training forward (batch
+ * in double for float64, in float with a split mean for float32 (per
+ * channel: ch_affine; per group: gr_group_normalize).  Training forward (batch
  * statistics) and test mode (running statistics).
  * IN x, g, mean, invstd (nd_ngroups doubles), gamma, beta (c doubles);
  * SCRATCH work; OUT out (x's geometry).
