@@ -79,7 +79,8 @@ int main(void)
             feed(of, 4 * tot); feed(dg, 8 * c); feed(db, 8 * c);
             nd_grad_reduce_f32(df, xf, &g, mean, inv, gm, work, s1, s2, dg, db);
             feed(s1, 8 * ng); feed(s2, 8 * ng);
-            nd_grad_input_f32(df, xf, of, &g, mean, inv, gm, s1, s2, 1, work);
+            nd_grad_input_f32(df, xf, of, &g, mean, inv, gm, s1, s2, 1, (double)(c / G * s),
+                              work);
             feed(of, 4 * tot);
             nd_norm_train_fwd_f64(xd, od, &g, gm, bt, 1e-5, work, mean, var, inv);
             feed(od, 8 * tot); feed(mean, 8 * ng); feed(inv, 8 * ng);
