@@ -288,6 +288,40 @@ static void gr_finish_channels(const nd_geom *g, int64_t nblk, const double *P, 
 
 /* ----------------------------------------------------------- shared */
 
+/* The per-channel inner loops (nd_norm_channel_loops.h) come in variants:
+ * avx512 (the features of x86-64-v4, as the ND_CLONES clone), avx2 (AVX2 and
+ * FMA) and generic, chosen at run time by nd_ch_level: on x86-64 with GCC or
+ * Clang unless ND_NO_CLONES is defined; elsewhere the generic loops only.
+ * ND_FORCE_ISA_LEVEL (testing) pins one. */
+#if ND_X86_SIMD
+#define ND_CH_VARIANTS 1
+#define ND_CH_TARGET_AVX2 "avx2,fma"
+#define ND_CH_TARGET_AVX512 "avx512f,avx512bw,avx512cd,avx512dq,avx512vl,avx2,fma,bmi2"
+#else
+#define ND_CH_VARIANTS 0
+#endif
+
+#if ND_CH_VARIANTS
+#include <immintrin.h>
+
+/* The variant of the per-channel loops this processor runs: 2 avx512, 1 avx2,
+ * 0 generic (a few loads of the CPU model data filled in at startup). */
+static int nd_ch_level(void)
+{
+#if defined(ND_FORCE_ISA_LEVEL)
+    return ND_FORCE_ISA_LEVEL;
+#else
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
+        return 2;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+#endif
+}
+#endif
+
 /* Sum of the ND_LANES accumulators, pairwise in a fixed order (a tree of
  * halves: lane k + h is added to lane k, h = ND_LANES/2, ..., 1). */
 static inline double nd_lanes_sum(const double *a)
@@ -369,14 +403,21 @@ const char *nd_norm_isa(void)
 {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(ND_NO_CLONES) && \
     (defined(__clang__) || __GNUC__ >= 6) && defined(__linux__)
-    /* the choice the target_clones resolver makes (ND_CLONES, nd_common.h) */
+    /* the choice the target_clones resolver makes (ND_CLONES, nd_common.h),
+     * which nd_ch_level makes too, but for an AVX2 processor without FMA */
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
         __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
         return "x86-64-v4";
-    return __builtin_cpu_supports("avx2") ? "avx2" : "default";
+    if (!__builtin_cpu_supports("avx2")) return "default";
+    return nd_ch_level() == 1 ? "avx2" : "avx2 (per-channel loops: default)";
+#elif ND_CH_VARIANTS
+    /* no target_clones here (not ELF): only the per-channel loops vary */
+    static const char *const names[] = {"default", "default (per-channel loops: avx2)",
+                                        "default (per-channel loops: x86-64-v4)"};
+    return names[nd_ch_level()];
 #else
     return "default (one variant)";
 #endif

@@ -22,128 +22,17 @@
  * takes values k, k+ND_LANES, ...), which vectorizes without reassociating
  * anything.
  *
- * The inner loops are separate functions compiled for several instruction
- * sets (ND_CLONES); each computes the same IEEE operations in the same order
- * in every variant (no contraction, fixed accumulator lanes), so the variant
- * that runs does not change any bit. */
+ * The inner loops (nd_norm_channel_loops.h) are compiled once per
+ * instruction-set variant -- generic, avx2 (with FMA), avx512 -- and called
+ * through the variant's table (FN(nd_ch_pick), nd_ch_level in nd_norm.c);
+ * each computes the same IEEE operations in the same order in every variant
+ * (no contraction, fixed accumulator lanes; an addition issued as an FMA by 1
+ * is the same addition), so the variant that runs does not change any bit. */
 
 /* ------------------------------------------------------------ inner loops */
 
-/* (mean, M2) of one ND_ROWS unit: rows [r0, r1) of channels [c0, c0 + w),
- * w <= ND_CT; into wk[2 j] (mean) and wk[2 j + 1] (M2).  Each channel's sums run
- * over the rows in order; four rows are added per load of the accumulator. */
-ND_CLONES
-static void FN(nd_rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r1,
-                                   int64_t c0, int64_t w, double *wk)
-{
-    double acc[ND_CT], m[ND_CT];
-    const T *base = x + c0;
-    for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        const T *p0 = base + r * sn, *p1 = p0 + sn, *p2 = p1 + sn, *p3 = p2 + sn;
-        for (int64_t j = 0; j < w; ++j) {
-            double a = acc[j];
-            a += (double)p0[j];
-            a += (double)p1[j];
-            a += (double)p2[j];
-            a += (double)p3[j];
-            acc[j] = a;
-        }
-    }
-    for (; r < r1; ++r) {
-        const T *p = base + r * sn;
-        for (int64_t j = 0; j < w; ++j) acc[j] += (double)p[j];
-    }
-    const double cnt = (double)(r1 - r0);
-    for (int64_t j = 0; j < w; ++j) { m[j] = acc[j] / cnt; acc[j] = 0.0; }
-    r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        const T *p0 = base + r * sn, *p1 = p0 + sn, *p2 = p1 + sn, *p3 = p2 + sn;
-        for (int64_t j = 0; j < w; ++j) {
-            const double mj = m[j];
-            double a = acc[j], d;
-            d = (double)p0[j] - mj; a += d * d;
-            d = (double)p1[j] - mj; a += d * d;
-            d = (double)p2[j] - mj; a += d * d;
-            d = (double)p3[j] - mj; a += d * d;
-            acc[j] = a;
-        }
-    }
-    for (; r < r1; ++r) {
-        const T *p = base + r * sn;
-        for (int64_t j = 0; j < w; ++j) { double d = (double)p[j] - m[j]; acc[j] += d * d; }
-    }
-    for (int64_t j = 0; j < w; ++j) { wk[2 * j] = m[j]; wk[2 * j + 1] = acc[j]; }
-}
-
-/* (sum dout, sum dout * (x - mean)) of one ND_ROWS unit, into wk pairs. */
-ND_CLONES
-static void FN(nd_rows_reduce_unit)(const T *dout, const T *x, int64_t sn, int64_t r0,
-                                    int64_t r1, int64_t c0, int64_t w, const double *mean,
-                                    double *wk)
-{
-    double a[ND_CT], b[ND_CT];
-    const double *m = mean + c0;
-    for (int64_t j = 0; j < w; ++j) { a[j] = 0.0; b[j] = 0.0; }
-    int64_t r = r0;
-    for (; r + 2 <= r1; r += 2) {
-        const T *d0 = dout + r * sn + c0, *d1 = d0 + sn;
-        const T *x0 = x + r * sn + c0, *x1 = x0 + sn;
-        for (int64_t j = 0; j < w; ++j) {
-            const double mj = m[j];
-            double sa = a[j], sb = b[j], g;
-            g = (double)d0[j]; sa += g; sb += g * ((double)x0[j] - mj);
-            g = (double)d1[j]; sa += g; sb += g * ((double)x1[j] - mj);
-            a[j] = sa; b[j] = sb;
-        }
-    }
-    for (; r < r1; ++r) {
-        const T *dr = dout + r * sn + c0, *xr = x + r * sn + c0;
-        for (int64_t j = 0; j < w; ++j) {
-            double g = (double)dr[j];
-            a[j] += g;
-            b[j] += g * ((double)xr[j] - m[j]);
-        }
-    }
-    for (int64_t j = 0; j < w; ++j) { wk[2 * j] = a[j]; wk[2 * j + 1] = b[j]; }
-}
-
 /* Values per chunk of a streamed output (see nd_stream_copy). */
 #define ND_SCH ((int64_t)(ND_STREAM_CHUNK / sizeof(T)))
-
-/* out = (x - mean) * scale + shift in double, rounded once, on rows [r0, r1),
- * channels [c0, c0 + w): float64, and float32 channels outside the float
- * formula's range.  st: stream the rows out (the same values, through an L1
- * buffer). */
-ND_CLONES
-static void FN(nd_rows_affine_d)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
-                                 int64_t c0, int64_t w, const double *mean, const double *scale,
-                                 const double *shift, int st)
-{
-    const double *m = mean + c0, *a = scale + c0, *b = shift + c0;
-    if (!st) {
-        for (int64_t r = r0; r < r1; ++r) {
-            const T *xr = x + r * sn + c0;
-            T *o = out + r * sn + c0;
-            for (int64_t j = 0; j < w; ++j) o[j] = (T)(((double)xr[j] - m[j]) * a[j] + b[j]);
-        }
-        return;
-    }
-    T buf[ND_SCH];
-    for (int64_t r = r0; r < r1; ++r) {
-        const T *xr = x + r * sn + c0;
-        T *o = out + r * sn + c0;
-        for (int64_t j0 = 0; j0 < w; j0 += ND_SCH) {
-            const int64_t len = nd_min64(ND_SCH, w - j0);
-            for (int64_t j = 0; j < len; ++j)
-                buf[j] = (T)(((double)xr[j0 + j] - m[j0 + j]) * a[j0 + j] + b[j0 + j]);
-            nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
-        }
-    }
-    nd_stream_fence();
-}
-
 
 #if ND_AFFINE_FLOAT
 /* float32 affine in float: mean = mh + ml split into two floats (mh its
@@ -178,257 +67,106 @@ static inline int nd_aff32_ok(double mean, double scale, double shift)
 }
 
 #define ND_AFF_TILE 256   /* channels whose float parameters are on the stack at once */
-
-/* out = ((x - mh) - ml) * a + b on rows [r0, r1), channels [c0, c0 + w);
- * st: stream the rows out (the same values, through an L1 buffer). */
-ND_CLONES
-static void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
-                               int64_t c0, int64_t w, const double *mean, const double *scale,
-                               const double *shift, int st)
-{
-    float mh[ND_AFF_TILE], ml[ND_AFF_TILE], a[ND_AFF_TILE], b[ND_AFF_TILE];
-    T buf[ND_SCH];
-    for (int64_t t0 = 0; t0 < w; t0 += ND_AFF_TILE) {
-        const int64_t tw = nd_min64(ND_AFF_TILE, w - t0), ct = c0 + t0;
-        int ok = 1;   /* every channel of the tile in the float formula's range */
-        for (int64_t j = 0; j < tw; ++j) {
-            const nd_aff32 p = nd_aff32_of(mean[ct + j], scale[ct + j], shift[ct + j]);
-            mh[j] = p.mh; ml[j] = p.ml; a[j] = p.a; b[j] = p.b;
-            ok &= nd_aff32_ok(mean[ct + j], scale[ct + j], shift[ct + j]);
-        }
-        if (!ok) {
-            FN(nd_rows_affine_d)(x, out, sn, r0, r1, ct, tw, mean, scale, shift, st);
-            continue;
-        }
-        for (int64_t r = r0; r < r1; ++r) {
-            const T *xr = x + r * sn + ct;
-            T *o = out + r * sn + ct;
-            if (!st) {
-                for (int64_t j = 0; j < tw; ++j) o[j] = ((xr[j] - mh[j]) - ml[j]) * a[j] + b[j];
-                continue;
-            }
-            for (int64_t j0 = 0; j0 < tw; j0 += ND_SCH) {
-                const int64_t len = nd_min64(ND_SCH, tw - j0);
-                for (int64_t j = 0; j < len; ++j) {
-                    const int64_t k = j0 + j;
-                    buf[j] = ((xr[k] - mh[k]) - ml[k]) * a[k] + b[k];
-                }
-                nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
-            }
-        }
-    }
-    if (st) nd_stream_fence();
-}
-#else
-/* float64: the formula in double. */
-static inline void FN(nd_rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1,
-                                      int64_t c0, int64_t w, const double *mean,
-                                      const double *scale, const double *shift, int st)
-{
-    FN(nd_rows_affine_d)(x, out, sn, r0, r1, c0, w, mean, scale, shift, st);
-}
 #endif
 
-/* dx = a * dout + b * (x - mean) + e on rows [r0, r1), channels [c0, c0 + w). */
-ND_CLONES
-static void FN(nd_rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t r0, int64_t r1,
-                           int64_t c0, int64_t w, const double *mean, const double *a,
-                           const double *b, const double *e, int st)
-{
-    const double *m = mean + c0, *ac = a + c0, *bc = b + c0, *ec = e + c0;
-    if (!st) {
-        for (int64_t r = r0; r < r1; ++r) {
-            const int64_t off = r * sn + c0;
-            const T *dr = dout + off, *xr = x + off;
-            T *o = dx + off;
-            for (int64_t j = 0; j < w; ++j)
-                o[j] = (T)(ac[j] * (double)dr[j] + bc[j] * ((double)xr[j] - m[j]) + ec[j]);
-        }
-        return;
-    }
-    T buf[ND_SCH];
-    for (int64_t r = r0; r < r1; ++r) {
-        const int64_t off = r * sn + c0;
-        const T *dr = dout + off, *xr = x + off;
-        T *o = dx + off;
-        for (int64_t j0 = 0; j0 < w; j0 += ND_SCH) {
-            const int64_t len = nd_min64(ND_SCH, w - j0);
-            for (int64_t j = 0; j < len; ++j) {
-                const int64_t k = j0 + j;
-                buf[j] = (T)(ac[k] * (double)dr[k] + bc[k] * ((double)xr[k] - m[k]) + ec[k]);
-            }
-            nd_stream_copy(o + j0, buf, (size_t)len * sizeof(T));
-        }
-    }
-    nd_stream_fence();
-}
+/* The inner loops of one instruction-set variant (nd_norm_channel_loops.h),
+ * called through this table; FN(nd_ch_pick) gives the variant this processor
+ * runs (nd_ch_level, nd_norm.c). */
+typedef struct {
+    void (*rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r1, int64_t c0,
+                            int64_t w, double *wk);
+    void (*rows_reduce_unit)(const T *dout, const T *x, int64_t sn, int64_t r0, int64_t r1,
+                             int64_t c0, int64_t w, const double *mean, double *wk);
+    void (*rows_affine)(const T *x, T *out, int64_t sn, int64_t r0, int64_t r1, int64_t c0,
+                        int64_t w, const double *mean, const double *scale,
+                        const double *shift, int st);
+    void (*rows_dx)(const T *dout, const T *x, T *dx, int64_t sn, int64_t r0, int64_t r1,
+                    int64_t c0, int64_t w, const double *mean, const double *a,
+                    const double *b, const double *e, int st);
+    void (*unit_stats)(const T *p, int64_t sn, int64_t np, int64_t len, double *mean,
+                       double *m2);
+    void (*unit_dsum)(const T *dy, const T *x, int64_t sn, int64_t np, int64_t len, double m,
+                      double *sdy, double *sdyxm);
+    void (*plane_affine)(const T *xp, T *op, int64_t S, double m, double a, double b, int st);
+    void (*plane_affine_d)(const T *xp, T *op, int64_t S, double m, double a, double b, int st);
+    void (*plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m, double ac,
+                     double bc, double ec, int st);
+} FN(nd_ch_loops);
 
-/* (mean, M2) of one ND_PLANES unit: values [0, len) of np planes, sn apart,
- * from p (np * len > 0).  Sums with ND_LANES fixed accumulators: lane k takes
- * values k, k + ND_LANES, ... of each plane, the planes in order, and the
- * lanes are combined pairwise.  (A unit of one plane is one segment.) */
-ND_CLONES
-static void FN(nd_unit_stats)(const T *p, int64_t sn, int64_t np, int64_t len, double *mean,
-                              double *m2)
-{
-    double a[ND_LANES];
-    for (int k = 0; k < ND_LANES; ++k) a[k] = 0.0;
-    for (int64_t j = 0; j < np; ++j) {
-        const T *q = p + j * sn;
-        int64_t i = 0;
-        for (; i + ND_LANES <= len; i += ND_LANES)
-            for (int k = 0; k < ND_LANES; ++k) a[k] += (double)q[i + k];
-        for (int k = 0; i + k < len; ++k) a[k] += (double)q[i + k];
-    }
-    const double m = nd_lanes_sum(a) / (double)(np * len);
-    for (int k = 0; k < ND_LANES; ++k) a[k] = 0.0;
-    for (int64_t j = 0; j < np; ++j) {
-        const T *q = p + j * sn;
-        int64_t i = 0;
-        for (; i + ND_LANES <= len; i += ND_LANES)
-            for (int k = 0; k < ND_LANES; ++k) { double d = (double)q[i + k] - m; a[k] += d * d; }
-        for (int k = 0; i + k < len; ++k) { double d = (double)q[i + k] - m; a[k] += d * d; }
-    }
-    *mean = m;
-    *m2 = nd_lanes_sum(a);
-}
+#define ND_V generic
+#define ND_V_ATTR
+#define ND_V_AVX2 0
+#include "nd_norm_channel_loops.h"
+#undef ND_V
+#undef ND_V_ATTR
+#undef ND_V_AVX2
 
-/* Sums of dy and dy * (x - m) over one ND_PLANES unit (as nd_unit_stats),
- * ND_LANES fixed accumulators each. */
-ND_CLONES
-static void FN(nd_unit_dsum)(const T *dy, const T *x, int64_t sn, int64_t np, int64_t len,
-                             double m, double *sdy, double *sdyxm)
-{
-    double a[ND_LANES], b[ND_LANES];
-    for (int k = 0; k < ND_LANES; ++k) { a[k] = 0.0; b[k] = 0.0; }
-    for (int64_t j = 0; j < np; ++j) {
-        const T *dq = dy + j * sn, *xq = x + j * sn;
-        int64_t i = 0;
-        for (; i + ND_LANES <= len; i += ND_LANES)
-            for (int k = 0; k < ND_LANES; ++k) {
-                double g = (double)dq[i + k];
-                a[k] += g;
-                b[k] += g * ((double)xq[i + k] - m);
-            }
-        for (int k = 0; i + k < len; ++k) {
-            double g = (double)dq[i + k];
-            a[k] += g;
-            b[k] += g * ((double)xq[i + k] - m);
-        }
-    }
-    *sdy = nd_lanes_sum(a);
-    *sdyxm = nd_lanes_sum(b);
-}
+#if ND_CH_VARIANTS
+#define ND_V avx2
+#define ND_V_ATTR __attribute__((target(ND_CH_TARGET_AVX2)))
+#define ND_V_AVX2 1
+#include "nd_norm_channel_loops.h"
+#undef ND_V
+#undef ND_V_ATTR
+#undef ND_V_AVX2
 
-/* op[s] = (xp[s] - m) * a + b in double, rounded once, s < S (float64, and
- * float32 channels outside the float formula's range). */
-ND_CLONES
-static void FN(nd_plane_affine_d)(const T *xp, T *op, int64_t S, double m, double a, double b,
-                                  int st)
-{
-    if (!st) {
-        for (int64_t s = 0; s < S; ++s) op[s] = (T)(((double)xp[s] - m) * a + b);
-        return;
-    }
-    T buf[ND_SCH];
-    for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
-        const int64_t len = nd_min64(ND_SCH, S - s0);
-        for (int64_t k = 0; k < len; ++k) buf[k] = (T)(((double)xp[s0 + k] - m) * a + b);
-        nd_stream_copy(op + s0, buf, (size_t)len * sizeof(T));
-    }
-    nd_stream_fence();
-}
-
-
-#if ND_AFFINE_FLOAT
-/* op[s] = ((xp[s] - mh) - ml) * a + b in float (see nd_aff32), s < S. */
-ND_CLONES
-static void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a, double b,
-                                int st)
-{
-    if (!nd_aff32_ok(m, a, b)) {
-        FN(nd_plane_affine_d)(xp, op, S, m, a, b, st);
-        return;
-    }
-    const nd_aff32 p = nd_aff32_of(m, a, b);
-    const float mh = p.mh, ml = p.ml, pa = p.a, pb = p.b;
-    if (!st) {
-        for (int64_t s = 0; s < S; ++s) op[s] = ((xp[s] - mh) - ml) * pa + pb;
-        return;
-    }
-    T buf[ND_SCH];
-    for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
-        const int64_t len = nd_min64(ND_SCH, S - s0);
-        for (int64_t k = 0; k < len; ++k) buf[k] = ((xp[s0 + k] - mh) - ml) * pa + pb;
-        nd_stream_copy(op + s0, buf, (size_t)len * sizeof(T));
-    }
-    nd_stream_fence();
-}
-#else
-/* float64: the formula in double. */
-static inline void FN(nd_plane_affine)(const T *xp, T *op, int64_t S, double m, double a,
-                                       double b, int st)
-{
-    FN(nd_plane_affine_d)(xp, op, S, m, a, b, st);
-}
+#define ND_V avx512
+#define ND_V_ATTR __attribute__((target(ND_CH_TARGET_AVX512)))
+#define ND_V_AVX2 0
+#include "nd_norm_channel_loops.h"
+#undef ND_V
+#undef ND_V_ATTR
+#undef ND_V_AVX2
 #endif
 
-/* o[s] = ac * dp[s] + bc * (xp[s] - m) + ec, s < S. */
-ND_CLONES
-static void FN(nd_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m, double ac,
-                            double bc, double ec, int st)
+static const FN(nd_ch_loops) *FN(nd_ch_pick)(void)
 {
-    if (!st) {
-        for (int64_t s = 0; s < S; ++s)
-            o[s] = (T)(ac * (double)dp[s] + bc * ((double)xp[s] - m) + ec);
-        return;
-    }
-    T buf[ND_SCH];
-    for (int64_t s0 = 0; s0 < S; s0 += ND_SCH) {
-        const int64_t len = nd_min64(ND_SCH, S - s0);
-        for (int64_t k = 0; k < len; ++k)
-            buf[k] = (T)(ac * (double)dp[s0 + k] + bc * ((double)xp[s0 + k] - m) + ec);
-        nd_stream_copy(o + s0, buf, (size_t)len * sizeof(T));
-    }
-    nd_stream_fence();
+#if ND_CH_VARIANTS
+    const int lvl = nd_ch_level();
+    if (lvl == 2) return &ND_CAT(FN(nd_ch_loops), avx512);
+    if (lvl == 1) return &ND_CAT(FN(nd_ch_loops), avx2);
+#endif
+    return &ND_CAT(FN(nd_ch_loops), generic);
 }
 
 /* ------------------------------------------------------ per-channel pieces */
 
 /* (mean, M2) of unit k of ND_PLANES channel c (0, 0 for an empty unit); its
  * count is the return value. */
-static inline double FN(nd_planes_unit_stats)(const T *x, const nd_geom *g, int64_t c,
-                                              int64_t k, double *mean, double *m2)
+static inline double FN(nd_planes_unit_stats)(const FN(nd_ch_loops) *L, const T *x,
+                                              const nd_geom *g, int64_t c, int64_t k,
+                                              double *mean, double *m2)
 {
     const nd_punit u = nd_planes_unit(g, k);
     *mean = 0.0;
     *m2 = 0.0;
     if (u.np * u.len <= 0) return 0.0;
-    FN(nd_unit_stats)(x + u.p0 * g->sn + c * g->sc + u.s0, g->sn, u.np, u.len, mean, m2);
+    L->unit_stats(x + u.p0 * g->sn + c * g->sc + u.s0, g->sn, u.np, u.len, mean, m2);
     return (double)(u.np * u.len);
 }
 
 /* (sum dout, sum dout * (x - m)) of unit k of ND_PLANES channel c. */
-static inline void FN(nd_planes_unit_dsum)(const T *dout, const T *x, const nd_geom *g,
-                                           int64_t c, int64_t k, double m, double *a,
-                                           double *b)
+static inline void FN(nd_planes_unit_dsum)(const FN(nd_ch_loops) *L, const T *dout,
+                                           const T *x, const nd_geom *g, int64_t c, int64_t k,
+                                           double m, double *a, double *b)
 {
     const nd_punit u = nd_planes_unit(g, k);
     const int64_t off = u.p0 * g->sn + c * g->sc + u.s0;
     *a = 0.0;
     *b = 0.0;
-    if (u.np * u.len > 0) FN(nd_unit_dsum)(dout + off, x + off, g->sn, u.np, u.len, m, a, b);
+    if (u.np * u.len > 0) L->unit_dsum(dout + off, x + off, g->sn, u.np, u.len, m, a, b);
 }
 
 /* (mean, M2) of every unit of ND_PLANES channel c, merged in index order. */
-static void FN(nd_planes_channel_stats)(const T *x, const nd_geom *g, int64_t c,
-                                        double *mean, double *m2out)
+static void FN(nd_planes_channel_stats)(const FN(nd_ch_loops) *L, const T *x,
+                                        const nd_geom *g, int64_t c, double *mean,
+                                        double *m2out)
 {
     const int64_t units = nd_planes_units(g);
     double n = 0.0, mu = 0.0, m2 = 0.0;
     for (int64_t k = 0; k < units; ++k) {
         double um, um2;
-        const double cnt = FN(nd_planes_unit_stats)(x, g, c, k, &um, &um2);
+        const double cnt = FN(nd_planes_unit_stats)(L, x, g, c, k, &um, &um2);
         nd_chan_merge(&n, &mu, &m2, cnt, um, um2);
     }
     *mean = mu;
@@ -436,14 +174,15 @@ static void FN(nd_planes_channel_stats)(const T *x, const nd_geom *g, int64_t c,
 }
 
 /* sum dout and sum dout * (x - m) of ND_PLANES channel c, units in index order. */
-static void FN(nd_planes_channel_reduce)(const T *dout, const T *x, const nd_geom *g, int64_t c,
-                                         double m, double *sum_dy, double *sum_dyxm)
+static void FN(nd_planes_channel_reduce)(const FN(nd_ch_loops) *L, const T *dout, const T *x,
+                                         const nd_geom *g, int64_t c, double m, double *sum_dy,
+                                         double *sum_dyxm)
 {
     const int64_t units = nd_planes_units(g);
     double a = 0.0, b = 0.0;
     for (int64_t k = 0; k < units; ++k) {
         double ua, ub;
-        FN(nd_planes_unit_dsum)(dout, x, g, c, k, m, &ua, &ub);
+        FN(nd_planes_unit_dsum)(L, dout, x, g, c, k, m, &ua, &ub);
         a += ua;
         b += ub;
     }
@@ -461,6 +200,7 @@ static void FN(ch_moments)(const T *x, const nd_geom *g, double *work, double *m
 {
     const int64_t C = g->c, N = g->n;
     if (C <= 0) return;
+    const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
     if (g->kind == ND_ROWS) {
         const int64_t ct = nd_rows_ct(g), rb = nd_rows_rb(g);
         const int64_t nrb = nd_cdiv(N, rb), ntile = nd_cdiv(C, ct);
@@ -469,7 +209,7 @@ static void FN(ch_moments)(const T *x, const nd_geom *g, double *work, double *m
         for (int64_t u = 0; u < units; ++u) {
             const int64_t r0 = (u / ntile) * rb, r1 = nd_min64(r0 + rb, N);
             const int64_t c0 = (u % ntile) * ct, w = nd_min64(ct, C - c0);
-            FN(nd_rows_stats_unit)(x, g->sn, r0, r1, c0, w, work + 2 * ((u / ntile) * C + c0));
+            L->rows_stats_unit(x, g->sn, r0, r1, c0, w, work + 2 * ((u / ntile) * C + c0));
         }
         if (nrb == 1) {   /* one row block: the merge below would return its unit's values */
             for (int64_t c = 0; c < C; ++c) {
@@ -491,7 +231,7 @@ static void FN(ch_moments)(const T *x, const nd_geom *g, double *work, double *m
     } else if (C >= ND_FUSE_MIN_C) {
         ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c)
-            FN(nd_planes_channel_stats)(x, g, c, &mean[c], &m2[c]);
+            FN(nd_planes_channel_stats)(L, x, g, c, &mean[c], &m2[c]);
     } else {
         /* few channels: the units of all channels in parallel (their counts
          * in work too), then the merge */
@@ -499,7 +239,7 @@ static void FN(ch_moments)(const T *x, const nd_geom *g, double *work, double *m
         ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < units; ++u) {
             double m, q;
-            FN(nd_planes_unit_stats)(x, g, u / per, u % per, &m, &q);
+            FN(nd_planes_unit_stats)(L, x, g, u / per, u % per, &m, &q);
             work[2 * u] = m;
             work[2 * u + 1] = q;
         }
@@ -526,18 +266,19 @@ static void FN(ch_affine)(const T *x, T *out, const nd_geom *g, const double *me
 {
     const int64_t C = g->c, N = g->n;
     const int st = nd_norm_stream(out, g, (int64_t)sizeof(T));
+    const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
     if (g->kind == ND_ROWS) {
         const int64_t rb = ND_AFFINE_ROWS;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t b = 0; b < nd_cdiv(N, rb); ++b)
-            FN(nd_rows_affine)(x, out, g->sn, b * rb, nd_min64(b * rb + rb, N), 0, C,
-                               mean, scale, shift, st);
+            L->rows_affine(x, out, g->sn, b * rb, nd_min64(b * rb + rb, N), 0, C,
+                           mean, scale, shift, st);
     } else {
         const int64_t S = g->s;
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < N * C; ++u) {
             const int64_t n = u / C, c = u % C, off = n * g->sn + c * g->sc;
-            FN(nd_plane_affine)(x + off, out + off, S, mean[c], scale[c], shift[c], st);
+            L->plane_affine(x + off, out + off, S, mean[c], scale[c], shift[c], st);
         }
     }
 }
@@ -573,16 +314,17 @@ static void FN(ch_train_fwd)(const T *x, T *out, const nd_geom *g, const double 
     double *scale = work + ch_reduce_work(g);
     if (g->kind == ND_PLANES && C >= ND_FUSE_MIN_C && N * S * (int64_t)sizeof(T) <= ND_FUSE_BYTES) {
         const int st = nd_norm_stream(out, g, (int64_t)sizeof(T));
+        const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
             double m2;
-            FN(nd_planes_channel_stats)(x, g, c, &mean[c], &m2);
+            FN(nd_planes_channel_stats)(L, x, g, c, &mean[c], &m2);
             var[c] = cnt > 0.0 ? m2 / cnt : 0.0;
             invstd[c] = 1.0 / sqrt(var[c] + eps);
             scale[c] = gamma[c] * invstd[c];
             for (int64_t n = 0; n < N; ++n) {
                 const int64_t off = n * g->sn + c * g->sc;
-                FN(nd_plane_affine)(x + off, out + off, S, mean[c], scale[c], beta[c], st);
+                L->plane_affine(x + off, out + off, S, mean[c], scale[c], beta[c], st);
             }
         }
         return;
@@ -605,6 +347,7 @@ static void FN(ch_grad_sums)(const T *dout, const T *x, const nd_geom *g, const 
 {
     const int64_t C = g->c, N = g->n;
     if (C <= 0) return;
+    const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
     if (g->kind == ND_ROWS) {
         const int64_t ct = nd_rows_ct(g), rb = nd_rows_rb(g);
         const int64_t nrb = nd_cdiv(N, rb), ntile = nd_cdiv(C, ct);
@@ -613,8 +356,8 @@ static void FN(ch_grad_sums)(const T *dout, const T *x, const nd_geom *g, const 
         for (int64_t u = 0; u < units; ++u) {
             const int64_t r0 = (u / ntile) * rb, r1 = nd_min64(r0 + rb, N);
             const int64_t c0 = (u % ntile) * ct, w = nd_min64(ct, C - c0);
-            FN(nd_rows_reduce_unit)(dout, x, g->sn, r0, r1, c0, w, mean,
-                                    work + 2 * ((u / ntile) * C + c0));
+            L->rows_reduce_unit(dout, x, g->sn, r0, r1, c0, w, mean,
+                                work + 2 * ((u / ntile) * C + c0));
         }
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
@@ -626,13 +369,13 @@ static void FN(ch_grad_sums)(const T *dout, const T *x, const nd_geom *g, const 
     } else if (C >= ND_FUSE_MIN_C) {
         ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c)
-            FN(nd_planes_channel_reduce)(dout, x, g, c, mean[c], &sum_dy[c], &sum_dyxm[c]);
+            FN(nd_planes_channel_reduce)(L, dout, x, g, c, mean[c], &sum_dy[c], &sum_dyxm[c]);
     } else {
         const int64_t per = nd_planes_units(g), units = C * per;
         ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < units; ++u) {
             double a, b;
-            FN(nd_planes_unit_dsum)(dout, x, g, u / per, u % per, mean[u / per], &a, &b);
+            FN(nd_planes_unit_dsum)(L, dout, x, g, u / per, u % per, mean[u / per], &a, &b);
             work[2 * u] = a;
             work[2 * u + 1] = b;
         }
@@ -677,18 +420,19 @@ static void FN(ch_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, const 
 {
     const int64_t C = g->c, N = g->n;
     const int st = nd_norm_stream(dx, g, (int64_t)sizeof(T));
+    const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
     if (g->kind == ND_ROWS) {
         const int64_t rb = ND_AFFINE_ROWS;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t k = 0; k < nd_cdiv(N, rb); ++k)
-            FN(nd_rows_dx)(dout, x, dx, g->sn, k * rb, nd_min64(k * rb + rb, N), 0, C,
-                           mean, a, b, e, st);
+            L->rows_dx(dout, x, dx, g->sn, k * rb, nd_min64(k * rb + rb, N), 0, C, mean, a, b,
+                       e, st);
     } else {
         const int64_t S = g->s;
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < N * C; ++u) {
             const int64_t n = u / C, c = u % C, off = n * g->sn + c * g->sc;
-            FN(nd_plane_dx)(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c], st);
+            L->plane_dx(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c], st);
         }
     }
 }
@@ -728,15 +472,16 @@ static void FN(ch_bwd)(const T *dout, const T *x, T *dx, const nd_geom *g, const
     if (g->kind == ND_PLANES && C >= ND_FUSE_MIN_C &&
         2 * N * S * (int64_t)sizeof(T) <= ND_FUSE_BYTES) {
         const int st = nd_norm_stream(dx, g, (int64_t)sizeof(T));
+        const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
         ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {
             double sdyxm;
-            FN(nd_planes_channel_reduce)(dout, x, g, c, mean[c], &dbeta[c], &sdyxm);
+            FN(nd_planes_channel_reduce)(L, dout, x, g, c, mean[c], &dbeta[c], &sdyxm);
             dgamma[c] = sdyxm * invstd[c];
             ch_coef(c, M, train, gamma, invstd, dbeta[c], sdyxm, a, b, e);
             for (int64_t n = 0; n < N; ++n) {
                 const int64_t off = n * g->sn + c * g->sc;
-                FN(nd_plane_dx)(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c], st);
+                L->plane_dx(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c], st);
             }
         }
         return;

@@ -552,13 +552,13 @@ static void FN(gr_group_normalize)(const T *x, T *out, const nd_grp *grp, double
     (void)c;
 #endif
     if (grp->per_run) {
+        const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
         for (int64_t run = 0; run < grp->nrun; ++run) {
             const int64_t off = grp->base + run * grp->stride, ch = grp->c0 + run;
             if (fl)
-                FN(nd_plane_affine)(x + off, out + off, grp->len, m, r * gamma[ch], beta[ch], st);
+                L->plane_affine(x + off, out + off, grp->len, m, r * gamma[ch], beta[ch], st);
             else
-                FN(nd_plane_affine_d)(x + off, out + off, grp->len, m, r * gamma[ch], beta[ch],
-                                      st);
+                L->plane_affine_d(x + off, out + off, grp->len, m, r * gamma[ch], beta[ch], st);
         }
         return;
     }
@@ -848,7 +848,7 @@ static void FN(gr_run_dx)(const T *restrict dp, const T *restrict xp, T *restric
 static inline void FN(gr_plane_dx)(const T *dp, const T *xp, T *o, int64_t S, double m, double ac,
                                    double bc, double ec, int st)
 {
-    FN(nd_plane_dx)(dp, xp, o, S, m, ac, bc, ec, st);
+    FN(nd_ch_pick)()->plane_dx(dp, xp, o, S, m, ac, bc, ec, st);
 }
 
 /* dx = (r gamma[ch]) * dout + b * (x - m) + e over group grp (double,
