@@ -35,9 +35,15 @@ class _Cache:
     def __delattr__(self, name):
         raise AttributeError(f"a {type(self).__name__} is read-only")
 
-    def _set(self, **values):
-        for k, v in values.items():
-            object.__setattr__(self, k, v)
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        # the slots' setters, in _fields order (bypassing the read-only __setattr__)
+        cls._setters = tuple(cls.__dict__[f].__set__ for f in cls._fields)
+
+    def _set(self, *values):
+        """Fill the fields, in _fields order (once, when the cache is made)."""
+        for put, v in zip(self._setters, values):
+            put(self, v)
 
     @property
     def backend(self):
@@ -56,13 +62,17 @@ class _Cache:
 
 def _restore_cache(cls, values):
     c = object.__new__(cls)
-    c._set(**dict(zip(cls._fields, values)))
+    c._set(*values)
     return c
 
 
 def _namespace_by_name(name: str):
-    import importlib
-    return importlib.import_module(name)
+    import sys
+    mod = sys.modules.get(name)
+    if mod is None:
+        import importlib
+        mod = importlib.import_module(name)
+    return mod
 
 
 def _own_view(a):
@@ -89,11 +99,10 @@ class NormCache(_Cache):
 
     def __init__(self, op, mode, route, x, gamma, gamma_shape, mean, invstd, geom, comm=None,
                  count=None):
-        self._set(op=op, mode=mode, backend_name=route.backend.NAME, xp_name=route.xp.__name__,
-                  adapter=route.adapter, x=_own_view(x), gamma=gamma,
-                  gamma_shape=tuple(gamma_shape), mean=mean, invstd=invstd,
-                  out_shape=tuple(x.shape), geom=geom, comm=comm,
-                  count=geom.count if count is None else count)
+        # in _fields order
+        self._set(op, mode, route.backend.NAME, route.xp.__name__, route.adapter, _own_view(x),
+                  gamma, tuple(gamma_shape), mean, invstd, tuple(x.shape), geom, comm,
+                  geom.count if count is None else count)
 
     def __repr__(self):
         return (f"<{self.op} cache: mode={self.mode!r}, backend={self.backend_name!r}, "
@@ -110,9 +119,9 @@ class DropoutCache(_Cache):
     __slots__ = _fields
 
     def __init__(self, mode, route, p, seed, offset, bits, shape, dtype):
-        self._set(op="dropout_forward", mode=mode, backend_name=route.backend.NAME,
-                  xp_name=route.xp.__name__, adapter=route.adapter, p=p, seed=seed,
-                  offset=offset, bits=bits, shape=tuple(shape), dtype=dtype)
+        # in _fields order
+        self._set("dropout_forward", mode, route.backend.NAME, route.xp.__name__, route.adapter,
+                  p, seed, offset, bits, tuple(shape), dtype)
 
     def __repr__(self):
         return (f"<dropout cache: mode={self.mode!r}, p={self.p}, seed={self.seed}, "

@@ -20,9 +20,25 @@ def _type_name(obj) -> str:
     return t.__name__ if mod == "builtins" else f"{mod}.{t.__name__}"
 
 
+_DTYPE_NAMES: dict = {}
+
+
 def _dtype_name(dt) -> str:
-    """'float32' for numpy.float32, array_api_strict.float32, torch.float32, ..."""
-    return str(dt).rsplit(".", 1)[-1]
+    """'float32' for numpy.float32, array_api_strict.float32, torch.float32, ...
+    (remembered per dtype object: str() of a NumPy dtype costs microseconds,
+    and the backward checks two on every call)."""
+    key = (type(dt), dt)   # the type first: no comparison across libraries
+    try:
+        return _DTYPE_NAMES[key]
+    except (KeyError, TypeError):   # new, or unhashable
+        pass
+    name = str(dt).rsplit(".", 1)[-1]
+    if len(_DTYPE_NAMES) < 256:
+        try:
+            _DTYPE_NAMES[key] = name
+        except TypeError:
+            pass
+    return name
 
 
 def _is_number(v) -> bool:
