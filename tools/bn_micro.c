@@ -1,8 +1,10 @@
 /* Single-thread (or OMP_NUM_THREADS) micro-benchmark of the per-channel
  * normalization kernels through their exported entry points (normdrop.h), so
- * the ND_CLONES variant this processor selects is the one timed.  Built by
- * tools/bn_perf.sh against a source tree: link with src_c/nd_norm.c and
- * src_c/nd_common.c.
+ * the variant this processor selects is the one timed (or the one
+ * -DND_FORCE_ISA_LEVEL=0|1|2 pins).  Build it against a source tree with the
+ * flags of setup.py:
+ *   gcc -O3 -std=c11 -ffp-contract=off -fno-math-errno -fopenmp -Isrc_c
+ *       -Inormdrop/include tools/bn_micro.c src_c/nd_norm.c src_c/nd_common.c -lm
  *
  *   bn_micro time OP DTYPE SHAPE [SAMPLES]
  *       minimum and median time of one call of OP over SAMPLES samples (each
