@@ -13,11 +13,14 @@ one process, without MPI, and prints both loss curves and their largest
 relative difference (float64 rounding).
 
     mpiexec -n 3 python examples/data_parallel.py
-    mpiexec -n 2 python examples/data_parallel.py --bench
+    OMP_NUM_THREADS=1 mpiexec -n 2 python examples/data_parallel.py --bench
 
 ``--bench`` times one synchronized batchnorm step (forward and backward) on
 each rank's rows against the same step without synchronization, and the time
-spent communicating.  Needs ``pip install 'normdrop[mpi]'``.
+spent communicating.  Ranks that share a machine's cores should share its
+threads too (OMP_NUM_THREADS=1 with as many ranks as cores): two OpenMP
+threads per rank on two cores oversubscribe them and the timings mean little.
+Needs ``pip install 'normdrop[mpi]'``.
 """
 from __future__ import annotations
 
