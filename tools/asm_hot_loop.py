@@ -70,7 +70,10 @@ def blocks(lines: list[str]):
     return res
 
 
-def hot_path(bl) -> list[str]:
+def natural_loops(bl):
+    """(succ, loops) of the blocks bl: succ(i), the successors of block i;
+    loops, {head: set of blocks} of the natural loops (a back edge u -> h, h
+    dominating u), the bodies of loops sharing a head merged."""
     index = {b[0]: i for i, b in enumerate(bl) if b[0] is not None}
     n = len(bl)
 
@@ -83,7 +86,7 @@ def hot_path(bl) -> list[str]:
             out.append(i + 1)
         return out
 
-    # dominators (iterative), for the natural loops: back edge u -> h, h dom u
+    # dominators (iterative)
     preds = [[] for _ in range(n)]
     for i in range(n):
         for j in succ(i):
@@ -98,22 +101,30 @@ def hot_path(bl) -> list[str]:
             new = (set.intersection(*ps) if ps else set()) | {i}
             if new != dom[i]:
                 dom[i], changed = new, True
-    # the loop: the natural loop (back edge u -> h, h dominating u) with the
-    # most instructions
-    best = None
+    loops = {}
     for u in range(n):
         for h in succ(u):
             if h in dom[u]:
-                body, stack = {h, u}, [u]
+                body, stack = {h, u}, ([u] if u != h else [])
                 while stack:
                     k = stack.pop()
                     for p in preds[k]:
-                        if p not in body:
+                        if p not in body:   # (the walk stops at h, which is in body)
                             body.add(p)
                             stack.append(p)
-                size = sum(len(bl[k][1]) for k in body)
-                if best is None or size > best[0]:
-                    best = (size, h, body)
+                loops.setdefault(h, set()).update(body)
+    return succ, loops
+
+
+def hot_path(bl) -> list[str]:
+    index = {b[0]: i for i, b in enumerate(bl) if b[0] is not None}
+    succ, loops = natural_loops(bl)
+    # the loop: the natural loop with the most instructions
+    best = None
+    for h, body in loops.items():
+        size = sum(len(bl[k][1]) for k in body)
+        if best is None or size > best[0]:
+            best = (size, h, body)
     if best is None:
         sys.exit("asm_hot_loop: no loop found")
     _, head, body = best

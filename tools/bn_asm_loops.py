@@ -29,48 +29,12 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from asm_hot_loop import blocks, function_lines  # noqa: E402
+from asm_hot_loop import blocks, function_lines, natural_loops  # noqa: E402
 
 
 def innermost_loops(bl):
-    index = {b[0]: i for i, b in enumerate(bl) if b[0] is not None}
-    n = len(bl)
-
-    def succ(i):
-        _, _, jop, tgt = bl[i]
-        out = []
-        if jop is not None and jop != "ret" and tgt in index:
-            out.append(index[tgt])
-        if jop not in ("jmp", "ret") and i + 1 < n:
-            out.append(i + 1)
-        return out
-
-    preds = [[] for _ in range(n)]
-    for i in range(n):
-        for j in succ(i):
-            preds[j].append(i)
-    dom = [set(range(n)) for _ in range(n)]
-    dom[0] = {0}
-    changed = True
-    while changed:
-        changed = False
-        for i in range(1, n):
-            ps = [dom[p] for p in preds[i]]
-            new = (set.intersection(*ps) if ps else set()) | {i}
-            if new != dom[i]:
-                dom[i], changed = new, True
-    loops = {}
-    for u in range(n):
-        for h in succ(u):
-            if h in dom[u]:
-                body, stack = {h, u}, ([u] if u != h else [])
-                while stack:
-                    k = stack.pop()
-                    for p in preds[k]:
-                        if p not in body:   # (the walk stops at h, which is in body)
-                            body.add(p)
-                            stack.append(p)
-                loops.setdefault(h, set()).update(body)
+    """[(head, sorted blocks)] of the natural loops that hold no other loop's head."""
+    _, loops = natural_loops(bl)
     heads = set(loops)
     inner = [(h, sorted(b)) for h, b in loops.items() if not (heads & b) - {h}]
     return sorted(inner)
