@@ -48,11 +48,12 @@ def test_keep_threshold():
     assert _philox.keep_threshold(0.1) == 429496729
 
 
-def _words_python(n, seed):
-    """The contract spelled out in scalar Python: word of each flat index."""
+def _words_python(n, seed, offset=0):
+    """The contract spelled out in scalar Python: the word of each flat index
+    offset, offset + 1, ..., offset + n - 1."""
     k0, k1 = seed & 0xFFFFFFFF, seed >> 32
     words = []
-    for i in range(n):
+    for i in range(offset, offset + n):
         b = i >> 2
         c = [b & 0xFFFFFFFF, b >> 32, 0, 0]
         for r in range(10):

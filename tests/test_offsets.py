@@ -31,19 +31,7 @@ def test_huge_offsets_follow_the_contract_spelled_out():
     n = 37
     for offset in (2**32 + 1, 2**40 + 3, 2**62 + 5, 2**64 - n):
         for seed in (0, 2**64 - 1):
-            k0, k1 = seed & 0xFFFFFFFF, seed >> 32
-            words = []
-            for j in range(offset, offset + n):
-                b = j >> 2
-                c = [b & 0xFFFFFFFF, b >> 32, 0, 0]
-                for r in range(10):
-                    rk0 = (k0 + r * 0x9E3779B9) & 0xFFFFFFFF
-                    rk1 = (k1 + r * 0xBB67AE85) & 0xFFFFFFFF
-                    p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
-                    c = [(p1 >> 32) ^ c[1] ^ rk0, p1 & 0xFFFFFFFF, (p0 >> 32) ^ c[3] ^ rk1,
-                         p0 & 0xFFFFFFFF]
-                words.append(c[j & 3])
-            expected = np.array(words) < 2**31
+            expected = np.array(_words_python(n, seed, offset)) < 2**31
             np.testing.assert_array_equal(nd.dropout_mask((n,), 0.5, seed, offset=offset),
                                           expected, err_msg=f"{offset}")
             np.testing.assert_array_equal(oracle(nd.dropout_mask, (n,), 0.5, seed, offset=offset),
