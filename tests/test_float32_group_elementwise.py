@@ -167,15 +167,14 @@ def _normalized(x, G, mean, invstd, gamma, beta):
     return out
 
 
-@pytest.mark.parametrize("layout", ["rows", "planes", "nhwc"])
-def test_groups_outside_the_float_range_use_the_float64_formula(layout):
-    """Groups whose mean or invstd the float formula cannot carry (|mean|
-    below 2**-100 or above 2**100, invstd 1e150, inf) are computed with the
-    float64 formula bit for bit; the other groups keep the float formula
-    (which differs in the last bits)."""
-    rng = np.random.default_rng(5)
+def _group_case(layout, seed, rows_shape, planes_shape):
+    """Data of one out-of-range case: layernorm rows (layout "rows", shape
+    rows_shape) or groupnorm with G = 4 on planes_shape, NCHW ("planes") or
+    channels-last ("nhwc"); random per-group mean and invstd, per-channel
+    gamma and beta.  Returns (x, G, ngroups, C, mean, invstd, gamma, beta)."""
+    rng = np.random.default_rng(seed)
     G = None if layout == "rows" else 4
-    shape = (40, 48) if G is None else (10, 8, 6, 7)
+    shape = rows_shape if G is None else planes_shape
     x = rng.standard_normal(shape).astype(np.float32)
     if layout == "nhwc":
         x = _nhwc(x)
@@ -184,6 +183,16 @@ def test_groups_outside_the_float_range_use_the_float64_formula(layout):
     mean = rng.uniform(-1, 1, ng)
     invstd = rng.uniform(0.5, 2, ng)
     gamma, beta = rng.uniform(0.5, 2, C), rng.uniform(-1, 1, C)
+    return x, G, ng, C, mean, invstd, gamma, beta
+
+
+@pytest.mark.parametrize("layout", ["rows", "planes", "nhwc"])
+def test_groups_outside_the_float_range_use_the_float64_formula(layout):
+    """Groups whose mean or invstd the float formula cannot carry (|mean|
+    below 2**-100 or above 2**100, invstd 1e150, inf) are computed with the
+    float64 formula bit for bit; the other groups keep the float formula
+    (which differs in the last bits)."""
+    x, G, ng, C, mean, invstd, gamma, beta = _group_case(layout, 5, (40, 48), (10, 8, 6, 7))
     bad = {3: ("mean", 1e-35), 7: ("mean", 3e35), 11: ("invstd", 1e150), 13: ("mean", np.inf),
            17: ("invstd", np.nan), 19: ("mean", -2e30)}
     for k, (what, v) in bad.items():
@@ -209,18 +218,8 @@ def test_a_channel_out_of_range_moves_its_group_to_float64(layout, what, value):
     the other groups keep the float formula.  A tiny gamma (1e-35, times
     invstd 2e-5 below float's normal range) is in range: the term it scales
     is below the shift's rounding."""
-    rng = np.random.default_rng(9)
-    G = None if layout == "rows" else 4
-    shape = (12, 40) if G is None else (5, 8, 6, 7)
-    x = rng.standard_normal(shape).astype(np.float32)
-    if layout == "nhwc":
-        x = _nhwc(x)
-    ng = shape[0] if G is None else shape[0] * G
-    C = shape[-1] if G is None else shape[1]
-    mean = rng.uniform(-1, 1, ng)
-    invstd = rng.uniform(0.5, 2, ng)
+    x, G, ng, C, mean, invstd, gamma, beta = _group_case(layout, 9, (12, 40), (5, 8, 6, 7))
     invstd[::2] = 2e-5
-    gamma, beta = rng.uniform(0.5, 2, C), rng.uniform(-1, 1, C)
     ch = 5                                     # channel 5: group 2 of 4 (channels 4, 5)
     {"gamma": gamma, "beta": beta}[what][ch] = value
     out = _grouped(_normalized(x, G, mean, invstd, gamma, beta), G)
