@@ -4,51 +4,23 @@ variant with a C compiler and the digests compared.  Needs the source tree and
 a C compiler; skipped where either is missing (the installed-wheel run)."""
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sysconfig
+import c_harness
 
-import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SRC = os.path.join(ROOT, "src_c")
-HARNESS = os.path.join(ROOT, "tests", "c", "dropout_variants.c")
-CC = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-CC = CC.split()[0]
-
-pytestmark = [
-    pytest.mark.skipif(not os.path.isdir(SRC), reason="needs the source tree (src_c/)"),
-    pytest.mark.skipif(shutil.which(CC) is None, reason=f"no C compiler ({CC})"),
-]
+pytestmark = c_harness.NEEDS
 
 
 def _digest(tmp_path, level):
-    exe = tmp_path / f"variant{level}"
-    cmd = [CC, "-O2", "-std=c11", "-ffp-contract=off", f"-DND_FORCE_ISA_LEVEL={level}",
-           f"-I{SRC}", f"-I{os.path.join(ROOT, 'normdrop', 'include')}", HARNESS,
-           os.path.join(SRC, "nd_dropout.c"), os.path.join(SRC, "nd_common.c"), "-o", str(exe)]
-    build = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    if run.returncode == 77:
-        return None
-    assert run.returncode == 0, run.stderr
-    return run.stdout.strip()
+    return c_harness.digest(tmp_path, f"variant{level}", "dropout_variants.c",
+                            ["nd_dropout.c", "nd_common.c"],
+                            ["-O2", *c_harness.FP_FLAGS, f"-DND_FORCE_ISA_LEVEL={level}"])
 
 
 def test_group_bits_at_any_counter(tmp_path):
     """Each variant's keep bits of single groups, at group indices up to
     2**60 - 1 (counters with a nonzero high word), equal Philox4x32-10 computed
     block by block (tests/c/group_bits.c)."""
-    exe = tmp_path / "group_bits"
-    cmd = [CC, "-O2", "-std=c11", "-ffp-contract=off", f"-I{SRC}",
-           f"-I{os.path.join(ROOT, 'normdrop', 'include')}",
-           os.path.join(ROOT, "tests", "c", "group_bits.c"), os.path.join(SRC, "nd_common.c"),
-           "-o", str(exe)]
-    build = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    run = c_harness.run(tmp_path, "group_bits", "group_bits.c", ["nd_common.c"],
+                        ["-O2", *c_harness.FP_FLAGS])
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.startswith("ok ")
 
