@@ -28,38 +28,7 @@
 #include <time.h>
 
 #include "normdrop.h"
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* Effective clock (GHz) of this core over a dependent chain of integer adds
- * (one cycle each), to turn a neighbouring time into cycles whatever the
- * frequency or the share of the core this process got meanwhile. */
-static double ghz(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    uint64_t v = 0;
-    const long n = 100000;
-    const double a = now();
-    for (long i = 0; i < n; ++i)
-        __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                         "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0"
-                         : "+r"(v));
-    return 8.0 * (double)n / (now() - a) * 1e-9;
-#else
-    return 0.0;
-#endif
-}
-
-static int cmpd(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+#include "micro_timing.h"
 
 static double rnd(uint64_t *s)
 {

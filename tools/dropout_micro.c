@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "nd_dropout.c"
+#include "micro_timing.h"
 
 typedef struct {
     const char *name;
@@ -75,40 +76,6 @@ static void pass(int l, int v, int64_t ng, int64_t g0, const nd_keep_rule *r)
     case 4: ((bits_t)f)(bits - 8 * g0, 0, g0, g0 + ng, r); break;
     case 5: ((bwd32_t)f)(xf - o, bits - 8 * g0, of - o, g0, g0 + ng, 2.0f); break;
     }
-}
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* Effective clock (GHz) of this core over a short dependent chain of adds
- * (one cycle each): converts a neighbouring sample to cycles, whatever the
- * frequency or the share of the core this process got meanwhile. */
-static double ghz(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    uint64_t v = 0;
-    const long n = 200000;
-    const double a = now();
-    for (long i = 0; i < n; ++i)
-        __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                         "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                         "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                         "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0"
-                         : "+r"(v));
-    return 16.0 * (double)n / (now() - a) * 1e-9;
-#else
-    return 0.0;
-#endif
-}
-
-static int cmpd(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 int main(int argc, char **argv)
