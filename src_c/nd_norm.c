@@ -305,19 +305,27 @@ static void gr_finish_channels(const nd_geom *g, int64_t nblk, const double *P, 
 #include <immintrin.h>
 
 /* The variant of the per-channel loops this processor runs: 2 avx512, 1 avx2,
- * 0 generic (a few loads of the CPU model data filled in at startup). */
+ * 0 generic. */
 static int nd_ch_level(void)
 {
 #if defined(ND_FORCE_ISA_LEVEL)
     return ND_FORCE_ISA_LEVEL;
 #else
+    /* found once (the group kernels ask per plane run): a race between
+     * threads stores the same value */
+    static int level = -1;
+    int l = __atomic_load_n(&level, __ATOMIC_RELAXED);
+    if (l >= 0) return l;
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
         __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
-        return 2;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+        l = 2;
+    else
+        l = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+    __atomic_store_n(&level, l, __ATOMIC_RELAXED);
+    return l;
 #endif
 }
 #endif
