@@ -22,12 +22,18 @@
 #if ND_X86_SIMD && !defined(ND_GR_PORTABLE)
 #include <immintrin.h>
 #define ND_GR_SIMD 1
-/* Whether this processor runs the AVX2 loops (a few loads of the CPU model
- * data filled in at startup). */
+/* Whether this processor runs the AVX2 loops: found once (asked per run of a
+ * group; a race between threads stores the same value). */
 static inline int gr_simd(void)
 {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
+    static int simd = -1;
+    int v = __atomic_load_n(&simd, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx2") ? 1 : 0;
+        __atomic_store_n(&simd, v, __ATOMIC_RELAXED);
+    }
+    return v;
 }
 #else
 #define ND_GR_SIMD 0
