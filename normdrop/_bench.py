@@ -252,11 +252,18 @@ def _timed(fn, number: int) -> float:
     return (time.perf_counter() - t0) / number
 
 
+#: A first call shorter than this is followed by a second, warm one, which
+#: decides whether the samples loop inside (a first call of a few ms that
+#: pays for imports must not make a 40 us call run once per sample).
+_WARM_AGAIN = 0.25
+
+
 def interleave(calls: dict, reps: int, min_reps: int, budget: float, st: Settings):
     """Interleaved repetitions of the contenders in `calls`.
 
-    Each contender is called once to warm up (and to size the inner loop of
-    very short calls); a contender whose warm-up raises is left out and its
+    Each contender is called once to warm up, and once more when that call
+    was short, to size the inner loop of very short calls on a warm call; a
+    contender whose warm-up raises is left out and its
     error returned.  Then every round runs each contender once more, in the
     order of `calls` on even rounds and reversed on odd ones (ABBA), until it
     has `reps` samples or, past `min_reps`, the contenders together have spent
@@ -274,6 +281,9 @@ def interleave(calls: dict, reps: int, min_reps: int, budget: float, st: Setting
         samples[key] = [t] if t > st.first_counts else []
         spent[key] = t
         number[key] = 1
+        if t < _WARM_AGAIN:  # a first call pays for imports and caches: size on a warm one
+            t = _timed(fn, 1)
+            spent[key] += t
         if t < st.min_sample:  # short call: size the inner loop on warm calls
             n = 1
             while True:

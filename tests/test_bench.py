@@ -91,6 +91,27 @@ def test_bench_prints_the_table(quick_report):
     assert any(line.startswith("dropout-bwd ") for line in lines)
 
 
+def test_short_calls_loop_inside_a_sample_even_after_a_slow_first_call():
+    """A contender whose first call pays for imports (here 30 ms once) but
+    whose warm calls take microseconds is sized on a warm call: its samples
+    loop many calls, as the others' do, instead of timing one call each."""
+    import time
+    first = [True]
+
+    def cold_then_fast():
+        if first[0]:
+            first[0] = False
+            time.sleep(0.03)
+
+    def fast():
+        pass
+
+    res, errors = _bench.interleave({"a": fast, "b": cold_then_fast}, 3, 3, 0.0, _bench.QUICK)
+    assert not errors
+    assert res["a"]["number"] > 100
+    assert res["b"]["number"] > 100
+
+
 def test_bench_rejects_unknown_ops():
     proc = _cli("bench", "--ops", "no-such-op")
     assert proc.returncode == 2 and "no-such-op" in proc.stderr
