@@ -68,33 +68,36 @@ def reference_forced() -> bool:
     return _force.get()
 
 
+def _as_is(a, name: str = "", floating: bool = False):
+    return a
+
+
 class Route:
     """Where one call computes and how its arrays get there and back.
 
     ``backend`` and ``xp`` (the backend's array namespace); ``adapter`` is
     None when the arrays are the backend's own (NumPy, CuPy, the reference's
     namespace), else a :class:`normdrop._interop.Adapter` that converts the
-    caller's arrays (:meth:`native`) and the results (:meth:`wrap`).
+    caller's arrays and the results.
+
+    ``native(a, name, floating=False)``: a (of the caller's library) as the
+    backend's array; ``wrap(a)``: a result of the backend as an array of the
+    caller's library.  Both pass None through, and are the adapter's own
+    methods (or the identity), bound once: they run for every array of
+    every call.
     """
 
-    __slots__ = ("backend", "xp", "adapter")
+    __slots__ = ("backend", "xp", "adapter", "native", "wrap")
 
     def __init__(self, backend, xp, adapter=None):
         self.backend = backend
         self.xp = xp
         self.adapter = adapter
-
-    def native(self, a, name: str, floating: bool = False):
-        """a (of the caller's library) as the backend's array."""
-        if self.adapter is None or a is None:
-            return a
-        return self.adapter.native(a, name, floating)
-
-    def wrap(self, a):
-        """A result of the backend as an array of the caller's library."""
-        if self.adapter is None or a is None:
-            return a
-        return self.adapter.wrap(a)
+        if adapter is None:
+            self.native = self.wrap = _as_is
+        else:
+            self.native = adapter.native
+            self.wrap = adapter.wrap
 
     def accepts(self, a) -> bool:
         """Whether a comes from the library and device this route serves."""
@@ -136,6 +139,14 @@ def backend_for(named):
             import array_api_compat.numpy as npx
             return Route(_reference, npx)
         return Route(_cpu(), np)
+    torch_cpu = _torch_cpu
+    if torch_cpu is not None and arrays and not _force.get():
+        tensor = torch_cpu.adapter._type
+        for _, a in arrays:
+            if not isinstance(a, tensor) or not a.is_cpu:
+                break
+        else:       # PyTorch CPU tensors only: the C kernels (what the steps below find)
+            return torch_cpu
     for n, a in arrays:
         if isinstance(a, np.ndarray) and type(a) is not np.ndarray:
             _refuse_subclass(n, a)
@@ -160,7 +171,10 @@ def backend_for(named):
         from ._interop import adapter_for
         ad = adapter_for(first)
         if not _force.get() and ad.kind == "cpu":
-            return Route(_cpu(), np, ad)
+            route = Route(_cpu(), np, ad)
+            if t0.__name__ == "Tensor" and t0.__module__ == "torch":
+                _remember_torch_cpu(route)
+            return route
         xp = None
     else:
         try:
@@ -187,6 +201,17 @@ def backend_for(named):
         return Route(_cpu(), np, ad)
     import cupy
     return Route(_cuda(), cupy, ad)
+
+
+#: The route of PyTorch CPU tensors, kept once torch.Tensor has been seen
+#: (torch is imported by then): a tensor or its subclass (nn.Parameter)
+#: on the CPU takes it without the generic checks.
+_torch_cpu = None
+
+
+def _remember_torch_cpu(route):
+    global _torch_cpu
+    _torch_cpu = route
 
 
 def _same_device(arrays, aac):

@@ -36,6 +36,8 @@ class AccumulationWarning(RuntimeWarning):
     statistics lose the float64 accumulation of normdrop's other backends."""
 
 
+_NO_STREAM = contextlib.nullcontext()     # reusable: the CPU's "stream"
+
 _KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST, _KDL_CUDA_MANAGED = 1, 2, 3, 13
 
 
@@ -69,11 +71,14 @@ class Adapter:
         return self.kind == "reference" or _device_kind(a) == self.kind
 
     # -- to the backend --------------------------------------------------------
-    def native(self, a, name: str, floating: bool):
+    def native(self, a, name: str, floating: bool = False):
         """a as the backend's array (a itself on the reference path).
         floating: a must be one of the float dtypes NumPy/CuPy carry (x,
         dout); else any real dtype, cast in its library first when the
-        backend's library cannot carry it (a bfloat16 gamma)."""
+        backend's library cannot carry it (a bfloat16 gamma).  None stays
+        None."""
+        if a is None:
+            return None
         if self.kind == "reference":
             return _detached(a)
         try:
@@ -114,11 +119,43 @@ class Adapter:
         """A context in which the CUDA kernels run on a's producer's stream
         (PyTorch's current stream on a's device); nothing on the CPU."""
         if self.kind != "cuda" or self.library != "torch":
-            return contextlib.nullcontext()
+            return _NO_STREAM
         import cupy
         import torch
         s = torch.cuda.current_stream(a.device)
         return cupy.cuda.ExternalStream(s.cuda_stream, a.device.index)
+
+
+class _TorchCpu(Adapter):
+    """The adapter of PyTorch CPU tensors: the conversions of
+    :class:`Adapter` for them, without its generic steps (these run for
+    every tensor of every call, a few times per small batchnorm)."""
+
+    __slots__ = ("_from_numpy",)
+
+    def __init__(self, array_type):
+        super().__init__("torch", "cpu", array_type)
+        import torch
+        self._from_numpy = torch.from_numpy
+
+    def native(self, a, name: str, floating: bool = False):
+        if a is None:
+            return None
+        if a.requires_grad:
+            a = a.detach()
+        try:
+            return a.numpy()
+        except (TypeError, BufferError, RuntimeError, ValueError):
+            return Adapter.native(self, a, name, floating)   # its fallbacks and errors
+
+    def wrap(self, a):
+        return None if a is None else self._from_numpy(a)
+
+
+def _new_adapter(library: str, kind: str, array_type):
+    if library == "torch" and kind == "cpu":
+        return _TorchCpu(array_type)
+    return Adapter(library, kind, array_type)
 
 
 def _detached(a):
@@ -184,7 +221,7 @@ def adapter_for(a):
                 import cupy  # noqa: F401
             except ImportError:
                 kind = "reference"          # no CUDA backend here: the reference computes
-        ad = _ADAPTERS[key] = Adapter(library, kind, t)
+        ad = _ADAPTERS[key] = _new_adapter(library, kind, t)
     return ad
 
 
@@ -202,7 +239,7 @@ def _adapter_by_name(library: str, kind: str):
         sample = mod.zeros(0)
     else:
         sample = mod.asarray([0.0])
-    ad = Adapter(library, kind, type(sample))
+    ad = _new_adapter(library, kind, type(sample))
     _ADAPTERS[(type(sample), kind)] = ad
     return ad
 

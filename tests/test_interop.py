@@ -98,6 +98,32 @@ def test_torch_requires_grad_leaves_no_graph(torch):
     np.testing.assert_array_equal(out.numpy(), ref)
 
 
+def test_torch_parameters_and_views_on_the_c_kernels(torch):
+    """A layer's nn.Parameter gamma/beta with a plain tensor x, a lazily
+    negated view, and tensors on another device mixed in: the C
+    kernels where every array is a CPU tensor (of any Tensor subclass), bit
+    for bit the NumPy path; a device mix is the usual TypeError."""
+    rng = np.random.default_rng(5)
+    xn = rng.standard_normal((16, 5))
+    gn, bn = rng.uniform(0.5, 2, 5), rng.standard_normal(5)
+    ref, _ = nd.batchnorm_forward(xn, gn, bn, {"mode": "train"})
+    g = torch.nn.Parameter(torch.from_numpy(gn.copy()))
+    b = torch.nn.Parameter(torch.from_numpy(bn.copy()))
+    for x in (torch.from_numpy(xn), torch.from_numpy(-xn)._neg_view()):   # values xn
+        for args in ((x, g, b), (torch.nn.Parameter(x.clone()), g, b)):
+            param = {"mode": "train"}
+            out, cache = nd.batchnorm_forward(*args, param)
+            assert cache.backend_name == "cpu"
+            assert type(out) is torch.Tensor and not out.requires_grad
+            np.testing.assert_array_equal(out.numpy(), ref)
+            assert type(param["running_mean"]) is torch.Tensor
+    meta = torch.zeros(5, dtype=torch.float64, device="meta")
+    with pytest.raises(TypeError, match="different devices"):
+        nd.batchnorm_forward(torch.from_numpy(xn), meta, b, {"mode": "train"})
+    with pytest.raises(TypeError, match="different array libraries"):
+        nd.batchnorm_forward(torch.from_numpy(xn), g, bn, {"mode": "train"})
+
+
 def test_torch_dtypes_numpy_cannot_carry_are_dtype_errors(torch):
     x = torch.randn(8, 3)
     for dt in (torch.bfloat16, torch.float16):
