@@ -92,6 +92,18 @@ def test_kernels_check_what_they_read():
         k.moments(np.ones((2, 3)), geom)
     with pytest.raises(ValueError, match="memory layout of x"):
         k.norm_bwd(np.ones((3, 4)).T, x, out, geom, np.zeros(3), np.ones(3), np.ones(3), True)
+    for bad in (np.empty((3, 4)), np.empty(12), np.empty((4, 3, 1)), np.empty((4, 3), np.float32)):
+        with pytest.raises(ValueError, match="memory layout of x"):   # shape, ndim, dtype
+            k.norm_train_fwd(x, bad, geom, np.ones(3), np.zeros(3), 1e-5)
+    with pytest.raises(ValueError, match="gamma"):                  # float32, widened in C
+        k.norm_train_fwd(x, out, geom, np.ones(2, np.float32), np.zeros(3), 1e-5)
+    xr = np.random.default_rng(1).standard_normal((4, 3))
+    g32 = np.array([0.1, 3.7, -2.3], np.float32)
+    stats = k.norm_train_fwd(xr, out, geom, g32, np.zeros(3), 1e-5)
+    ref = np.empty_like(xr)
+    k.norm_train_fwd(xr, ref, geom, g32.astype(np.float64), np.zeros(3), 1e-5)
+    assert stats.shape == (3, 3) and np.all(out != 0)
+    np.testing.assert_array_equal(out, ref)     # the float32 gamma widened exactly
     with pytest.raises(ValueError, match="packed mask"):
         k.dropout_bwd(np.ones(100), np.zeros(3, np.uint8), np.empty(100), 0.5)
 

@@ -65,10 +65,27 @@ cdef inline bint _is_f32(cnp.ndarray a):
 
 
 cdef inline cnp.ndarray _as_f64(object a):
-    """a as a C-contiguous native float64 ndarray (a copy only when needed)."""
-    if (type(a) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT64 and
-            cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a) and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)):
-        return <cnp.ndarray>a
+    """a as a C-contiguous native float64 ndarray (a copy only when needed).
+    A C-contiguous float32 array (a float32 layer's gamma, beta) is widened
+    here in one loop: NumPy's generic cast costs more than the small kernels."""
+    cdef cnp.ndarray arr, wide
+    cdef cnp.npy_intp n, k
+    cdef const float *src
+    cdef double *dst
+    if type(a) is np.ndarray:
+        arr = <cnp.ndarray>a
+        if cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_ISNOTSWAPPED(arr):
+            if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT64:
+                return arr
+            if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32:
+                wide = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(arr), cnp.PyArray_DIMS(arr),
+                                         cnp.NPY_FLOAT64, 0)
+                n = cnp.PyArray_SIZE(arr)
+                src = <const float *>cnp.PyArray_DATA(arr)
+                dst = <double *>cnp.PyArray_DATA(wide)
+                for k in range(n):
+                    dst[k] = src[k]
+                return wide
     return np.ascontiguousarray(a, dtype=np.float64)
 
 
@@ -98,10 +115,19 @@ cdef int _check_same(cnp.ndarray a, cnp.ndarray x, str name) except -1:
     """a has x's dtype, shape and strides (the same geometry; the strides of
     axes of length 1 do not matter)."""
     cdef object ao = a, xo = x
-    cdef bint same = cnp.PyArray_TYPE(a) == cnp.PyArray_TYPE(x) and ao.shape == xo.shape
+    cdef int nd = cnp.PyArray_NDIM(x), k
+    cdef cnp.npy_intp *da = cnp.PyArray_DIMS(a)
+    cdef cnp.npy_intp *dx = cnp.PyArray_DIMS(x)
+    cdef cnp.npy_intp *sa = cnp.PyArray_STRIDES(a)
+    cdef cnp.npy_intp *sx = cnp.PyArray_STRIDES(x)
+    cdef bint same = cnp.PyArray_TYPE(a) == cnp.PyArray_TYPE(x) and cnp.PyArray_NDIM(a) == nd
+    if same:
+        for k in range(nd):
+            if da[k] != dx[k]:
+                same = False
     if same and cnp.PyArray_SIZE(x) > 0:         # (an empty array has no layout)
-        for n, sa, sx in zip(xo.shape, ao.strides, xo.strides):
-            if n > 1 and sa != sx:
+        for k in range(nd):
+            if dx[k] > 1 and sa[k] != sx[k]:
                 same = False
     if not same:
         raise ValueError(f"{name} must have the dtype, shape and memory layout of x: {name} is "
