@@ -131,6 +131,11 @@ class DropoutCache(_Cache):
 def _cache_route(cache, what, arrays):
     """The route a backward takes: the forward's backend, and the caller's
     library (the arrays in ``arrays`` must be of it)."""
+    if cache.adapter is None and cache.backend_name == "cpu" and cache.xp_name == "numpy":
+        route = backend_for(arrays)    # same library and device as the cached arrays
+        if route.adapter is None and route.xp is np and route.backend.NAME == "cpu":
+            return route               # (NumPy's route, made once)
+        return Route(cache.backend, cache.xp, None)
     route = Route(cache.backend, cache.xp, cache.adapter)
     if cache.adapter is None or cache.adapter.kind == "reference":
         backend_for(arrays)            # same library and device as the cached arrays
@@ -284,8 +289,11 @@ def _device(x):
 def _stream(route, a):
     """The producer's stream for a call on the CUDA kernels (DLPack arrays)."""
     if route.adapter is None or a is None:
-        return contextlib.nullcontext()
+        return _NO_STREAM
     return route.adapter.stream(a)
+
+
+_NO_STREAM = contextlib.nullcontext()      # reusable
 
 
 # ------------------------------------------------------------ normalization
@@ -305,6 +313,8 @@ class _NormOp:
         self.spatial_params = spatial_params  # gamma may be (1, C, 1, 1)
         self.running = running              # keeps running statistics, has modes
         self.channel_axis = channel_axis    # the axis gamma and beta run along
+        self.rm_name = f"{param_name}['running_mean']"   # (for the messages)
+        self.rv_name = f"{param_name}['running_var']"
 
 
 def _check_2d(x, op):
@@ -351,9 +361,9 @@ def _prepare(spec: _NormOp, x, gamma, beta, param, extra, check_count: bool) -> 
         rm = param.get("running_mean")
         rv = param.get("running_var")
         if rm is not None:
-            named.append((f"{spec.param_name}['running_mean']", rm))
+            named.append((spec.rm_name, rm))
         if rv is not None:
-            named.append((f"{spec.param_name}['running_var']", rv))
+            named.append((spec.rv_name, rv))
     p = _Prepared()
     route = backend_for(named)     # one check: same library and device for all
     backend, xp = route.backend, route.xp
@@ -370,11 +380,11 @@ def _prepare(spec: _NormOp, x, gamma, beta, param, extra, check_count: bool) -> 
     g = V.channel_param(route.native(gamma, "gamma"), "gamma", C, spec.spatial_params, xp)
     b = V.channel_param(route.native(beta, "beta"), "beta", C, spec.spatial_params, xp)
     if rm is not None:
-        rm = V.channel_param(route.native(rm, "running_mean"),
-                             f"{spec.param_name}['running_mean']", C, spec.spatial_params, xp)
+        rm = V.channel_param(route.native(rm, "running_mean"), spec.rm_name, C,
+                             spec.spatial_params, xp)
     if rv is not None:
-        rv = V.channel_param(route.native(rv, "running_var"),
-                             f"{spec.param_name}['running_var']", C, spec.spatial_params, xp)
+        rv = V.channel_param(route.native(rv, "running_var"), spec.rv_name, C,
+                             spec.spatial_params, xp)
     if check_count and p.mode == "train" and spec.running:
         V.train_count(p.geom.count, tuple(xn.shape))
     dt = xn.dtype

@@ -134,11 +134,14 @@ def backend_for(named):
     they come from different libraries, or when they live on different devices.
     """
     arrays = list(named)
-    if all(type(a) is np.ndarray for _, a in arrays):
+    for _, a in arrays:
+        if type(a) is not np.ndarray:
+            break
+    else:                                   # NumPy arrays only (the common case)
         if _force.get():
             import array_api_compat.numpy as npx
             return Route(_reference, npx)
-        return Route(_cpu(), np)
+        return _numpy_route()
     torch_cpu = _torch_cpu
     if torch_cpu is not None and arrays and not _force.get():
         tensor = torch_cpu.adapter._type
@@ -186,7 +189,7 @@ def backend_for(named):
         if aac.is_numpy_namespace(xp):
             if _force.get():
                 return Route(_reference, xp)
-            return Route(_cpu(), np)
+            return _numpy_route()
         if aac.is_cupy_namespace(xp):
             _same_device(arrays, aac)
             return Route(_reference if _force.get() else _cuda(), xp)
@@ -201,6 +204,17 @@ def backend_for(named):
         return Route(_cpu(), np, ad)
     import cupy
     return Route(_cuda(), cupy, ad)
+
+
+_numpy = None
+
+
+def _numpy_route():
+    """The route of NumPy arrays (made once: routes are not changed)."""
+    global _numpy
+    if _numpy is None:
+        _numpy = Route(_cpu(), np)
+    return _numpy
 
 
 #: The route of PyTorch CPU tensors, kept once torch.Tensor has been seen

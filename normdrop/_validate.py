@@ -10,6 +10,8 @@ import math
 import numbers
 from collections.abc import MutableMapping
 
+import numpy as np
+
 MODES = ("train", "test")
 _NO_SEED = object()
 
@@ -128,7 +130,7 @@ def floating_x(x, name: str, supported: tuple, xp) -> None:
     dt = x.dtype
     if getattr(dt, "isnative", True) is False:     # NumPy big-endian data: same type
         dt = dt.newbyteorder("=")
-    if any(dt == d for d in supported):
+    if dt in supported:                            # (identity, then ==, per entry)
         return
     names = ", ".join(_dtype_name(d) for d in supported)
     raise TypeError(f"{name} has dtype {_dtype_name(x.dtype)}; supported floating dtypes "
@@ -138,8 +140,10 @@ def floating_x(x, name: str, supported: tuple, xp) -> None:
 def real_dtype(a, name: str, xp) -> None:
     """TypeError unless a has a real (integer or floating, not bool) dtype."""
     dt = a.dtype
-    kind = getattr(dt, "kind", None)        # NumPy dtypes: the fast path
-    if kind is not None and type(dt).__module__.startswith("numpy"):
+    if type(a) is np.ndarray:               # NumPy arrays: the fast path
+        real = dt.kind in "iuf"
+    elif (kind := getattr(dt, "kind", None)) is not None and \
+            type(dt).__module__.startswith("numpy"):
         real = kind in "iuf"
     else:
         real = not xp.isdtype(dt, "bool") and xp.isdtype(dt, ("integral", "real floating"))
