@@ -17,6 +17,7 @@ import numpy as np
 from . import _contract as K
 from . import _validate as V
 from ._dispatch import Route, backend_by_name, backend_for
+from ._interop import _NO_STREAM
 
 
 class _Cache:
@@ -291,9 +292,6 @@ def _stream(route, a):
     if route.adapter is None or a is None:
         return _NO_STREAM
     return route.adapter.stream(a)
-
-
-_NO_STREAM = contextlib.nullcontext()      # reusable
 
 
 # ------------------------------------------------------------ normalization
