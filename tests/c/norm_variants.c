@@ -51,6 +51,27 @@ static double rnd(void)   /* in [0, 1) */
     return (double)(lcg >> 11) * 0x1p-53;
 }
 
+/* Every per-channel kernel of one dtype (SFX: f32 or f64) on x, dout d and
+ * output o, in run()'s scope; each result fed to the digest. */
+#define RUN_KERNELS(SFX, x, d, o)                                                          \
+    do {                                                                                   \
+        nd_moments_##SFX(x, &g, work, mean, var);                                          \
+        feed_f64(mean, C); feed_f64(var, C);                                               \
+        nd_norm_train_fwd_##SFX(x, o, &g, gam, bet, 1e-5, work, mean, var, inv);           \
+        feed_##SFX(o, nv); feed_f64(mean, 3 * C);                                          \
+        nd_normalize_##SFX(x, o, &g, mean, inv, gam, bet, work);                           \
+        feed_##SFX(o, nv);                                                                 \
+        nd_grad_reduce_##SFX(d, x, &g, mean, inv, gam, work, s1, s2, dg, db);              \
+        feed_f64(s1, C); feed_f64(s2, C); feed_f64(dg, C); feed_f64(db, C);                \
+        for (int train = 0; train < 2; ++train) {                                          \
+            nd_grad_input_##SFX(d, x, o, &g, mean, inv, gam, s1, s2, train,                \
+                                (double)(g.n * g.s), work);                                \
+            feed_##SFX(o, nv);                                                             \
+            nd_norm_bwd_##SFX(d, x, o, &g, mean, inv, gam, train, work, dg, db);           \
+            feed_##SFX(o, nv); feed_f64(dg, C); feed_f64(db, C);                           \
+        }                                                                                  \
+    } while (0)
+
 /* One shape: rows (n, c) when s == 0, else NCHW planes (n, c, s). */
 static void run(int64_t n, int64_t c, int64_t s, double loc, int special)
 {
@@ -86,35 +107,8 @@ static void run(int64_t n, int64_t c, int64_t s, double loc, int special)
     float *of = ob;
     double *od = ob;
 
-    nd_moments_f32(xf, &g, work, mean, var);
-    feed_f64(mean, C); feed_f64(var, C);
-    nd_norm_train_fwd_f32(xf, of, &g, gam, bet, 1e-5, work, mean, var, inv);
-    feed_f32(of, nv); feed_f64(mean, 3 * C);
-    nd_normalize_f32(xf, of, &g, mean, inv, gam, bet, work);
-    feed_f32(of, nv);
-    nd_grad_reduce_f32(df, xf, &g, mean, inv, gam, work, s1, s2, dg, db);
-    feed_f64(s1, C); feed_f64(s2, C); feed_f64(dg, C); feed_f64(db, C);
-    for (int train = 0; train < 2; ++train) {
-        nd_grad_input_f32(df, xf, of, &g, mean, inv, gam, s1, s2, train, (double)(g.n * g.s), work);
-        feed_f32(of, nv);
-        nd_norm_bwd_f32(df, xf, of, &g, mean, inv, gam, train, work, dg, db);
-        feed_f32(of, nv); feed_f64(dg, C); feed_f64(db, C);
-    }
-
-    nd_moments_f64(xd, &g, work, mean, var);
-    feed_f64(mean, C); feed_f64(var, C);
-    nd_norm_train_fwd_f64(xd, od, &g, gam, bet, 1e-5, work, mean, var, inv);
-    feed_f64(od, nv); feed_f64(mean, 3 * C);
-    nd_normalize_f64(xd, od, &g, mean, inv, gam, bet, work);
-    feed_f64(od, nv);
-    nd_grad_reduce_f64(dd, xd, &g, mean, inv, gam, work, s1, s2, dg, db);
-    feed_f64(s1, C); feed_f64(s2, C); feed_f64(dg, C); feed_f64(db, C);
-    for (int train = 0; train < 2; ++train) {
-        nd_grad_input_f64(dd, xd, od, &g, mean, inv, gam, s1, s2, train, (double)(g.n * g.s), work);
-        feed_f64(od, nv);
-        nd_norm_bwd_f64(dd, xd, od, &g, mean, inv, gam, train, work, dg, db);
-        feed_f64(od, nv); feed_f64(dg, C); feed_f64(db, C);
-    }
+    RUN_KERNELS(f32, xf, df, of);
+    RUN_KERNELS(f64, xd, dd, od);
     free(xf); free(df); free(xd); free(dd); free(ob); free(work); free(st);
 }
 
