@@ -14,24 +14,9 @@
 # tools/bn_micro.c times the same kernels (build it against src_c/nd_norm.c
 # and src_c/nd_common.c with the same flags).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-REV=${1:-}
-CC=${CC:-gcc}
+source "$(dirname "$0")/perf_source.sh" "${1:-}"   # ROOT, SRC, CC, CFLAGS, TMP
 MCA=${MCA:-$(command -v llvm-mca-14 || command -v llvm-mca)}
 CPUS=${CPUS:-"znver2 znver3"}
-CFLAGS="-O3 -std=c11 -ffp-contract=off -fno-math-errno -fopenmp"   # as setup.py
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-
-if [ -n "$REV" ]; then
-    git archive "$REV" src_c normdrop/include | tar -x -C "$TMP"
-    SRC=$TMP
-    echo "source: $(git rev-parse --short "$REV")"
-else
-    SRC=$ROOT
-    echo "source: work tree ($(git rev-parse --short HEAD)$(git diff --quiet -- src_c || echo ', modified'))"
-fi
 $CC $CFLAGS -I"$SRC/src_c" -I"$SRC/normdrop/include" -S "$SRC/src_c/nd_norm.c" -o "$TMP/n.s"
 
 # function, streams of float data it reads per value (1: x; 2: dout and x)

@@ -16,24 +16,9 @@
 # Environment: CC (gcc), MCA (llvm-mca-14 or llvm-mca), NGROUPS (callgrind's
 # groups per loop, 4096), TIME (0).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-REV=${1:-}
-CC=${CC:-gcc}
+source "$(dirname "$0")/perf_source.sh" "${1:-}"   # ROOT, SRC, CC, CFLAGS, TMP
 MCA=${MCA:-$(command -v llvm-mca-14 || command -v llvm-mca || true)}
 NGROUPS=${NGROUPS:-4096}
-CFLAGS="-O3 -std=c11 -ffp-contract=off -fno-math-errno -fopenmp"   # as setup.py
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-
-if [ -n "$REV" ]; then
-    git archive "$REV" src_c normdrop/include | tar -x -C "$TMP"
-    SRC=$TMP
-    echo "source: $(git rev-parse --short "$REV") ($(git log -1 --format=%s "$REV" | cut -c1-60))"
-else
-    SRC=$ROOT
-    echo "source: work tree ($(git rev-parse --short HEAD)$(git diff --quiet -- src_c || echo ', modified'))"
-fi
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus, $($CC --version | head -1)"
 INC="-I$SRC/src_c -I$SRC/normdrop/include"
 
