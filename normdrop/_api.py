@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _contract as K
 from . import _validate as V
-from ._dispatch import Route, backend_by_name, backend_for
+from ._dispatch import Route, _numpy_route, backend_by_name, backend_for
 from ._interop import _NO_STREAM
 
 
@@ -134,9 +134,7 @@ def _cache_route(cache, what, arrays):
     library (the arrays in ``arrays`` must be of it)."""
     if cache.adapter is None and cache.backend_name == "cpu" and cache.xp_name == "numpy":
         route = backend_for(arrays)    # same library and device as the cached arrays
-        if route.adapter is None and route.xp is np and route.backend.NAME == "cpu":
-            return route               # (NumPy's route, made once)
-        return Route(cache.backend, cache.xp, None)
+        return route if route is _numpy_route() else Route(cache.backend, cache.xp, None)
     route = Route(cache.backend, cache.xp, cache.adapter)
     if cache.adapter is None or cache.adapter.kind == "reference":
         backend_for(arrays)            # same library and device as the cached arrays
