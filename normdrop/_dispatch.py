@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 
 import numpy as np
 
@@ -123,6 +124,44 @@ def _refuse_subclass(name, a):
                         "operations, whose meaning normdrop cannot keep; pass an ndarray")
 
 
+#: torch.Tensor subclasses already judged: type -> True where normdrop may
+#: read them as plain tensors.
+_TENSOR_TYPES = {}
+
+
+def _plain_tensor_type(t) -> bool:
+    """Whether instances of t, a torch.Tensor subclass, mean what a plain
+    tensor of the same data means: t overrides neither __torch_function__
+    (nn.Parameter's disabled one is no override) nor __torch_dispatch__."""
+    ok = _TENSOR_TYPES.get(t)
+    if ok is None:
+        import torch
+        tf = t.__torch_function__
+        tf = getattr(tf, "__func__", tf)
+        base = torch.Tensor.__torch_function__
+        ok = (tf is getattr(base, "__func__", base) or tf is torch._C._disabled_torch_function_impl) \
+            and getattr(t, "__torch_dispatch__", None) is getattr(torch.Tensor, "__torch_dispatch__",
+                                                                  None)
+        _TENSOR_TYPES[t] = ok
+    return ok
+
+
+def _refuse_tensor_subclass(name, a):
+    """TypeError for torch.Tensor subclasses that override PyTorch's
+    operations (masked tensors, tensor wrappers, ...), as for the ndarray
+    subclasses of _refuse_subclass; nn.Parameter and plain subclasses are
+    fine."""
+    if _plain_tensor_type(type(a)):
+        return
+    t = type(a)
+    if t.__module__.startswith("torch.masked"):
+        raise TypeError(f"{name} is a torch.masked.MaskedTensor: normdrop would use the masked "
+                        "values too; pass a plain tensor (e.g. the unmasked rows)")
+    raise TypeError(f"{name} is a {_type_name(a)}, a torch.Tensor subclass that overrides PyTorch's "
+                    "operations (__torch_function__ or __torch_dispatch__), whose meaning normdrop "
+                    f"cannot keep; pass a plain tensor ({name}.as_subclass(torch.Tensor))")
+
+
 def backend_for(named):
     """The :class:`Route` for the arrays in ``named``, a sequence of
     ``(name, array)``: NumPy arrays on the C kernels, CuPy arrays on the CUDA
@@ -146,13 +185,17 @@ def backend_for(named):
     if torch_cpu is not None and arrays and not _force.get():
         tensor = torch_cpu.adapter._type
         for _, a in arrays:
-            if not isinstance(a, tensor) or not a.is_cpu:
+            if not isinstance(a, tensor) or not a.is_cpu or \
+                    (type(a) is not tensor and not _plain_tensor_type(type(a))):
                 break
         else:       # PyTorch CPU tensors only: the C kernels (what the steps below find)
             return torch_cpu
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)
     for n, a in arrays:
         if isinstance(a, np.ndarray) and type(a) is not np.ndarray:
             _refuse_subclass(n, a)
+        elif tensor is not None and isinstance(a, tensor) and type(a) is not tensor:
+            _refuse_tensor_subclass(n, a)
     import array_api_compat as aac
 
     t_first = type(arrays[0][1])

@@ -24,6 +24,7 @@ dtype ``TypeError`` before any conversion.
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 
 import numpy as np
@@ -91,6 +92,8 @@ class Adapter:
                 return self._convert(a)
             except (TypeError, BufferError, RuntimeError, ValueError):
                 pass
+        if self.library == "torch":
+            _refuse_layout(name, a)
         if floating:
             raise TypeError(f"{name} has dtype {_dtype_name(a.dtype)}; supported floating "
                             f"dtypes here: float32, float64") from None
@@ -150,6 +153,18 @@ class _TorchCpu(Adapter):
 
     def wrap(self, a):
         return None if a is None else self._from_numpy(a)
+
+
+def _refuse_layout(name, a):
+    """TypeError for a tensor that is not a dense (strided) one -- sparse,
+    MKL-DNN, nested -- which no backend reads (asked only once a conversion
+    has failed, so dense tensors pay nothing)."""
+    import torch
+    if a.layout is not torch.strided:
+        raise TypeError(f"{name} is a tensor of layout {a.layout}; normdrop reads dense tensors "
+                        f"only: pass {name}.to_dense()") from None
+    if getattr(a, "is_nested", False):
+        raise TypeError(f"{name} is a nested tensor; normdrop reads dense tensors only") from None
 
 
 def _new_adapter(library: str, kind: str, array_type):
@@ -216,6 +231,8 @@ def adapter_for(a):
         library = t.__module__.split(".")[0]
         if library == "jaxlib":
             library = "jax"
+        elif _is_tensor_type(t):
+            library = "torch"       # a subclass defined elsewhere (nn.Parameter-like)
         if kind == "cuda":
             try:
                 import cupy  # noqa: F401
@@ -223,6 +240,11 @@ def adapter_for(a):
                 kind = "reference"          # no CUDA backend here: the reference computes
         ad = _ADAPTERS[key] = _new_adapter(library, kind, t)
     return ad
+
+
+def _is_tensor_type(t) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and issubclass(t, torch.Tensor)
 
 
 def _adapter_by_name(library: str, kind: str):

@@ -124,6 +124,58 @@ def test_torch_parameters_and_views_on_the_c_kernels(torch):
         nd.batchnorm_forward(torch.from_numpy(xn), g, bn, {"mode": "train"})
 
 
+@pytest.mark.parametrize("seen", [False, True], ids=["first-call", "route-kept"])
+def test_torch_subclasses_that_override_operations_and_sparse_tensors_are_refused(
+        torch, monkeypatch, seen):
+    """As for ndarray subclasses: a masked tensor, a Tensor subclass with its
+    own __torch_function__ and a sparse tensor are clear TypeErrors (they
+    were a "dtype float32" error, an AttributeError, or -- once a plain
+    tensor had been seen -- read as plain data), whether or not the kept
+    PyTorch route exists yet; a subclass that overrides nothing runs on
+    the C kernels, bit for bit the NumPy path."""
+    import warnings
+    from normdrop import _dispatch
+
+    class Traced(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    class Plain(torch.Tensor):
+        pass
+
+    rng = np.random.default_rng(6)
+    xn = rng.standard_normal((12, 4))
+    x, g, b = torch.from_numpy(xn), torch.ones(4, dtype=torch.float64), torch.zeros(4,
+                                                                                  dtype=torch.float64)
+    if seen:
+        nd.batchnorm_forward(x, g, b, {"mode": "train"})
+        assert _dispatch._torch_cpu is not None
+    else:
+        monkeypatch.setattr(_dispatch, "_torch_cpu", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")             # torch.masked is a prototype
+        from torch.masked import masked_tensor
+        masks = [masked_tensor(t, t > 0) for t in (x, g)]
+    bad = [(lambda t: masks[t is g], "is a torch.masked.MaskedTensor: normdrop would use the "
+            "masked values"),
+           (lambda t: t.as_subclass(Traced), "is a .*Traced, a torch.Tensor subclass that "
+            "overrides PyTorch's operations"),
+           (lambda t: t.to_sparse(), "is a tensor of layout torch.sparse_coo; normdrop reads "
+            "dense tensors only")]
+    for make, msg in bad:
+        with pytest.raises(TypeError, match="x " + msg):
+            nd.batchnorm_forward(make(x), g, b, {"mode": "train"})
+        with pytest.raises(TypeError, match="gamma " + msg):
+            nd.layernorm_forward(x, make(g), b, {})
+        with pytest.raises(TypeError, match="x " + msg):
+            nd.dropout_forward(make(x), {"p": 0.5, "mode": "train", "seed": 1})
+    ref, _ = nd.batchnorm_forward(xn, np.ones(4), np.zeros(4), {"mode": "train"})
+    out, cache = nd.batchnorm_forward(x.as_subclass(Plain), g, b, {"mode": "train"})
+    assert cache.backend_name == "cpu" and type(out) is torch.Tensor
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
 def test_torch_dtypes_numpy_cannot_carry_are_dtype_errors(torch):
     x = torch.randn(8, 3)
     for dt in (torch.bfloat16, torch.float16):
