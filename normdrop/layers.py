@@ -150,9 +150,22 @@ class _Affine(Layer):
     def _create_stats(self, xp, dev, dt):
         pass
 
-    def _ready(self, x):
-        if self.gamma is None:
+    def _forward(self, x, args):
+        """The op on x with this layer's gamma and beta, then the arguments
+        args() returns; the parameters are made from x first if there are
+        none yet.  If the op raises, parameters made here are dropped again,
+        so that a bad first input (bool, int, float16 on the CPU) leaves the
+        layer as it was."""
+        made = self.gamma is None
+        if made:
             self._create(x)
+        try:
+            return _op(self, self._forward_op)(x, self.gamma, self.beta, *args())
+        except BaseException:
+            if made:
+                for name in self._state_names:
+                    setattr(self, name, None)
+            raise
 
     # state ----------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -248,10 +261,14 @@ class _BatchNormBase(_Affine):
         -------
         out : array, x's shape, dtype and memory layout
         """
-        self._ready(x)
-        bn_param = {"mode": self._mode, "eps": self.eps, "momentum": self.momentum,
-                    "running_mean": self.running_mean, "running_var": self.running_var}
-        out, self._cache = _op(self, self._forward_op)(x, self.gamma, self.beta, bn_param)
+        bn_param = {}
+
+        def args():
+            bn_param.update(mode=self._mode, eps=self.eps, momentum=self.momentum,
+                            running_mean=self.running_mean, running_var=self.running_var)
+            return (bn_param,)
+
+        out, self._cache = self._forward(x, args)
         self.running_mean = bn_param["running_mean"]
         self.running_var = bn_param["running_var"]
         return out
@@ -355,9 +372,7 @@ class LayerNorm(_Affine):
 
     def forward(self, x):
         """Normalize each row of x (N, D); returns (N, D) in x's dtype."""
-        self._ready(x)
-        ln_param = {"mode": self._mode, "eps": self.eps}
-        out, self._cache = _op(self, self._forward_op)(x, self.gamma, self.beta, ln_param)
+        out, self._cache = self._forward(x, lambda: ({"mode": self._mode, "eps": self.eps},))
         return out
 
 
@@ -410,10 +425,8 @@ class SpatialGroupNorm(_Affine):
 
     def forward(self, x):
         """Normalize x (N, C, H, W) per sample and group; returns x's shape and dtype."""
-        self._ready(x)
-        gn_param = {"mode": self._mode, "eps": self.eps}
-        out, self._cache = _op(self, self._forward_op)(x, self.gamma, self.beta,
-                                                       self.num_groups, gn_param)
+        out, self._cache = self._forward(
+            x, lambda: (self.num_groups, {"mode": self._mode, "eps": self.eps}))
         return out
 
 

@@ -160,6 +160,31 @@ def test_errors_before_the_first_forward_and_bad_arguments():
         SpatialGroupNorm(6, 4)
 
 
+@pytest.mark.parametrize("cls, args, shape", [(BatchNorm, (4,), (8, 4)),
+                                               (SpatialBatchNorm, (4,), (2, 4, 3, 3)),
+                                               (LayerNorm, (4,), (8, 4)),
+                                               (SpatialGroupNorm, (4, 2), (2, 4, 3, 3))],
+                         ids=["BatchNorm", "SpatialBatchNorm", "LayerNorm", "SpatialGroupNorm"])
+def test_a_bad_first_input_leaves_no_parameters_behind(cls, args, shape):
+    """Parameters are made from the first input: when the op then refuses it
+    (bool, int, float16 on the CPU), the layer is as it was -- it used to keep
+    bool or int parameters, so every later call failed ("gamma has dtype
+    bool") or SGD on them did."""
+    layer = cls(*args)
+    for dt in (np.bool_, np.int64, np.float16):
+        with pytest.raises(TypeError, match="dtype"):
+            layer.forward(np.zeros(shape, dt))
+        for name in layer._state_names:
+            assert getattr(layer, name) is None, (dt, name)
+    x = np.random.default_rng(3).standard_normal(shape)
+    out = layer.forward(x)
+    assert out.dtype == layer.gamma.dtype == np.float64
+    layer.backward(np.ones(shape))
+    layer.gamma -= 0.1 * layer.dgamma                      # a float parameter update
+    fresh = cls(*args)
+    np.testing.assert_array_equal(fresh.forward(x), out)
+
+
 # ---------------------------------------------------------------- dropout
 def test_dropout_with_a_seed_uses_seed_plus_step(backend, dtype):
     """Training forward k uses the seed ``seed + k * 2**32``: masks differ per
