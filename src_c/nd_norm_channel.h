@@ -437,6 +437,34 @@ static void FN(ch_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, const 
     }
 }
 
+/* Test mode's dx = a[c] * dout (ch_coef's b and e are 0 there): neither x nor
+ * the mean enters, so a non-finite x or running mean leaves dx finite, as in
+ * the reference, instead of 0 * inf = NaN; (T)(a d + 0.0) is ND_DX1's value
+ * with b = e = 0 for every finite x, signed zeros included. */
+static inline void FN(ch_plane_dx_test)(const T *restrict dp, T *restrict o, int64_t S, double ac)
+{
+    for (int64_t s = 0; s < S; ++s) o[s] = (T)(ac * (double)dp[s] + 0.0);
+}
+
+static void FN(ch_dx_test)(const T *dout, T *dx, const nd_geom *g, const double *a)
+{
+    const int64_t C = g->c, N = g->n, S = g->s;
+    if (g->kind == ND_ROWS) {
+        ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
+        for (int64_t n = 0; n < N; ++n) {
+            const T *restrict dr = dout + n * g->sn;
+            T *restrict o = dx + n * g->sn;
+            for (int64_t c = 0; c < C; ++c) o[c] = (T)(a[c] * (double)dr[c] + 0.0);
+        }
+    } else {
+        ND_OMP_FOR(N * C * S >= ND_PARALLEL_MIN)
+        for (int64_t u = 0; u < N * C; ++u) {
+            const int64_t n = u / C, c = u % C, off = n * g->sn + c * g->sc;
+            FN(ch_plane_dx_test)(dout + off, dx + off, S, a[c]);
+        }
+    }
+}
+
 /*
  * ch_grad_input: dx from ch_grad_reduce's s1 (sum dout) and s2 (sum dout *
  * (x - mean)) over M values per channel, through ch_coef.  IN dout, x, g,
@@ -451,7 +479,10 @@ static void FN(ch_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
     if (C <= 0) return;
     double *a = work, *b = work + C, *e = work + 2 * C;
     for (int64_t c = 0; c < C; ++c) ch_coef(c, M, train, gamma, invstd, s1[c], s2[c], a, b, e);
-    FN(ch_dx)(dout, x, dx, g, mean, a, b, e);
+    if (train)
+        FN(ch_dx)(dout, x, dx, g, mean, a, b, e);
+    else
+        FN(ch_dx_test)(dout, dx, g, a);
 }
 
 /*
@@ -481,7 +512,10 @@ static void FN(ch_bwd)(const T *dout, const T *x, T *dx, const nd_geom *g, const
             ch_coef(c, M, train, gamma, invstd, dbeta[c], sdyxm, a, b, e);
             for (int64_t n = 0; n < N; ++n) {
                 const int64_t off = n * g->sn + c * g->sc;
-                L->plane_dx(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c], st);
+                if (train)
+                    L->plane_dx(dout + off, x + off, dx + off, S, mean[c], a[c], b[c], e[c], st);
+                else
+                    FN(ch_plane_dx_test)(dout + off, dx + off, S, a[c]);
             }
         }
         return;
@@ -492,7 +526,10 @@ static void FN(ch_bwd)(const T *dout, const T *x, T *dx, const nd_geom *g, const
         ch_coef(c, M, train, gamma, invstd, dbeta[c], dgamma[c], a, b, e);
         dgamma[c] = dgamma[c] * invstd[c];
     }
-    FN(ch_dx)(dout, x, dx, g, mean, a, b, e);
+    if (train)
+        FN(ch_dx)(dout, x, dx, g, mean, a, b, e);
+    else
+        FN(ch_dx_test)(dout, dx, g, a);
 }
 
 #undef ND_SCH

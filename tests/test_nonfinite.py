@@ -126,3 +126,61 @@ def test_merge_rules_for_nonfinite_means():
     n, mu, q = _kernels.merge_moments([[4.0], [3.0], [5.0]], [[1.0], [inf], [2.0]],
                                       [[2.0], [nan], [1.0]])
     assert mu[0] == inf and np.isnan(q[0])
+
+
+# Test mode: dx = gamma * invstd * dout, which x and the running mean do not
+# enter.  Each case: (forward, backward, x shape, channels-last?).  The fused
+# planes path (small NCHW), the general planes path, rows and channels-last
+# rows, all of whose dx loops used to compute a * dout + 0 * (x - mean), NaN
+# where x or the mean is infinite or NaN.
+TEST_MODE_CASES = {
+    "rows": (nd.batchnorm_forward, nd.batchnorm_backward, (40, 6), False),
+    "planes_fused": (nd.spatial_batchnorm_forward, nd.spatial_batchnorm_backward,
+                     (3, 8, 5, 5), False),
+    "planes": (nd.spatial_batchnorm_forward, nd.spatial_batchnorm_backward,
+               (4, 8, 100, 100), False),
+    "planes_c3": (nd.spatial_batchnorm_forward, nd.spatial_batchnorm_backward,
+                  (4, 3, 9, 9), False),
+    "channels_last": (nd.spatial_batchnorm_forward, nd.spatial_batchnorm_backward,
+                      (3, 6, 5, 5), True),
+}
+
+
+@pytest.mark.parametrize("where", ["x", "running_mean"])
+@pytest.mark.parametrize("case", list(TEST_MODE_CASES))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_test_mode_dx_does_not_depend_on_x_or_the_mean(case, where, dtype):
+    fwd, bwd, shape, clast = TEST_MODE_CASES[case]
+    C = shape[1]
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    if clast:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        dout = np.ascontiguousarray(dout.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    rm = rng.standard_normal(C).astype(dtype)
+    if where == "x":
+        x[(0, 1) + (0,) * (x.ndim - 2)] = np.inf
+        x[(1, 2) + (1,) * (x.ndim - 2)] = np.nan
+        x[(2, 0) + (0,) * (x.ndim - 2)] = -np.inf
+    else:
+        rm[1], rm[2] = np.inf, np.nan
+    gamma, beta = np.linspace(0.5, 1.5, C), np.linspace(-1, 1, C)
+
+    def run():
+        param = {"mode": "test", "running_mean": rm,
+                 "running_var": np.linspace(0.5, 2.0, C).astype(dtype)}
+        _, cache = fwd(x, gamma, beta, param)
+        return bwd(dout, cache)
+
+    dx, dgamma, dbeta = run()
+    with nd.force_reference(), np.errstate(invalid="ignore"):
+        rdx, rdgamma, rdbeta = run()
+    assert np.isfinite(dx).all() and np.isfinite(rdx).all()
+    assert_close(dx, rdx, dtype, f"{case} {where}: dx")
+    invstd = 1.0 / np.sqrt(np.linspace(0.5, 2.0, C).astype(dtype).astype(np.float64) + 1e-5)
+    a = gamma.astype(dtype).astype(np.float64) * invstd      # gamma is cast to x's dtype
+    exp = a.reshape((1, C) + (1,) * (x.ndim - 2)) * dout.astype(np.float64)
+    np.testing.assert_array_equal(dx, exp.astype(dtype))      # a * dout, rounded once
+    _same_nonfinite(dgamma, rdgamma, dtype, f"{case} {where}: dgamma")
+    _same_nonfinite(dbeta, rdbeta, dtype, f"{case} {where}: dbeta")
