@@ -909,7 +909,7 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                             double b, e;
                             gr_coef(r[j], s1[k], s2[k], M, train, &b, &e);
                             GR_CALL(gr_run_dx)(dp[j], xp[j], dx + (i + j) * g->sn + c0, cg, m[j],
-                                          r[j], b, e, gamma + c0, st);
+                                          gr_dx_r(r[j], M, train), b, e, gamma + c0, st);
                         }
                     }
                 }
@@ -924,7 +924,8 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
             if (dx) {
                 double b, e;
                 gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
-                FN(gr_group_dx)(dout, x, dx, &grp, mean[k], invstd[k], b, e, gamma, st);
+                FN(gr_group_dx)(dout, x, dx, &grp, mean[k], gr_dx_r(invstd[k], M, train), b, e,
+                                gamma, st);
             }
         }
     }
@@ -942,7 +943,8 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
         const nd_grp grp = nd_group(g, k);
         double b, e;
         gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
-        FN(gr_group_dx)(dout, x, dx, &grp, mean[k], invstd[k], b, e, gamma, st);
+        FN(gr_group_dx)(dout, x, dx, &grp, mean[k], gr_dx_r(invstd[k], M, train), b, e, gamma,
+                        st);
     }
 }
 

@@ -908,6 +908,29 @@ def test_tiny_eps_coefficients_stay_finite(cp, shape, layout, groups, eps, gamma
     np.testing.assert_allclose(got, edx, rtol=0, atol=1e-9 * float(np.max(np.abs(edx))))
 
 
+@pytest.mark.parametrize("eps", [1e-5, 1e-300])
+@pytest.mark.parametrize("shape,layout,groups", [((5, 1), "contiguous", 1),
+                                                 ((3, 4, 1, 1), "contiguous", 4),
+                                                 ((3, 4, 1, 1), "channels_last", 4)])
+def test_groups_of_one_value_have_dx_zero(cp, shape, layout, groups, eps):
+    """A group of one value: dx is exactly 0, the reference's (its output is
+    beta whatever x), not r gamma dout - r (gamma dout), a rounding error
+    times r = 1/sqrt(eps) (as src_c's gr_dx_r)."""
+    geom = _contract_geom(shape, groups)
+    rng = np.random.default_rng(4)
+    x, dout = rng.standard_normal(shape), 30 * rng.standard_normal(shape)
+    C = geom.c
+    g, b = np.linspace(0.7, 1.9, C), np.zeros(C)
+    xd = cp.asarray(_layout(x, layout))
+    _, mean, _, invstd = cuda_be.norm_train_fwd(cp, xd, geom, cp.asarray(g), cp.asarray(b), eps)
+    dx, _, _ = cuda_be.norm_bwd(cp, cp.asarray(_layout(dout, layout)), xd, geom, mean, invstd,
+                                cp.asarray(g), True)
+    _, emean, _, einvstd = _reference.norm_train_fwd(npx, x, geom, g, b, eps)
+    edx = _reference.norm_bwd(npx, dout, x, geom, emean, einvstd, g, True)[0]
+    np.testing.assert_array_equal(edx, 0.0)
+    np.testing.assert_array_equal(_np(dx), 0.0)
+
+
 @pytest.mark.parametrize("case", [((600, 37), "contiguous"), ((20000, 3), "fortran"),
                                   ((70, 2, 16, 16), "contiguous"),
                                   ((70, 2, 16, 16), "channels_last")], ids=_case_id)

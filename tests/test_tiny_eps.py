@@ -90,3 +90,52 @@ def test_tiny_eps_on_a_constant_group(op, eps, gamma):
     for a, e, what in ((got[2], exp[2], "dgamma"), (got[3], exp[3], "dbeta")):
         assert np.isfinite(a).all(), what
         np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-9, err_msg=what)
+
+
+# Groups of one value: layernorm with D = 1 (rows two at a time, and the odd
+# last one), groupnorm with G = C on 1x1 planes, NCHW and channels-last.
+def _one_value_groups(layout, dtype):
+    rng = np.random.default_rng(12)
+    if layout == "layernorm":
+        x, d = rng.standard_normal((5, 1)), rng.standard_normal((5, 1)) * 30
+        return nd.layernorm_forward, nd.layernorm_backward, x.astype(dtype), d.astype(dtype), ()
+    x, d = rng.standard_normal((3, 4, 1, 1)), rng.standard_normal((3, 4, 1, 1)) * 30
+    x, d = x.astype(dtype), d.astype(dtype)
+    if layout == "channels_last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    return nd.spatial_groupnorm_forward, nd.spatial_groupnorm_backward, x, d, (4,)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-30, 1e-300])
+@pytest.mark.parametrize("layout", ["layernorm", "nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_group_of_one_value_has_dx_zero(layout, eps, dtype):
+    """A group of one value normalizes to beta whatever x is, so dx is 0, the
+    reference's dxhat - dxhat.  The kernels' a * dout + e was
+    r gamma dout - r (gamma dout): a rounding error times r = 1/sqrt(eps),
+    1e-12 at eps 1e-5, ~1e136 at 1e-300 and inf in float32.  NaN stays NaN:
+    a NaN dout or an infinite x gives NaN in its group only, as in the
+    reference."""
+    fwd, bwd, x, d, extra = _one_value_groups(layout, dtype)
+    C = x.shape[-1] if layout == "layernorm" else x.shape[1]
+    g, b = np.linspace(0.7, 1.9, C), np.zeros(C)
+
+    def run(x, d):
+        _, cache = fwd(x, g, b, *extra, {"eps": eps})
+        return bwd(d, cache)
+
+    dx, dgamma, dbeta = run(x, d)
+    np.testing.assert_array_equal(dx, np.zeros_like(dx))
+    with nd.force_reference():
+        rdx, rdgamma, rdbeta = run(x, d)
+    np.testing.assert_array_equal(rdx, np.zeros_like(rdx))
+    np.testing.assert_allclose(dgamma, rdgamma, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dbeta, rdbeta, rtol=1e-6, atol=1e-6)
+    x2, d2 = x.copy(), d.copy()
+    x2.flat[0], d2.flat[-1] = np.inf, np.nan
+    got = run(x2, d2)[0]
+    with nd.force_reference(), np.errstate(all="ignore"):
+        exp = run(x2, d2)[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(exp))
+    assert np.isnan(got).sum() == 2
+    np.testing.assert_array_equal(got[~np.isnan(got)], 0.0)
