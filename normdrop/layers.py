@@ -37,6 +37,7 @@ import operator
 import numpy as np
 
 import normdrop as _nd
+from normdrop._validate import p_value
 
 __all__ = ["Layer", "BatchNorm", "SpatialBatchNorm", "LayerNorm", "SpatialGroupNorm", "Dropout"]
 
@@ -123,6 +124,7 @@ class _Affine(Layer):
 
     param_names = ("gamma", "beta")
     _state_names = ("gamma", "beta")
+    _feature_axis = 1        # the axis of x that num_features counts
     _forward_op = _backward_op = ""
 
     def __init__(self, num_features, eps=1e-5, like=None):
@@ -156,6 +158,13 @@ class _Affine(Layer):
         none yet.  If the op raises, parameters made here are dropped again,
         so that a bad first input (bool, int, float16 on the CPU) leaves the
         layer as it was."""
+        shape = getattr(x, "shape", None)
+        axis = self._feature_axis
+        if shape is not None and len(shape) > max(axis, -axis - 1) and \
+                shape[axis] != self.num_features:
+            raise ValueError(f"x has shape {tuple(shape)}: {shape[axis]} features on axis {axis}, "
+                             f"but this {type(self).__name__} has num_features="
+                             f"{self.num_features}")
         made = self.gamma is None
         if made:
             self._create(x)
@@ -191,6 +200,8 @@ class _Affine(Layer):
         ------
         KeyError
             When a name is missing or unexpected.
+        TypeError
+            When a value is not an array.
         ValueError
             When an array has the wrong shape.
         """
@@ -202,6 +213,9 @@ class _Affine(Layer):
                            f"unexpected {extra}")
         shape = self._param_shape()
         for name in self._state_names:
+            if not hasattr(state[name], "shape"):
+                raise TypeError(f"{type(self).__name__}.load_state_dict: {name} must be an array, "
+                                f"got {type(state[name]).__name__}")
             if tuple(state[name].shape) != shape:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: {name} has shape "
                                  f"{tuple(state[name].shape)}, expected {shape}")
@@ -369,6 +383,7 @@ class LayerNorm(_Affine):
     """
 
     _forward_op, _backward_op = "layernorm_forward", "layernorm_backward"
+    _feature_axis = -1
 
     def forward(self, x):
         """Normalize each row of x (N, D); returns (N, D) in x's dtype."""
@@ -471,9 +486,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, seed=None):
         super().__init__()
-        self.p = float(p)
-        if not 0.0 < self.p <= 1.0:
-            raise ValueError(f"p (the keep probability) must be in (0, 1], got {p!r}")
+        self.p = p_value(p)       # the functional API's check (a bool p is refused there too)
         if seed is not None:
             try:
                 seed = operator.index(seed)

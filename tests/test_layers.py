@@ -3,6 +3,8 @@ computes (bitwise), switch between training and evaluation, keep their
 gradients and running statistics, and round-trip their state."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -183,6 +185,33 @@ def test_a_bad_first_input_leaves_no_parameters_behind(cls, args, shape):
     layer.gamma -= 0.1 * layer.dgamma                      # a float parameter update
     fresh = cls(*args)
     np.testing.assert_array_equal(fresh.forward(x), out)
+
+
+def test_errors_name_the_callers_mistake():
+    """A wrong-width x is an error about x (it blamed the layer's own gamma:
+    "gamma must have shape (5,)"), a state that is not an array a TypeError
+    (it was an AttributeError), and Dropout refuses what dropout_forward
+    refuses (p=True was taken as 1.0)."""
+    for layer, x, axis in [(LayerNorm(4), np.zeros((3, 5)), -1), (BatchNorm(4), np.zeros((3, 5)), 1),
+                           (SpatialBatchNorm(4), np.zeros((2, 5, 3, 3)), 1),
+                           (SpatialGroupNorm(4, 2), np.zeros((2, 6, 3, 3)), 1)]:
+        msg = (f"x has shape {x.shape}: {x.shape[axis]} features on axis {axis}, but this "
+               f"{type(layer).__name__} has num_features=4")
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            layer.forward(x)
+        assert layer.gamma is None
+    layer = BatchNorm(3)
+    layer.forward(np.ones((4, 3)))
+    state = layer.state_dict()
+    state["gamma"] = [1.0, 1.0, 1.0]
+    with pytest.raises(TypeError, match="gamma must be an array, got list"):
+        layer.load_state_dict(state)
+    for p in (True, "0.5"):
+        with pytest.raises(ValueError, match="p must be a real number"):
+            Dropout(p)
+        with pytest.raises(ValueError, match="p must be a real number"):
+            normdrop.dropout_forward(np.ones(3), {"p": p, "mode": "train"})
+    assert Dropout(np.float32(0.25)).p == 0.25
 
 
 # ---------------------------------------------------------------- dropout
