@@ -184,3 +184,36 @@ def test_test_mode_dx_does_not_depend_on_x_or_the_mean(case, where, dtype):
     np.testing.assert_array_equal(dx, exp.astype(dtype))      # a * dout, rounded once
     _same_nonfinite(dgamma, rdgamma, dtype, f"{case} {where}: dgamma")
     _same_nonfinite(dbeta, rdbeta, dtype, f"{case} {where}: dbeta")
+
+
+@pytest.mark.parametrize("case", ["rows", "planes_fused", "planes", "channels_last"])
+def test_test_mode_infinite_invstd_dgamma_is_the_references(case):
+    """running_var = -eps in test mode: invstd = inf.  The reference's dgamma
+    sums dout * (x - mean) * inf, +-inf terms, NaN where they differ in sign;
+    the kernels' (sum dout (x - mean)) * inf was -inf or +inf.  The other
+    channels keep the kernels' values."""
+    fwd, bwd, shape, clast = TEST_MODE_CASES[case]
+    C = shape[1]
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal(shape)
+    if clast:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    rv = np.linspace(0.5, 2.0, C)
+    rv[1] = -1e-5                                   # + eps (1e-5) == 0 exactly
+
+    def run(rv):
+        param = {"mode": "test", "running_mean": np.zeros(C), "running_var": rv}
+        _, cache = fwd(x, np.ones(C), np.zeros(C), param)
+        return bwd(dout, cache)
+
+    with np.errstate(divide="ignore"):
+        dx, dgamma, dbeta = run(rv)
+    with nd.force_reference(), np.errstate(all="ignore"):
+        rdx, rdgamma, rdbeta = run(rv)
+    assert np.isnan(rdgamma[1])
+    _same_nonfinite(dgamma, rdgamma, "float64", f"{case}: dgamma")
+    _same_nonfinite(dx, rdx, "float64", f"{case}: dx")
+    fine = run(np.linspace(0.5, 2.0, C))[1]          # the kernels' dgamma of the other channels
+    mask = np.arange(C) != 1
+    np.testing.assert_array_equal(dgamma[mask], fine[mask])
