@@ -434,7 +434,7 @@ def _sync_forward(spec, x, gamma, beta, param, extra, comm):
     error = None
     try:
         p = _prepare(spec, x, gamma, beta, param, extra, check_count=False)
-    except (TypeError, ValueError, KeyError) as exc:
+    except Exception as exc:     # whatever it is, the other ranks hear of it (no hang)
         error = exc
     D.agree(comm, error, spec.name)
     route, xn, geom = p.route, p.xn, p.geom
@@ -512,7 +512,7 @@ def _sync_backward(op, dout, cache):
     error = None
     try:
         route, dn = _backward_args(op, dout, cache)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:     # as in _sync_forward
         error = exc
     D.agree(comm, error, op)
     backend, xp = route.backend, route.xp

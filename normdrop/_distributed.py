@@ -29,7 +29,7 @@ class RankError(ValueError):
 
 
 def check_comm(comm, name: str):
-    """TypeError unless comm is an mpi4py communicator."""
+    """TypeError unless comm is an mpi4py intracommunicator."""
     try:
         from mpi4py import MPI
     except ImportError:
@@ -40,6 +40,11 @@ def check_comm(comm, name: str):
                         f"{type(comm).__module__}.{type(comm).__name__}")
     if comm == MPI.COMM_NULL:
         raise TypeError(f"{name} is MPI.COMM_NULL")
+    if not isinstance(comm, MPI.Intracomm):
+        # an intercommunicator's allgather returns the remote group's data
+        # only: the statistics would be another group's, silently
+        raise TypeError(f"{name} must be an intracommunicator (mpi4py.MPI.Intracomm, such as "
+                        f"COMM_WORLD or a Split of it), got {type(comm).__name__}")
     return comm
 
 

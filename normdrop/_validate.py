@@ -7,6 +7,7 @@ normalized values the ops need.
 from __future__ import annotations
 
 import math
+import os
 import numbers
 from collections.abc import MutableMapping
 
@@ -48,6 +49,24 @@ def _is_number(v) -> bool:
     return t is float or t is int or (isinstance(v, numbers.Real) and t is not bool)
 
 
+def _real(v) -> float:
+    """float(v) of a real number, with +-inf for an integer beyond the float
+    range (where float() raises OverflowError): range checks then give
+    their ValueError."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def _shown(v) -> str:
+    """repr(v) for an error message, an int too long to read as its size."""
+    r = repr(v)
+    if len(r) > 40 and isinstance(v, numbers.Integral):
+        return f"an integer of {len(str(abs(int(v))))} digits"
+    return r
+
+
 def param_dict(param, name: str) -> MutableMapping:
     if type(param) is not dict and not isinstance(param, MutableMapping):
         raise TypeError(f"{name} must be a dict, got {_type_name(param)}")
@@ -72,10 +91,10 @@ def keep_probability(param) -> float:
 def p_value(p) -> float:
     if not _is_number(p):
         raise ValueError(f"p must be a real number in (0, 1] (the keep probability), got {p!r}")
-    p = float(p)
-    if not (0.0 < p <= 1.0):
-        raise ValueError(f"p must be in (0, 1] (the keep probability), got {p!r}")
-    return p
+    v = _real(p)
+    if not (0.0 < v <= 1.0):
+        raise ValueError(f"p must be in (0, 1] (the keep probability), got {_shown(p)}")
+    return v
 
 
 def seed_value(seed) -> int:
@@ -102,27 +121,29 @@ def offset_value(offset, size: int) -> int:
     o = int(offset)
     if o < 0 or o + size > 2**64:
         raise ValueError(f"offset must be in [0, 2**64 - size] (size {size}), got {o}")
-    return o
+    # offset 2**64 is valid only for an empty array (the empty last shard),
+    # which draws no words: 0 then, which the kernels' 64-bit counter holds
+    return o if o < 2**64 else 0
 
 
 def eps_value(param, name: str = "bn_param") -> float:
     eps = param.get("eps", 1e-5)
     if not _is_number(eps):
         raise TypeError(f"{name}['eps'] must be a real number > 0, got {_type_name(eps)}")
-    eps = float(eps)
-    if not (eps > 0.0 and math.isfinite(eps)):
-        raise ValueError(f"{name}['eps'] must be a finite number > 0, got {eps!r}")
-    return eps
+    v = _real(eps)
+    if not (v > 0.0 and math.isfinite(v)):
+        raise ValueError(f"{name}['eps'] must be a finite number > 0, got {_shown(eps)}")
+    return v
 
 
 def momentum_value(param) -> float:
     m = param.get("momentum", 0.9)
     if not _is_number(m):
         raise TypeError(f"bn_param['momentum'] must be a real number in [0, 1], got {_type_name(m)}")
-    m = float(m)
-    if not (0.0 <= m <= 1.0):
-        raise ValueError(f"bn_param['momentum'] must be in [0, 1], got {m!r}")
-    return m
+    v = _real(m)
+    if not (0.0 <= v <= 1.0):
+        raise ValueError(f"bn_param['momentum'] must be in [0, 1], got {_shown(m)}")
+    return v
 
 
 def floating_x(x, name: str, supported: tuple, xp) -> None:
@@ -236,3 +257,16 @@ def cached_norm(cache, xp) -> None:
         problems.append(f"gamma has shape {tuple(g.shape)}, expected ({geom.c},)")
     if problems:
         raise ValueError(f"{cache.op} cache was changed: " + "; ".join(problems))
+
+
+def output_path_problem(path) -> str | None:
+    """Why a file cannot be written at path (for a command's --json or
+    --plot, asked before the work that fills it), or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"{path} is a folder"
+    if not os.path.isdir(folder):
+        return f"the folder {folder} does not exist"
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        return f"{path if os.path.exists(path) else folder} is not writable"
+    return None

@@ -281,3 +281,35 @@ def test_backward_wrong_dout_shape_or_cache(backend):
         nd.batchnorm_backward(be.asarray(np.ones((4, 3))), (1, 2, 3))
     with pytest.raises(TypeError, match="dout has dtype"):
         nd.batchnorm_backward(be.asarray(np.ones((4, 3), dtype="int64")), cache)
+
+
+def test_numbers_beyond_the_float_range_are_value_errors(backend):
+    """An int too large for a float as eps, momentum or p: float() raised
+    OverflowError, outside the table (and, in a synchronized batchnorm,
+    past the exchange of verdicts: the other ranks hung)."""
+    x, g, b, bp = _bn_case(backend)
+    for key, match in (("eps", r"bn_param\['eps'\] must be a finite number > 0, got an "
+                               r"integer of 401 digits"),
+                       ("momentum", r"bn_param\['momentum'\] must be in \[0, 1\], got an "
+                                    r"integer of 401 digits")):
+        for sign in (1, -1):
+            bp[key] = sign * 10**400
+            _raises_untouched(ValueError, match, nd.batchnorm_forward, x, g, b, bp)
+        bp[key] = 0.5 if key == "momentum" else 1e-5
+    with pytest.raises(ValueError, match=r"ln_param\['eps'\] must be a finite number"):
+        nd.layernorm_forward(x, g, b, {"eps": 10**400})
+    with pytest.raises(ValueError, match=r"p must be in \(0, 1\].*integer of 401 digits"):
+        nd.dropout_forward(x, {"p": 10**400, "mode": "train"})
+
+
+def test_the_empty_last_shard_may_start_at_2_to_the_64(backend):
+    """offset + size <= 2**64 allows offset 2**64 for an empty array (the
+    last shard of a 2**64-value batch): the C kernels raised OverflowError
+    converting it to 64 bits, the reference computed."""
+    x = backend.asarray(np.ones((0, 5)))
+    out, cache = nd.dropout_forward(x, {"p": 0.5, "mode": "train", "seed": 1, "offset": 2**64})
+    assert tuple(out.shape) == (0, 5)
+    assert tuple(nd.dropout_backward(x, cache).shape) == (0, 5)
+    assert tuple(nd.dropout_mask((0,), 0.5, 7, offset=2**64, like=x).shape) == (0,)
+    with pytest.raises(ValueError, match=r"offset must be in \[0, 2\*\*64 - size\] \(size 1\)"):
+        nd.dropout_mask((1,), 0.5, 7, offset=2**64, like=x)

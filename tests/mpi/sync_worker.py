@@ -138,6 +138,32 @@ def check_errors():
         assert "mpi4py communicator" in str(exc)
     else:
         raise AssertionError("a string was taken for a communicator")
+    # an eps or momentum beyond the float range on the last rank (float()
+    # raised OverflowError there, which the others never heard of: they hung)
+    for key in ("eps", "momentum"):
+        bp = {"mode": "train", "comm": comm}
+        if rank == size - 1:
+            bp[key] = 10**400
+        try:
+            nd.batchnorm_forward(x, g, b, bp)
+        except nd.RankError as exc:
+            assert rank != size - 1 and f"rank {size - 1}" in str(exc), (rank, exc)
+        except ValueError as exc:
+            assert rank == size - 1 and f"bn_param['{key}']" in str(exc), (rank, exc)
+        else:
+            raise AssertionError(f"rank {rank}: {key} 10**400 was accepted")
+    # an intercommunicator: its allgather gives the remote group's data only
+    if size >= 2:
+        local = comm.Split(rank % 2, rank)
+        inter = local.Create_intercomm(0, comm, 1 - rank % 2, tag=7)
+        try:
+            nd.batchnorm_forward(x, g, b, {"mode": "train", "comm": inter})
+        except TypeError as exc:
+            assert "intracommunicator" in str(exc), exc
+        else:
+            raise AssertionError("an intercommunicator was accepted")
+        inter.Free()
+        local.Free()
 
 
 def check_test_mode_does_not_communicate():
