@@ -45,6 +45,7 @@ import normdrop as nd
 
 from . import _bench_seed
 from ._optable import bench_rows
+from ._validate import output_path_problem
 
 COLUMNS = ("normdrop", "reference", "seed", "torch", "nd_torch")
 #: Alternated every round (ABBA): normdrop, PyTorch and (--array torch)
@@ -784,6 +785,9 @@ def _split(text: str) -> list:
 
 def main(args) -> int:
     ops = list(KEYS) if args.ops.strip() in ("", "all") else _split(args.ops)
+    if not ops:
+        print(f"bench: --ops {args.ops!r} names no op; known: {', '.join(KEYS)}", file=sys.stderr)
+        return 2
     bad = [o for o in ops if o not in KEYS]
     if bad:
         print(f"bench: unknown op(s) {', '.join(bad)}; known: {', '.join(KEYS)}", file=sys.stderr)
@@ -796,6 +800,10 @@ def main(args) -> int:
         return 2
     if args.threads is not None and args.threads < 1:
         print("bench: --threads must be at least 1", file=sys.stderr)
+        return 2
+    problem = args.json and output_path_problem(args.json)
+    if problem:                              # said now, not after the whole run
+        print(f"bench: --json {args.json}: {problem}", file=sys.stderr)
         return 2
     dtypes = ("float32", "float64") if args.dtype == "all" else (args.dtype,)
     report = run(backend=args.backend, dtypes=dtypes, threads=args.threads, quick=args.quick,

@@ -259,9 +259,18 @@ def _check_plot(plot):
     if importlib.util.find_spec("matplotlib") is None:
         raise DemoError(f"--plot {plot}: matplotlib is not installed (pip install matplotlib, "
                         "or pip install -e '.[demo]' in a clone); nothing was trained")
-    folder = os.path.dirname(os.path.abspath(plot))
-    if not os.path.isdir(folder):
-        raise DemoError(f"--plot {plot}: the folder {folder} does not exist")
+    from ._validate import output_path_problem
+    problem = output_path_problem(plot)
+    if problem:
+        raise DemoError(f"--plot {plot}: {problem}")
+    # matplotlib picks the format from the extension (and appends .png to a
+    # name without one): an extension it does not write fails after training
+    from matplotlib.figure import Figure
+    formats = Figure().canvas.get_supported_filetypes()
+    ext = os.path.splitext(plot)[1].lstrip(".").lower()
+    if ext not in formats:
+        raise DemoError(f"--plot {plot}: the file name needs an extension matplotlib writes: "
+                        f"{', '.join(sorted(formats))}")
 
 
 def _sync(xp):

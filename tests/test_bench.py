@@ -117,6 +117,17 @@ def test_bench_rejects_unknown_ops():
     assert proc.returncode == 2 and "no-such-op" in proc.stderr
 
 
+def test_bench_rejects_a_json_path_it_cannot_write_and_an_empty_op_list(tmp_path):
+    """Said before the run (the report used to be lost to a traceback after
+    the whole bench), and --ops ',' is no op rather than every op."""
+    for path, why in ((tmp_path / "no" / "r.json", "does not exist"), (tmp_path, "is a folder")):
+        proc = _cli("bench", "--quick", "--ops", "bn-small-fwd", "--json", str(path))
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr
+        assert "streaming copy" not in proc.stdout + proc.stderr      # nothing was timed
+    proc = _cli("bench", "--ops", ",")
+    assert proc.returncode == 2 and "names no op" in proc.stderr, proc.stderr
+
+
 def test_info_still_works():
     proc = _cli("info", timeout=60)
     assert proc.returncode == 0 and nd.__version__ in proc.stdout

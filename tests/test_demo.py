@@ -160,6 +160,21 @@ def test_threads_with_threadpoolctl():
         assert "OpenMP, 1 thread(s)" in r["backend"], r["backend"]
 
 
+def test_plot_paths_it_cannot_write_are_refused_before_training(tmp_path):
+    """An extension matplotlib does not write, or none (it would append
+    .png, and the demo named the wrong file), and a folder: errors before
+    any training, as for a folder that does not exist."""
+    pytest.importorskip("matplotlib")
+    (tmp_path / "out").mkdir()
+    for name, message in (("c.txt", "needs an extension matplotlib writes"),
+                          ("c", "needs an extension matplotlib writes"),
+                          ("out", "is a folder"),
+                          ("no/c.png", "does not exist")):
+        with pytest.raises(_demo.DemoError, match=message):
+            _demo.run(plot=str(tmp_path / name), **SMALL)
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(dtype="float16"), "--dtype must be float32 or float64"),
     (dict(epochs=0), "--epochs must be >= 1"),
