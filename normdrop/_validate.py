@@ -126,23 +126,28 @@ def offset_value(offset, size: int) -> int:
     return o if o < 2**64 else 0
 
 
-def eps_value(param, name: str = "bn_param") -> float:
+def eps_value(param, name: str | None = "bn_param") -> float:
+    """param['eps'] (1e-5 when absent), a finite number > 0; errors name it
+    name['eps'], or eps where name is None (a layer's argument)."""
     eps = param.get("eps", 1e-5)
+    label = "eps" if name is None else f"{name}['eps']"
     if not _is_number(eps):
-        raise TypeError(f"{name}['eps'] must be a real number > 0, got {_type_name(eps)}")
+        raise TypeError(f"{label} must be a real number > 0, got {_type_name(eps)}")
     v = _real(eps)
     if not (v > 0.0 and math.isfinite(v)):
-        raise ValueError(f"{name}['eps'] must be a finite number > 0, got {_shown(eps)}")
+        raise ValueError(f"{label} must be a finite number > 0, got {_shown(eps)}")
     return v
 
 
-def momentum_value(param) -> float:
+def momentum_value(param, name: str | None = "bn_param") -> float:
+    """param['momentum'] (0.9 when absent), in [0, 1]; labelled as eps_value."""
     m = param.get("momentum", 0.9)
+    label = "momentum" if name is None else f"{name}['momentum']"
     if not _is_number(m):
-        raise TypeError(f"bn_param['momentum'] must be a real number in [0, 1], got {_type_name(m)}")
+        raise TypeError(f"{label} must be a real number in [0, 1], got {_type_name(m)}")
     v = _real(m)
     if not (0.0 <= v <= 1.0):
-        raise ValueError(f"bn_param['momentum'] must be in [0, 1], got {_shown(m)}")
+        raise ValueError(f"{label} must be in [0, 1], got {_shown(m)}")
     return v
 
 

@@ -37,7 +37,7 @@ import operator
 import numpy as np
 
 import normdrop as _nd
-from normdrop._validate import p_value
+from normdrop._validate import eps_value, momentum_value, p_value
 
 __all__ = ["Layer", "BatchNorm", "SpatialBatchNorm", "LayerNorm", "SpatialGroupNorm", "Dropout"]
 
@@ -130,7 +130,7 @@ class _Affine(Layer):
     def __init__(self, num_features, eps=1e-5, like=None):
         super().__init__()
         self.num_features = _positive_int(num_features, "num_features")
-        self.eps = float(eps)
+        self.eps = eps_value({"eps": eps}, None)     # the op's check, at construction
         self.gamma = self.beta = None
         self.dgamma = self.dbeta = None
         if like is not None:
@@ -251,7 +251,7 @@ class _BatchNormBase(_Affine):
     _state_names = ("gamma", "beta", "running_mean", "running_var")
 
     def __init__(self, num_features, eps=1e-5, momentum=0.9, like=None):
-        self.momentum = float(momentum)
+        self.momentum = momentum_value({"momentum": momentum}, None)
         self.running_mean = self.running_var = None
         super().__init__(num_features, eps=eps, like=like)
 
@@ -489,6 +489,8 @@ class Dropout(Layer):
         self.p = p_value(p)       # the functional API's check (a bool p is refused there too)
         if seed is not None:
             try:
+                if isinstance(seed, bool):        # as dropout_forward: True is no seed
+                    raise TypeError
                 seed = operator.index(seed)
             except TypeError:
                 raise TypeError(f"seed must be an int, got {type(seed).__name__}") from None
@@ -542,9 +544,13 @@ class Dropout(Layer):
         """Set ``step`` from a :meth:`state_dict`."""
         if set(state) != {"step"}:
             raise KeyError(f"Dropout.load_state_dict: expected the key 'step', got {sorted(state)}")
-        step = int(np.asarray(state["step"]))
-        if step < 0:
-            raise ValueError(f"Dropout.load_state_dict: step must be >= 0, got {step}")
+        a = np.asarray(state["step"])
+        if a.shape != () or a.dtype.kind not in "iu":
+            raise TypeError(f"Dropout.load_state_dict: step must be an integer (a 0-d int array "
+                            f"or an int), got {a.dtype} of shape {a.shape}")
+        step = int(a)
+        if not 0 <= step < 2**32:
+            raise ValueError(f"Dropout.load_state_dict: step must be in [0, 2**32), got {step}")
         self.step = step
 
     def __repr__(self):

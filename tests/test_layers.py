@@ -212,6 +212,25 @@ def test_errors_name_the_callers_mistake():
         with pytest.raises(ValueError, match="p must be a real number"):
             normdrop.dropout_forward(np.ones(3), {"p": p, "mode": "train"})
     assert Dropout(np.float32(0.25)).p == 0.25
+    # eps and momentum are checked when the layer is made (they were taken,
+    # and refused at the first forward as bn_param['eps']); a bool seed and a
+    # non-integer or out-of-range step are refused (True was seed 1, 2.7 was
+    # step 2, 2**40 failed only at the next forward)
+    for make, exc, msg in ((lambda: BatchNorm(3, eps=0), ValueError, r"^eps must be a finite"),
+                           (lambda: LayerNorm(3, eps="a"), TypeError, r"^eps must be a real"),
+                           (lambda: SpatialGroupNorm(4, 2, eps=-1.0), ValueError, r"^eps must"),
+                           (lambda: SpatialBatchNorm(3, momentum=2), ValueError,
+                            r"^momentum must be in \[0, 1\], got 2"),
+                           (lambda: Dropout(0.5, seed=True), TypeError, "seed must be an int"),
+                           (lambda: Dropout(0.5).load_state_dict({"step": 2.7}), TypeError,
+                            "step must be an integer"),
+                           (lambda: Dropout(0.5).load_state_dict({"step": 2**40}), ValueError,
+                            r"step must be in \[0, 2\*\*32\)")):
+        with pytest.raises(exc, match=msg):
+            make()
+    d = Dropout(0.5, seed=3)
+    d.load_state_dict({"step": 7})
+    assert d.step == 7
 
 
 # ---------------------------------------------------------------- dropout
