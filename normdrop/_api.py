@@ -440,7 +440,8 @@ def _sync_forward(spec, x, gamma, beta, param, extra, comm):
     route, xn, geom = p.route, p.xn, p.geom
     backend, xp = route.backend, route.xp
     count, mean_l, m2_l = backend.moments(xp, xn, geom)
-    total, mean, m2 = D.gather_moments(comm, count, mean_l, m2_l, geom.c, spec.name)
+    settings = (("eps", p.eps), ("momentum", p.momentum), ("dtypes", str(xn.dtype)))
+    total, mean, m2 = D.gather_moments(comm, count, mean_l, m2_l, geom.c, spec.name, settings)
     if total <= 1:
         raise ValueError("expected more than 1 value per channel when training, got "
                          f"{total} over the {comm.Get_size()} ranks of {spec.param_name}['comm']")

@@ -78,14 +78,22 @@ def _device_like(a, like):
     return a
 
 
-def gather_moments(comm, count: int, mean, m2, channels: int, what: str):
+def gather_moments(comm, count: int, mean, m2, channels: int, what: str, settings=()):
     """(count, mean, m2) of the union of every rank's values, per channel,
     merged in rank order -- the same bits on every rank.  Raises ValueError on
-    every rank when the ranks' channel counts differ."""
+    every rank when the ranks' channel counts differ, or their settings
+    (pairs (name, value): eps, momentum, dtype), which would make the ranks'
+    outputs and running statistics differ."""
     from ._cpu import _kernels as k
-    counts = comm.allgather(channels)
+    every_rank = comm.allgather((channels, tuple(settings)))
+    counts = [c for c, _ in every_rank]
     if len(set(counts)) != 1:
         raise ValueError(f"{what}: the ranks' channel counts differ: {counts}")
+    for j, (name, _) in enumerate(settings):
+        values = [s[j][1] for _, s in every_rank]
+        if len(set(values)) != 1:
+            raise ValueError(f"{what}: the ranks' {name} differ: {values} (rank order); every "
+                             "rank must pass the same")
     local = np.empty((3, channels), np.float64)
     local[0] = float(count)
     local[1] = _host(mean)

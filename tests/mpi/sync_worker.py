@@ -152,6 +152,26 @@ def check_errors():
             assert rank == size - 1 and f"bn_param['{key}']" in str(exc), (rank, exc)
         else:
             raise AssertionError(f"rank {rank}: {key} 10**400 was accepted")
+    # eps, momentum or dtype that differ between ranks: each rank would
+    # normalize with its own, and the running statistics would differ
+    if size >= 2:
+        for key, mine, match in (("eps", 1e-3, "eps differ"), ("momentum", 0.5, "momentum differ"),
+                                 ("dtype", None, "dtypes differ")):
+            bp = {"mode": "train", "comm": comm}
+            xr = x
+            if rank == size - 1:
+                if key == "dtype":
+                    xr = x.astype(np.float32)
+                else:
+                    bp[key] = mine
+            try:
+                nd.batchnorm_forward(xr, g, b, bp)
+            except ValueError as exc:
+                assert match in str(exc), (rank, exc)
+                assert set(bp) == {"mode", "comm"} | ({key} if rank == size - 1 and
+                                                       key != "dtype" else set())
+            else:
+                raise AssertionError(f"rank {rank}: {key} differing between ranks was accepted")
     # an intercommunicator: its allgather gives the remote group's data only
     if size >= 2:
         local = comm.Split(rank % 2, rank)
