@@ -19,9 +19,19 @@ import numpy as np
 from . import _reference
 from ._validate import _type_name
 
-_force = contextvars.ContextVar(
-    "normdrop_force_reference",
-    default=os.environ.get("NORMDROP_BACKEND", "").strip().lower() == "reference")
+def _forced_by_environment() -> bool:
+    """NORMDROP_BACKEND=reference (any case); another value is ignored with a
+    warning, as the other variables' bad values are."""
+    raw = os.environ.get("NORMDROP_BACKEND", "")
+    value = raw.strip().lower()
+    if value not in ("", "reference"):
+        import warnings
+        warnings.warn(f"normdrop: ignoring NORMDROP_BACKEND={raw!r} (the one value it takes is "
+                      "'reference')", RuntimeWarning, stacklevel=2)
+    return value == "reference"
+
+
+_force = contextvars.ContextVar("normdrop_force_reference", default=_forced_by_environment())
 
 # The C extension is loaded at import, so that its OpenMP runtime is there for
 # threadpoolctl limits entered before the first call.

@@ -93,6 +93,21 @@ def test_info_reference_forced(tmp_path):
     assert "reference forced" in fields
 
 
+def test_an_unknown_backend_in_the_environment_is_a_warning(tmp_path):
+    """NORMDROP_BACKEND takes 'reference' (any case); anything else was
+    ignored without a word, so a typo ran the C kernels unannounced."""
+    env = {k: v for k, v in os.environ.items() if k != "NORMDROP_BACKEND"}
+    code = "import normdrop, numpy as np; print(normdrop.batchnorm_forward(np.ones((3, 2)), " \
+           "np.ones(2), np.zeros(2), {'mode': 'train'})[1].backend_name)"
+    for value, backend, warned in (("refrence", "cpu", True), (" Reference ", "reference", False),
+                                   ("", "cpu", False)):
+        res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120, env=dict(env, NORMDROP_BACKEND=value))
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == backend
+        assert ("ignoring NORMDROP_BACKEND='refrence'" in res.stderr) is warned, res.stderr
+
+
 @pytest.mark.skipif(not _cpu.have_openmp(), reason="normdrop was built without OpenMP")
 def test_show_config_follows_threadpool_limits():
     threadpoolctl = pytest.importorskip("threadpoolctl")
