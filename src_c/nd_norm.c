@@ -256,36 +256,28 @@ static inline int gr_aff32_ok(double m, double r, const double *rng)
            (rng[1] <= big) & (ar <= big) & (rng[0] <= big);
 }
 
-/* The coefficients b, e of group k's dx from its sums (M values):
- * training dx = r (gamma dout - s1 / M - x_hat r s2 / M), i.e.
- * b = -r^3 s2 / M, e = -r s1 / M; test mode, and a group of one value
- * (gr_dx_r), b = e = 0.  As in ch_coef, a b that is not finite is computed
- * again with the sum first (r^3 overflows for eps below ~3e-206; a constant
- * group has s2 = 0). */
-static inline void gr_coef(double r, double s1, double s2, double M, int train, double *b,
-                           double *e)
+/* The coefficients of group k's dx = (rd gamma[ch]) dout + b (x - mean) + e
+ * from its sums (M values): training dx = r (gamma dout - s1 / M -
+ * x_hat r s2 / M), i.e. rd = r, b = -r^3 s2 / M, e = -r s1 / M; test mode
+ * rd = r, b = e = 0.  As in ch_coef, a b that is not finite is computed again
+ * with the sum first (r^3 overflows for eps below ~3e-206; a constant group
+ * has s2 = 0).  A group of one value in training has dx exactly 0 (its
+ * output is beta whatever x is): rd = b = e = 0, so dx = 0 * dout + 0 * (x -
+ * mean) + 0 is 0, and NaN where dout, gamma or x is not finite, as the
+ * reference's dxhat - dxhat; with rd = r it would be r gamma dout -
+ * r (gamma dout), a rounding error times r, which a tiny eps makes as large
+ * as 1e136.  Returns rd. */
+static inline double gr_coef(double r, double s1, double s2, double M, int train, double *b,
+                             double *e)
 {
-    if (train && M > 1.0) {
-        *b = -(r * r * r) * s2 / M;
-        if (*b - *b != 0.0) *b = -(r * (r * (r * (s2 / M))));
-        *e = -r * s1 / M;
-    } else {
-        *b = 0.0;
-        *e = 0.0;
-    }
-}
-
-/* The r that a group's dx uses in a = r gamma[ch]: 0 for a group of one
- * value in training, whose dx is exactly 0 (its output is beta whatever x
- * is): with b = 0 (s2 = 0) and e = -r s1 = -r (gamma dout), a * dout + e
- * would be r gamma dout - r (gamma dout), a rounding error times r, which a
- * tiny eps makes as large as 1e136.  With this r and gr_coef's b = e = 0,
- * dx = 0 * dout + 0 * (x - mean) + 0: 0, and NaN where dout, gamma or x is
- * not finite, as the reference's dxhat - dxhat.  (gr_coef's M > 1 test is
- * the same rule; M = 0 has no values.) */
-static inline double gr_dx_r(double r, double M, int train)
-{
-    return train && M == 1.0 ? 0.0 : r;
+    *b = 0.0;
+    *e = 0.0;
+    if (!train || M <= 0.0) return r;
+    if (M == 1.0) return 0.0;
+    *b = -(r * r * r) * s2 / M;
+    if (*b - *b != 0.0) *b = -(r * (r * (r * (s2 / M))));
+    *e = -r * s1 / M;
+    return r;
 }
 
 /* dgamma[ch], dbeta[ch]: the blocks' partials (P, 3 c doubles each: dg, db,

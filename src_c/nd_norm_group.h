@@ -907,9 +907,9 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                         s2[k] = sv[2 * j + 1];
                         if (dx) {
                             double b, e;
-                            gr_coef(r[j], s1[k], s2[k], M, train, &b, &e);
+                            const double rd = gr_coef(r[j], s1[k], s2[k], M, train, &b, &e);
                             GR_CALL(gr_run_dx)(dp[j], xp[j], dx + (i + j) * g->sn + c0, cg, m[j],
-                                          gr_dx_r(r[j], M, train), b, e, gamma + c0, st);
+                                          rd, b, e, gamma + c0, st);
                         }
                     }
                 }
@@ -923,9 +923,8 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                               tc);
             if (dx) {
                 double b, e;
-                gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
-                FN(gr_group_dx)(dout, x, dx, &grp, mean[k], gr_dx_r(invstd[k], M, train), b, e,
-                                gamma, st);
+                const double rd = gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
+                FN(gr_group_dx)(dout, x, dx, &grp, mean[k], rd, b, e, gamma, st);
             }
         }
     }
@@ -942,9 +941,8 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
     for (int64_t k = 0; k < ng; ++k) {
         const nd_grp grp = nd_group(g, k);
         double b, e;
-        gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
-        FN(gr_group_dx)(dout, x, dx, &grp, mean[k], gr_dx_r(invstd[k], M, train), b, e, gamma,
-                        st);
+        const double rd = gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
+        FN(gr_group_dx)(dout, x, dx, &grp, mean[k], rd, b, e, gamma, st);
     }
 }
 

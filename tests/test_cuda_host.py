@@ -915,7 +915,7 @@ def test_tiny_eps_coefficients_stay_finite(cp, shape, layout, groups, eps, gamma
 def test_groups_of_one_value_have_dx_zero(cp, shape, layout, groups, eps):
     """A group of one value: dx is exactly 0, the reference's (its output is
     beta whatever x), not r gamma dout - r (gamma dout), a rounding error
-    times r = 1/sqrt(eps) (as src_c's gr_dx_r)."""
+    times r = 1/sqrt(eps) (as src_c's gr_coef)."""
     geom = _contract_geom(shape, groups)
     rng = np.random.default_rng(4)
     x, dout = rng.standard_normal(shape), 30 * rng.standard_normal(shape)

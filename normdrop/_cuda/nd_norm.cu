@@ -717,7 +717,7 @@ struct nd_dx_op {
     {
         const double r = invstd[k];
         gk[0] = mean[k];
-        gk[1] = train && M == 1.0 ? 0.0 : r;   /* one value: dx = 0 (src_c: gr_dx_r) */
+        gk[1] = train && M == 1.0 ? 0.0 : r;   /* one value: dx = 0 (src_c: gr_coef) */
         gk[2] = gk[3] = 0.0;
         if (train && M > 1.0) {   /* one value: b = e = 0 too */
             gk[2] = -(r * r * r) * s2[k] / M;
