@@ -470,15 +470,17 @@ def _norm_backward(spec: _NormOp, op, dout, cache):
     with _stream(route, dout):
         dx, dgamma, dbeta = backend.norm_bwd(xp, dn, cache.x, cache.geom, cache.mean,
                                              cache.invstd, cache.gamma, train)
-        if not train and backend is not _reference and bool(xp.any(xp.isinf(cache.invstd))):
+        if not train and backend is not _reference:
             # test mode with running_var + eps == 0: invstd is inf, and the
             # kernels' dgamma = (sum dout (x - mean)) * inf is +-inf where the
             # reference sums +-inf terms (NaN when they differ in sign or one
             # is 0 * inf); those channels take the reference's value
-            with np.errstate(invalid="ignore"):     # inf - inf: the NaN is the answer
-                ref = _reference.norm_bwd(xp, dn, cache.x, cache.geom, cache.mean, cache.invstd,
-                                          cache.gamma, False)[1]
-            dgamma = xp.where(xp.isinf(cache.invstd), xp.astype(ref, dgamma.dtype), dgamma)
+            inf = xp.isinf(cache.invstd)
+            if bool(xp.any(inf)):
+                with np.errstate(invalid="ignore"):     # inf - inf: the NaN is the answer
+                    ref = _reference.norm_bwd(xp, dn, cache.x, cache.geom, cache.mean,
+                                              cache.invstd, cache.gamma, False)[1]
+                dgamma = xp.where(inf, xp.astype(ref, dgamma.dtype), dgamma)
     return _backward_results(route, cache, dx, dgamma, dbeta)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-import sys
 
 import numpy as np
 
@@ -161,9 +160,9 @@ def _refuse_tensor_subclass(name, a):
     operations (masked tensors, tensor wrappers, ...), as for the ndarray
     subclasses of _refuse_subclass; nn.Parameter and plain subclasses are
     fine."""
-    if _plain_tensor_type(type(a)):
-        return
     t = type(a)
+    if _plain_tensor_type(t):
+        return
     if t.__module__.startswith("torch.masked"):
         raise TypeError(f"{name} is a torch.masked.MaskedTensor: normdrop would use the masked "
                         "values too; pass a plain tensor (e.g. the unmasked rows)")
@@ -200,7 +199,8 @@ def backend_for(named):
                 break
         else:       # PyTorch CPU tensors only: the C kernels (what the steps below find)
             return torch_cpu
-    tensor = getattr(sys.modules.get("torch"), "Tensor", None)
+    from ._interop import tensor_type
+    tensor = tensor_type()
     for n, a in arrays:
         if isinstance(a, np.ndarray) and type(a) is not np.ndarray:
             _refuse_subclass(n, a)

@@ -242,9 +242,15 @@ def adapter_for(a):
     return ad
 
 
+def tensor_type():
+    """torch.Tensor where torch has been imported (a tensor can exist only
+    then), else None; torch is never imported here."""
+    return getattr(sys.modules.get("torch"), "Tensor", None)
+
+
 def _is_tensor_type(t) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and issubclass(t, torch.Tensor)
+    tensor = tensor_type()
+    return tensor is not None and issubclass(t, tensor)
 
 
 def _adapter_by_name(library: str, kind: str):

@@ -272,6 +272,7 @@ def output_path_problem(path) -> str | None:
         return f"{path} is a folder"
     if not os.path.isdir(folder):
         return f"the folder {folder} does not exist"
-    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
-        return f"{path if os.path.exists(path) else folder} is not writable"
+    target = path if os.path.exists(path) else folder
+    if not os.access(target, os.W_OK):
+        return f"{target} is not writable"
     return None
