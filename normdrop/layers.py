@@ -152,12 +152,9 @@ class _Affine(Layer):
     def _create_stats(self, xp, dev, dt):
         pass
 
-    def _forward(self, x, args):
-        """The op on x with this layer's gamma and beta, then the arguments
-        args() returns; the parameters are made from x first if there are
-        none yet.  If the op raises, parameters made here are dropped again,
-        so that a bad first input (bool, int, float16 on the CPU) leaves the
-        layer as it was."""
+    def _ready(self, x) -> bool:
+        """Check x's width against num_features and make the parameters from x
+        if there are none yet; returns whether it made them (see _run)."""
         shape = getattr(x, "shape", None)
         axis = self._feature_axis
         if shape is not None and len(shape) > max(axis, -axis - 1) and \
@@ -165,11 +162,18 @@ class _Affine(Layer):
             raise ValueError(f"x has shape {tuple(shape)}: {shape[axis]} features on axis {axis}, "
                              f"but this {type(self).__name__} has num_features="
                              f"{self.num_features}")
-        made = self.gamma is None
-        if made:
-            self._create(x)
+        if self.gamma is not None:
+            return False
+        self._create(x)
+        return True
+
+    def _run(self, made, x, *args):
+        """The op on x with this layer's gamma and beta, then args.  If it
+        raises, parameters that _ready just made (made) are dropped again,
+        so that a bad first input (bool, int, float16 on the CPU) leaves the
+        layer as it was."""
         try:
-            return _op(self, self._forward_op)(x, self.gamma, self.beta, *args())
+            return _op(self, self._forward_op)(x, self.gamma, self.beta, *args)
         except BaseException:
             if made:
                 for name in self._state_names:
@@ -275,14 +279,10 @@ class _BatchNormBase(_Affine):
         -------
         out : array, x's shape, dtype and memory layout
         """
-        bn_param = {}
-
-        def args():
-            bn_param.update(mode=self._mode, eps=self.eps, momentum=self.momentum,
-                            running_mean=self.running_mean, running_var=self.running_var)
-            return (bn_param,)
-
-        out, self._cache = self._forward(x, args)
+        made = self._ready(x)
+        bn_param = {"mode": self._mode, "eps": self.eps, "momentum": self.momentum,
+                    "running_mean": self.running_mean, "running_var": self.running_var}
+        out, self._cache = self._run(made, x, bn_param)
         self.running_mean = bn_param["running_mean"]
         self.running_var = bn_param["running_var"]
         return out
@@ -387,7 +387,8 @@ class LayerNorm(_Affine):
 
     def forward(self, x):
         """Normalize each row of x (N, D); returns (N, D) in x's dtype."""
-        out, self._cache = self._forward(x, lambda: ({"mode": self._mode, "eps": self.eps},))
+        made = self._ready(x)
+        out, self._cache = self._run(made, x, {"mode": self._mode, "eps": self.eps})
         return out
 
 
@@ -440,8 +441,9 @@ class SpatialGroupNorm(_Affine):
 
     def forward(self, x):
         """Normalize x (N, C, H, W) per sample and group; returns x's shape and dtype."""
-        out, self._cache = self._forward(
-            x, lambda: (self.num_groups, {"mode": self._mode, "eps": self.eps}))
+        made = self._ready(x)
+        gn_param = {"mode": self._mode, "eps": self.eps}
+        out, self._cache = self._run(made, x, self.num_groups, gn_param)
         return out
 
 
