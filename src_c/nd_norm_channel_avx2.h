@@ -20,10 +20,11 @@
 #define ND_ST4(p, v) _mm256_storeu_pd((p), (v))
 
 /* (mean, M2) of one ND_ROWS unit (see the portable nd_rows_stats_unit):
- * 16 channels x 4 rows per iteration, then 4 channels, then one. */
+ * 16 channels x 4 rows per iteration, then 4 channels, then one; the M2 pass
+ * prefetches the line `next` values on of each line it reads. */
 ND_V_ATTR
 static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64_t r1,
-                                   int64_t c0, int64_t w, double *wk)
+                                   int64_t c0, int64_t w, double *wk, int64_t next)
 {
     double acc[ND_CT], m[ND_CT];
     const __m256d one = _mm256_set1_pd(1.0);
@@ -83,6 +84,12 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
             __m256d a0 = ND_LD4(acc + j), a1 = ND_LD4(acc + j + 4);
             __m256d a2 = ND_LD4(acc + j + 8), a3 = ND_LD4(acc + j + 12);
             __m256d d0, d1, d2, d3;
+            if (next) {
+                ND_PREFETCH_L2(p0 + j + next);
+                ND_PREFETCH_L2(p1 + j + next);
+                ND_PREFETCH_L2(p2 + j + next);
+                ND_PREFETCH_L2(p3 + j + next);
+            }
 #define ND_ROW4(p)                                                                          \
     d0 = _mm256_sub_pd(ND_CVT4((p) + j), m0);      d1 = _mm256_sub_pd(ND_CVT4((p) + j + 4), m1);  \
     d2 = _mm256_sub_pd(ND_CVT4((p) + j + 8), m2);  d3 = _mm256_sub_pd(ND_CVT4((p) + j + 12), m3); \

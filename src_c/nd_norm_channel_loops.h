@@ -38,10 +38,13 @@
 #if !ND_V_HAND
 /* (mean, M2) of one ND_ROWS unit: rows [r0, r1) of channels [c0, c0 + w),
  * w <= ND_CT; into wk[2 j] (mean) and wk[2 j + 1] (M2).  Each channel's sums run
- * over the rows in order; four rows are added per load of the accumulator. */
+ * over the rows in order; four rows are added per load of the accumulator.
+ * The M2 pass, which reads the unit again from the cache, prefetches the
+ * next unit (its values are `next` values on from this one's; 0: none), so
+ * that the next unit's first pass does not wait on memory. */
 ND_V_ATTR
 static void FV(nd_rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r1,
-                                   int64_t c0, int64_t w, double *wk)
+                                   int64_t c0, int64_t w, double *wk, int64_t next)
 {
     double acc[ND_CT], m[ND_CT];
     const T *base = x + c0;
@@ -67,6 +70,14 @@ static void FV(nd_rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r
     r = r0;
     for (; r + 4 <= r1; r += 4) {
         const T *p0 = base + r * sn, *p1 = p0 + sn, *p2 = p1 + sn, *p3 = p2 + sn;
+        if (next) {
+            for (int64_t j = 0; j < w; j += 64 / (int64_t)sizeof(T)) {
+                ND_PREFETCH_L2(p0 + j + next);
+                ND_PREFETCH_L2(p1 + j + next);
+                ND_PREFETCH_L2(p2 + j + next);
+                ND_PREFETCH_L2(p3 + j + next);
+            }
+        }
         for (int64_t j = 0; j < w; ++j) {
             const double mj = m[j];
             double a = acc[j], d;
