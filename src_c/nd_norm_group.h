@@ -348,18 +348,23 @@ static double FN(gr_sum_cvt)(const T *p, int64_t nrun, int64_t len, int64_t stri
     return nd_lanes_sum(a);
 }
 
-/* sum of (b[i] - m)^2, i < n: lanes by i mod ND_LANES. */
+/* sum of (b[i] - m)^2, i < n: lanes by i mod ND_LANES.  The loop prefetches
+ * pf[0, pfn) (the next unit's values, a hint; pfn <= n), so that the next
+ * gr_sum_cvt reads them from L2 rather than from memory. */
 ND_CLONES
-static double FN(gr_sqdev_buf)(const double *b, int64_t n, double m)
+static double FN(gr_sqdev_buf)(const double *b, int64_t n, double m, const T *pf, int64_t pfn)
 {
     double a[ND_LANES];
     for (int k = 0; k < ND_LANES; ++k) a[k] = 0.0;
     int64_t i = 0;
-    for (; i + ND_LANES <= n; i += ND_LANES)
+    for (; i + ND_LANES <= n; i += ND_LANES) {
+        if (i < pfn) ND_PREFETCH_L2(pf + i);   /* ND_LANES floats: two cache lines */
+        if (i + ND_LANES / 2 < pfn) ND_PREFETCH_L2(pf + i + ND_LANES / 2);
         for (int k = 0; k < ND_LANES; ++k) {
             const double d = b[i + k] - m;
             a[k] += d * d;
         }
+    }
     for (int k = 0; i + k < n; ++k) {
         const double d = b[i + k] - m;
         a[k] += d * d;
@@ -373,17 +378,21 @@ static double FN(gr_sqdev_buf)(const double *b, int64_t n, double m)
 #endif
 
 /* (mean, M2) of one statistics unit: nrun runs of len values, stride apart
- * (two passes: the mean, then the squared deviations from it). */
+ * (two passes: the mean, then the squared deviations from it).  float32:
+ * the second pass prefetches pf[0, pfn), the next unit's values (pfn 0:
+ * none). */
 static inline void FN(gr_unit)(const T *p, int64_t nrun, int64_t len, int64_t stride,
-                               double *mean, double *m2)
+                               double *mean, double *m2, const T *pf, int64_t pfn)
 {
     const double cnt = (double)(nrun * len);
 #if ND_AFFINE_FLOAT
     double buf[ND_GU];
     const double mu = GR_CALL(gr_sum_cvt)(p, nrun, len, stride, buf) / cnt;
     *mean = mu;
-    *m2 = FN(gr_sqdev_buf)(buf, nrun * len, mu);
+    *m2 = FN(gr_sqdev_buf)(buf, nrun * len, mu, pf, nd_min64(pfn, nrun * len));
 #else
+    (void)pf;
+    (void)pfn;
     const double mu = FN(gr_sum)(p, nrun, len, stride) / cnt;
     *mean = mu;
     *m2 = FN(gr_sqdev)(p, nrun, len, stride, mu);
@@ -413,7 +422,7 @@ static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, do
         return;
     }
     if (total <= ND_GU) {
-        FN(gr_unit)(p, nrun, len, stride, mean, m2);
+        FN(gr_unit)(p, nrun, len, stride, mean, m2, NULL, 0);
         return;
     }
     double n = 0.0, mu = 0.0, q = 0.0, um, uq;
@@ -421,14 +430,19 @@ static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, do
         for (int64_t r = 0; r < nrun; ++r)
             for (int64_t s0 = 0; s0 < len; s0 += ND_GU) {
                 const int64_t l = nd_min64(ND_GU, len - s0);
-                FN(gr_unit)(p + r * stride + s0, 1, l, 0, &um, &uq);
+                /* the next segment: of this run, else the next run's first */
+                const T *pf = s0 + l < len   ? p + r * stride + s0 + l
+                              : r + 1 < nrun ? p + (r + 1) * stride
+                                             : NULL;
+                const int64_t pfn = s0 + l < len ? len - s0 - l : r + 1 < nrun ? len : 0;
+                FN(gr_unit)(p + r * stride + s0, 1, l, 0, &um, &uq, pf, pfn);
                 nd_chan_merge(&n, &mu, &q, (double)l, um, uq);
             }
     } else {                                /* units: whole runs, k at a time */
         const int64_t k = ND_GU / len;
         for (int64_t r0 = 0; r0 < nrun; r0 += k) {
             const int64_t kr = nd_min64(k, nrun - r0);
-            FN(gr_unit)(p + r0 * stride, kr, len, stride, &um, &uq);
+            FN(gr_unit)(p + r0 * stride, kr, len, stride, &um, &uq, NULL, 0);
             nd_chan_merge(&n, &mu, &q, (double)(kr * len), um, uq);
         }
     }
