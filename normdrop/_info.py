@@ -229,8 +229,8 @@ def show_config(file=None) -> None:
         env = c["omp_num_threads_env"]
         if c["forked_serial"]:
             line("threads", f"{c['threads']} (serial: this process was forked from a thread "
-                            "that had run parallel kernels, and OpenMP threads do not survive "
-                            "fork())")
+                            "that had run parallel kernels, whose OpenMP threads could not be "
+                            "released before fork() and did not survive it)")
         else:
             line("threads", f"{c['threads']} (OMP_NUM_THREADS={env if env is not None else 'unset'};"
                             " threadpoolctl limits apply)" if c["openmp"] else "1")

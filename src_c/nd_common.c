@@ -16,17 +16,25 @@ int64_t nd_get_stream_bytes(void) { return nd_stream_bytes; }
 
 /* ------------------------------------------------------ OpenMP after fork
  * GNU libgomp keeps a pool of threads per thread that has started a parallel
- * region, and fork() copies the pool but not its threads: in the child, the
- * next parallel region started by the forking thread waits for them forever
- * (GCC bug 52303; LLVM's libomp re-initializes itself in an atfork handler,
- * libgomp has none).  A region with a false if clause starts no team and
- * never touches the pool's threads, so a child handler that makes every
- * ND_OMP_FOR serial is enough; results do not depend on the thread count.
- * The flag that says whether the forking thread had started a region is
- * per thread: a child forked from a thread that never did (its pool, if
- * any, is created afresh in the child) keeps all its threads.  Without
- * pthread_atfork (Windows, which has no fork) or without OpenMP, nothing to
- * do. */
+ * region -- one of normdrop's, or another library's that shares the runtime
+ * (PyTorch's wheel ships a libgomp.so.1, which the loader then gives
+ * normdrop's kernels too) -- and fork() copies the pool but not its
+ * threads: in the child, the next parallel region started by the forking
+ * thread waits for them forever (GCC bug 52303; LLVM's libomp
+ * re-initializes itself in an atfork handler, libgomp has none).
+ *
+ * With libgomp (GCC builds), the prepare handler therefore releases the
+ * forking thread's pool before fork() (omp_pause_resource_all of OpenMP 5.0:
+ * libgomp joins the pool's threads; the next parallel region makes a new
+ * pool), and the child, which has none, keeps all its threads.  Where that
+ * cannot be done -- fork() from inside a parallel region, where the call
+ * refuses; a runtime without the call; another runtime -- a child forked
+ * from a thread that had started one of normdrop's regions runs every
+ * ND_OMP_FOR serially (a region with a false if clause starts no team and
+ * never touches the pool); results do not depend on the thread count.  The
+ * flags are per thread (the handlers run in the forking thread, and the
+ * child is a copy of it).  Without pthread_atfork (Windows, which has no
+ * fork) or without OpenMP, nothing to do. */
 #if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
 #define ND_FORK_GUARD 1
 #include <pthread.h>
@@ -35,12 +43,29 @@ int64_t nd_get_stream_bytes(void) { return nd_stream_bytes; }
 #else
 #define ND_THREAD_LOCAL _Thread_local
 #endif
-static ND_THREAD_LOCAL int nd_omp_started;  /* this thread has started a parallel region */
-static int nd_omp_forked;                   /* forked from such a thread: kernels serial */
+#if defined(__GNUC__) && !defined(__clang__)
+/* weak: a libgomp older than OpenMP 5.0's calls lacks it (then NULL) */
+#define ND_GOMP_PAUSE 1
+#pragma weak omp_pause_resource_all
+#else
+#define ND_GOMP_PAUSE 0
+#endif
+static ND_THREAD_LOCAL int nd_omp_started;   /* this thread has started a parallel region */
+static ND_THREAD_LOCAL int nd_pool_released; /* the prepare handler released its pool */
+static int nd_omp_forked;                    /* forked and not released: kernels serial */
+
+static void nd_atfork_prepare(void)
+{
+    nd_pool_released = 0;
+#if ND_GOMP_PAUSE
+    if (omp_pause_resource_all != NULL && omp_pause_resource_all(omp_pause_soft) == 0)
+        nd_pool_released = 1;
+#endif
+}
 
 static void nd_atfork_child(void)
 {
-    if (nd_omp_started) nd_omp_forked = 1;
+    if (nd_omp_started && !nd_pool_released) nd_omp_forked = 1;
 }
 #else
 #define ND_FORK_GUARD 0
@@ -62,7 +87,7 @@ int nd_init(void)
 #if ND_FORK_GUARD
     static int registered;
     if (!registered) {
-        const int rc = pthread_atfork(NULL, NULL, nd_atfork_child);
+        const int rc = pthread_atfork(nd_atfork_prepare, NULL, nd_atfork_child);
         if (rc != 0) return rc;
         registered = 1;
     }

@@ -66,16 +66,17 @@ int64_t nd_ngroups(const nd_geom *g);
 int64_t nd_work_size(const nd_geom *g, int backward);
 
 /* Number of OpenMP threads a kernel would use (1 without OpenMP, and 1 in a
- * process forked from a thread that had run a parallel region: see
- * nd_forked_serial). */
+ * process that nd_forked_serial names). */
 int nd_max_threads(void);
 /* Once per process, before the first kernel: registers the fork handler that
  * keeps a forked child from waiting on its parent's OpenMP threads.  0, or
  * pthread_atfork's error number. */
 int nd_init(void);
-/* 1 in a process forked from a thread that had run a parallel region: GNU
+/* 1 in a process forked from a thread that had run a parallel region whose
+ * OpenMP thread pool could not be released before fork() (a fork from inside
+ * a parallel region, or a runtime without omp_pause_resource_all): GNU
  * libgomp's threads do not survive fork(), so the kernels run on one thread
- * there (with the same results). */
+ * there (with the same results).  Elsewhere 0 (nd_common.c). */
 int nd_forked_serial(void);
 /* 1 when compiled with OpenMP. */
 int nd_have_openmp(void);

@@ -252,7 +252,7 @@ def have_openmp():
 
 def max_threads():
     """Threads an OpenMP kernel would use now (1 without OpenMP, and 1 in a
-    process forked after a parallel kernel: see forked_serial)."""
+    process that forked_serial names)."""
     return nd_max_threads()
 
 
@@ -263,9 +263,13 @@ def isa():
 
 
 def forked_serial():
-    """True in a process forked from a thread that had run a parallel kernel:
-    the OpenMP threads did not survive fork(), so the kernels run on one
-    thread (with the same results)."""
+    """True in a process forked from a thread that had run a parallel kernel
+    and whose OpenMP thread pool could not be released before fork() (a fork
+    from inside a parallel region; an OpenMP runtime other than GNU libgomp,
+    or one without ``omp_pause_resource_all``): the pool's threads did not
+    survive fork(), so the kernels run on one thread (with the same
+    results).  A fork elsewhere releases the forking thread's pool first,
+    and the child keeps all its threads."""
     return bool(nd_forked_serial())
 
 
