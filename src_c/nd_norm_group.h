@@ -406,8 +406,10 @@ static inline void FN(gr_unit)(const T *p, int64_t nrun, int64_t len, int64_t st
  * ND_GU values (ND_GR_UNIT32 for float32, whose units are converted to double
  * once into an L1 buffer; ND_GR_UNIT for float64): one unit when the group
  * fits, else segments of a run or groups of whole runs, merged in order
- * (nd_chan_merge). */
-static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, double *m2)
+ * (nd_chan_merge).  A group of one unit prefetches group `next` of g where
+ * that is one run (a row: layernorm), unless next < 0. */
+static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, double *m2,
+                                 const nd_geom *g, int64_t next)
 {
     int64_t nrun = grp->nrun, len = grp->len, stride = grp->stride;
     if (grp->per_run && stride == len) {   /* consecutive planes: one run */
@@ -422,7 +424,16 @@ static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, do
         return;
     }
     if (total <= ND_GU) {
-        FN(gr_unit)(p, nrun, len, stride, mean, m2, NULL, 0);
+        const T *pf = NULL;
+        int64_t pfn = 0;
+        if (ND_AFFINE_FLOAT && next >= 0) {
+            const nd_grp nx = nd_group(g, next);
+            if (nx.nrun == 1) {
+                pf = x + nx.base;
+                pfn = nx.len;
+            }
+        }
+        FN(gr_unit)(p, nrun, len, stride, mean, m2, pf, pfn);
         return;
     }
     double n = 0.0, mu = 0.0, q = 0.0, um, uq;
@@ -457,7 +468,7 @@ static void FN(gr_moments)(const T *x, const nd_geom *g, double *mean, double *m
     ND_OMP_FOR(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     for (int64_t k = 0; k < ng; ++k) {
         const nd_grp grp = nd_group(g, k);
-        FN(gr_group_moments)(x, &grp, &mean[k], &m2[k]);
+        FN(gr_group_moments)(x, &grp, &mean[k], &m2[k], g, -1);
     }
 }
 
@@ -636,7 +647,7 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
                 double m2;
                 if (pw && grp.nrun == 1)   /* a row: its output lines, while its moments are formed */
                     gr_prefetchw(out + grp.base, grp.len * (int64_t)sizeof(T));
-                FN(gr_group_moments)(x, &grp, &mean[k], &m2);
+                FN(gr_group_moments)(x, &grp, &mean[k], &m2, g, k + 1 < ng ? k + 1 : -1);
                 var[k] = cnt > 0 ? m2 / (double)cnt : 0.0;
                 invstd[k] = 1.0 / sqrt(var[k] + eps);
             }
