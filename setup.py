@@ -58,12 +58,14 @@ class BuildExt(build_ext):
     def build_extensions(self):
         omp = _openmp_flags(self.compiler)
         if self.compiler.compiler_type == "msvc":
-            base = ["/O2", "/fp:precise"]
+            base, link = ["/O2", "/fp:precise"], []
         else:
-            base = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno"]
+            # -pthread: the fork handlers (pthread_atfork) of the serial build too
+            base = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-pthread"]
+            link = ["-pthread"]
         for ext in self.extensions:
             ext.extra_compile_args = base + (omp[0] if omp else [])
-            ext.extra_link_args = omp[1] if omp else []
+            ext.extra_link_args = link + (omp[1] if omp else [])
         print(f"normdrop: building with OpenMP {'on' if omp else 'off'}")
         super().build_extensions()
 

@@ -17,7 +17,11 @@
  * Every block is one malloc with a 64-byte aligned data area; the header in
  * front of the data records the malloc'd pointer and the capacity, so free
  * and realloc need no lookup.  The four functions have the signatures of
- * NumPy's PyDataMemAllocator (NEP 49); a spin lock guards the cache.
+ * NumPy's PyDataMemAllocator (NEP 49); a spin lock guards the cache.  Its
+ * holders run a few loads and stores, and never without it being released
+ * across fork(): nd_pool_init's handlers take it before fork() and release
+ * it on both sides, so a child forked while another thread held it (e.g.
+ * in nd_pool_trim, which runs without the GIL) does not inherit it held.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -60,6 +64,45 @@ static void nd_lock(void)
 }
 static void nd_unlock(void) { __atomic_store_n(&nd_pool_lk, 0, __ATOMIC_RELEASE); }
 #endif
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
+#define ND_POOL_FORK 1
+#else
+#define ND_POOL_FORK 0
+#endif
+
+int nd_pool_init(void)
+{
+#if ND_POOL_FORK
+    static int registered;
+    if (!registered) {
+        /* prepare: wait for a holder; parent and child: release */
+        const int rc = pthread_atfork(nd_lock, nd_unlock, nd_unlock);
+        if (rc != 0) return rc;
+        registered = 1;
+    }
+#endif
+    return 0;
+}
+
+void nd_pool_hold(double seconds)
+{
+    nd_lock();
+#if ND_POOL_FORK
+    if (seconds > 0) {
+        struct timespec ts;
+        ts.tv_sec = (time_t)seconds;
+        ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+    }
+#else
+    (void)seconds;
+#endif
+    nd_unlock();
+}
 
 static nd_block_hdr *nd_hdr(void *p) { return (nd_block_hdr *)((char *)p - sizeof(nd_block_hdr)); }
 

@@ -166,5 +166,12 @@ void nd_pool_free(void *ctx, void *ptr, size_t size);
 size_t nd_pool_set_limit(size_t limit);
 void nd_pool_trim(void);
 void nd_pool_info(uint64_t info[5]);
+/* Once per process, before the first use: registers the fork handlers that
+ * keep a forked child from inheriting the cache's lock held.  0, or
+ * pthread_atfork's error number. */
+int nd_pool_init(void);
+/* For tests: holds the cache's lock for `seconds` (as a trim in another
+ * thread would, briefly). */
+void nd_pool_hold(double seconds);
 
 #endif /* NORMDROP_H */

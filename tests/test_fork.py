@@ -298,3 +298,36 @@ def test_forked_pool_after_parallel_parent_thread(tmp_path):
     assert res["child"] == res["parent"]
     if _cpu.have_openmp():
         assert res["child_threads"] == [res["parent_threads"]] == [2]
+
+
+# Another thread holds the output cache's lock (as cache_trim and
+# cache_set_limit do, without the GIL) when the main thread forks; the child
+# then takes a 2 MiB output from the cache.
+HELD_LOCK = r"""
+import json, os, signal, threading, time
+import numpy as np
+import normdrop as nd
+from normdrop._cpu import _pool
+
+x = np.random.default_rng(0).standard_normal((1024, 256))    # a 2 MiB output
+t = threading.Thread(target=_pool._hold_lock, args=(1.0,))
+t.start()
+time.sleep(0.2)                                               # the lock is held now
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)
+    nd.batchnorm_forward(x, np.ones(256), np.zeros(256), {"mode": "train"})
+    os._exit(0)
+_, st = os.waitpid(pid, 0)
+t.join()
+print(json.dumps({"hung": os.WIFSIGNALED(st), "status": st}))
+"""
+
+
+def test_fork_while_another_thread_holds_the_cache_lock(tmp_path):
+    """A child forked while another thread held the output cache's lock used
+    to inherit it held, and spun forever on its first output of 1 MiB or
+    more; fork() now waits for the holder, and the child's lock is free."""
+    res = _run(tmp_path, script_text=HELD_LOCK)
+    assert not res["hung"], "the forked child spun on the output cache's lock"
+    assert res["status"] == 0

@@ -6,8 +6,9 @@ from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from libc.stdint cimport uint64_t, uint8_t
 from libc.string cimport memcpy, memset
 
-from normdrop._cpu._nd cimport (nd_pool_calloc, nd_pool_free, nd_pool_info, nd_pool_malloc,
-                                nd_pool_realloc, nd_pool_set_limit, nd_pool_trim)
+from normdrop._cpu._nd cimport (nd_pool_calloc, nd_pool_free, nd_pool_hold, nd_pool_info,
+                                nd_pool_init, nd_pool_malloc, nd_pool_realloc, nd_pool_set_limit,
+                                nd_pool_trim)
 
 
 cdef extern from "numpy/arrayobject.h":
@@ -25,6 +26,14 @@ cdef extern from "numpy/arrayobject.h":
     object PyDataMem_GetHandler()
 
 cnp.import_array()
+
+# The fork handlers (nd_pool_init): without them, a process forked while
+# another thread held the cache's lock would spin forever on its first
+# large output.
+if nd_pool_init() != 0:
+    import warnings
+    warnings.warn("normdrop: pthread_atfork failed; a process forked while another thread "
+                  "trims the output cache may hang", RuntimeWarning)
 
 
 cdef PyDataMem_Handler _pool_handler
@@ -75,6 +84,13 @@ def cache_trim():
     """Release every cached block."""
     with nogil:
         nd_pool_trim()
+
+
+def _hold_lock(double seconds):
+    """For tests: hold the cache's lock for `seconds`, without the GIL (as
+    cache_trim and cache_set_limit hold it, briefly)."""
+    with nogil:
+        nd_pool_hold(seconds)
 
 
 def cache_info():
