@@ -35,7 +35,9 @@ def _dtype_name(dt) -> str:
         return _DTYPE_NAMES[key]
     except (KeyError, TypeError):   # new, or unhashable
         pass
-    name = str(dt).rsplit(".", 1)[-1]
+    # a scalar type (numpy.float32, which a namespace may give for its
+    # dtypes) by its name, not its "<class 'numpy.float32'>"
+    name = dt.__name__ if isinstance(dt, type) else str(dt).rsplit(".", 1)[-1]
     if len(_DTYPE_NAMES) < 256:
         try:
             _DTYPE_NAMES[key] = name
@@ -245,6 +247,16 @@ def cached_bits(bits, n: int) -> None:
                          f"of {n} values; was the cache changed?")
 
 
+def _accumulation_dtype(name: str, xp) -> bool:
+    """Whether name is the dtype of the statistics a forward on xp made:
+    float64, or float32 where the library has no float64 (JAX without x64,
+    on the reference implementation)."""
+    if name == "float64":
+        return True
+    from ._interop import float64_available
+    return name == "float32" and not float64_available(xp)
+
+
 def cached_norm(cache, xp) -> None:
     """The arrays of a normalization cache are the ones its forward made."""
     geom = cache.geom
@@ -254,7 +266,7 @@ def cached_norm(cache, xp) -> None:
         problems.append(f"x has shape {tuple(x.shape)}, the forward's was {cache.out_shape}")
     for name in ("mean", "invstd"):
         a = getattr(cache, name)
-        if tuple(a.shape) != (geom.ngroups,) or _dtype_name(a.dtype) != "float64":
+        if tuple(a.shape) != (geom.ngroups,) or not _accumulation_dtype(_dtype_name(a.dtype), xp):
             problems.append(f"{name} has shape {tuple(a.shape)} and dtype "
                             f"{_dtype_name(a.dtype)}, expected ({geom.ngroups},) float64")
     g = cache.gamma

@@ -256,6 +256,31 @@ for seed in (0, 7, 2**32, 2**63, 2**64 - 1):
         with nd.force_reference():
             mr = nd.dropout_mask((37, 11), 0.4, seed, like=x, offset=offset)
         assert (np.asarray(m) == expected).all() and (np.asarray(mr) == expected).all(), seed
+# the reference's backward takes the float32 statistics its forward made
+# (it rejected its own cache as changed: it expected float64)
+rng = np.random.default_rng(1)
+x4 = jnp.asarray(rng.standard_normal((4, 6, 3, 3)).astype(np.float32))
+d4 = jnp.asarray(rng.standard_normal((4, 6, 3, 3)).astype(np.float32))
+cases = [
+    (lambda a, g, b: nd.batchnorm_forward(a, g, b, {"mode": "train"}), nd.batchnorm_backward,
+     x, 16, (64, 16)),
+    (lambda a, g, b: nd.layernorm_forward(a, g, b, {}), nd.layernorm_backward, x, 16, (64, 16)),
+    (lambda a, g, b: nd.spatial_groupnorm_forward(a, g, b, 3, {}), nd.spatial_groupnorm_backward,
+     x4, 6, x4.shape),
+]
+for fwd, bwd, xin, c, shape in cases:
+    dout = d4 if xin is x4 else jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    gj = jnp.asarray(rng.standard_normal(c).astype(np.float32)); bj = jnp.ones(c)
+    o_c, c_c = fwd(xin, gj, bj)
+    grads_c = bwd(dout, c_c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nd.AccumulationWarning)
+        with nd.force_reference():
+            o_r, c_r = fwd(xin, gj, bj)
+            grads_r = bwd(dout, c_r)
+    for got, want in zip((o_r, *grads_r), (o_c, *grads_c)):
+        assert str(got.dtype) == "float32", got.dtype
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
 print("ok")
 """
 
