@@ -18,7 +18,7 @@ from . import _contract as K
 from . import _reference
 from . import _validate as V
 from ._dispatch import Route, _numpy_route, backend_by_name, backend_for
-from ._interop import _NO_STREAM
+from ._interop import _NO_STREAM, _detached
 
 
 class _Cache:
@@ -135,7 +135,14 @@ def _cache_route(cache, what, arrays):
     library (the arrays in ``arrays`` must be of it)."""
     if cache.adapter is None and cache.backend_name == "cpu" and cache.xp_name == "numpy":
         route = backend_for(arrays)    # same library and device as the cached arrays
-        return route if route is _numpy_route() else Route(cache.backend, cache.xp, None)
+        if route is _numpy_route():
+            return route
+        for n, a in arrays:            # (a test-mode dropout cache holds no array to compare)
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{what}: {n} ({type(a).__module__.split('.')[0]}."
+                                f"{type(a).__name__}) is not an array of the library of the "
+                                "forward's input (numpy)")
+        return Route(cache.backend, cache.xp, None)   # NumPy arrays, the reference forced
     route = Route(cache.backend, cache.xp, cache.adapter)
     if cache.adapter is None or cache.adapter.kind == "reference":
         backend_for(arrays)            # same library and device as the cached arrays
@@ -145,10 +152,10 @@ def _cache_route(cache, what, arrays):
                 raise TypeError(f"{n} must be an array (NumPy, CuPy or another array-API "
                                 f"library), got {V._type_name(a)}")
             if not cache.adapter.owns(a):
-                raise TypeError(f"{n} ({type(a).__module__.split('.')[0]}.{type(a).__name__}) "
-                                f"is not an array of the library and device of the forward's "
-                                f"input ({cache.adapter.library}, {cache.adapter.kind}); "
-                                f"{what}")
+                raise TypeError(f"{what}: {n} ({type(a).__module__.split('.')[0]}."
+                                f"{type(a).__name__}) is not an array of the library and device "
+                                f"of the forward's input ({cache.adapter.library}, "
+                                f"{cache.adapter.kind})")
     return route
 
 
@@ -180,7 +187,8 @@ def dropout_forward(x, dropout_param):
     -------
     out : array, x's shape and dtype, C order, of x's library
         Training: ``x * s`` where the value is kept and 0 elsewhere, ``s = 1/p``
-        rounded to x's dtype.  Test mode: ``x`` itself.
+        rounded to x's dtype.  Test mode: ``x`` itself (a PyTorch tensor that
+        requires grad: ``x.detach()``, the same data without the graph).
     cache : DropoutCache
         For :func:`dropout_backward`; holds the mask as one bit per value.
 
@@ -201,7 +209,8 @@ def dropout_forward(x, dropout_param):
     V.floating_x(xn, "x", backend.supported_dtypes(xp), xp)
     offset = V.offset_value(dropout_param.get("offset", 0), math.prod(xn.shape))
     if mode == "test":
-        return x, DropoutCache(mode, route, p, None, offset, None, xn.shape, xn.dtype)
+        out = x if route.adapter is None else _detached(x)
+        return out, DropoutCache(mode, route, p, None, offset, None, xn.shape, xn.dtype)
     if seed is V._NO_SEED:
         seed = int(np.random.randint(0, 2**64, dtype=np.uint64))
     with _stream(route, x):
@@ -222,7 +231,9 @@ def dropout_backward(dout, cache):
     Returns
     -------
     dx : array, dout's shape, the forward's dtype
-        Training: ``dout * s`` where kept, 0 elsewhere; test mode: ``dout``.
+        Training: ``dout * s`` where kept, 0 elsewhere; test mode: ``dout``
+        itself (detached, as the forward's ``x``), or cast to the forward's
+        dtype where it differs.
     """
     V.cache_kind(cache, DropoutCache, "dropout_backward", "dropout_forward")
     named = (("dout", dout),) if cache.bits is None or _converted(cache) \
@@ -233,7 +244,9 @@ def dropout_backward(dout, cache):
     V.dout_shape(dn, cache.shape, "dropout_backward")
     V.floating_x(dn, "dout", backend.supported_dtypes(xp), xp)
     if cache.mode == "test":
-        return dout
+        if dn.dtype != cache.dtype:
+            return route.wrap(xp.astype(dn, cache.dtype))
+        return dout if route.adapter is None else _detached(dout)
     V.cached_bits(cache.bits, math.prod(cache.shape))
     if dn.dtype != cache.dtype:
         dn = xp.astype(dn, cache.dtype)

@@ -176,6 +176,22 @@ def test_test_mode_passes_through(backend):
     assert nd.dropout_backward(d, cache) is d
 
 
+def test_test_mode_backward_has_the_forwards_dtype(backend, dtype):
+    """dout of the other float dtype is cast to the forward's (test mode
+    returned it as it came, training cast it)."""
+    be = backend
+    other = "float32" if dtype == "float64" else "float64"
+    x = be.asarray(np.arange(12.0).reshape(3, 4).astype(dtype))
+    d = be.asarray(np.linspace(-1, 1, 12).reshape(3, 4).astype(other))
+    for mode in ("test", "train"):
+        _, cache = nd.dropout_forward(x, {"p": 1.0, "mode": mode, "seed": 0})
+        dx = nd.dropout_backward(d, cache)
+        assert str(dx.dtype).rsplit(".", 1)[-1] == dtype, mode
+        np.testing.assert_array_equal(be.to_numpy(dx),
+                                      np.linspace(-1, 1, 12).reshape(3, 4).astype(other)
+                                      .astype(dtype))
+
+
 def test_p_one_keeps_everything(backend):
     be = backend
     x = np.random.default_rng(1).standard_normal((33, 17))

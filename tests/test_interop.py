@@ -90,8 +90,14 @@ def test_torch_requires_grad_leaves_no_graph(torch):
                 out, cache = nd.batchnorm_forward(x, g, b, bp)
             dx, dg, db = nd.batchnorm_backward(torch.ones(32, 6, dtype=torch.float64), cache)
             h, dcache = nd.dropout_forward(x, {"p": 0.5, "mode": "train", "seed": 1})
-            for a in (out, dx, dg, db, bp["running_mean"], bp["running_var"], h):
+            # test mode passes x and dout through: detached (a non-leaf x
+            # came back with its grad_fn)
+            xl = x * 2.0
+            ht, tcache = nd.dropout_forward(xl, {"p": 0.5, "mode": "test"})
+            dt = nd.dropout_backward(xl, tcache)
+            for a in (out, dx, dg, db, bp["running_mean"], bp["running_var"], h, ht, dt):
                 assert not a.requires_grad and a.grad_fn is None, forced
+            assert ht.data_ptr() == xl.data_ptr() and dt.data_ptr() == xl.data_ptr()
     ref, _ = nd.batchnorm_forward(x.detach().numpy(), g.detach().numpy(), b.detach().numpy(),
                                   {"mode": "train"})
     out, _ = nd.batchnorm_forward(x, g, b, {"mode": "train"})
@@ -117,6 +123,13 @@ def test_torch_parameters_and_views_on_the_c_kernels(torch):
             assert type(out) is torch.Tensor and not out.requires_grad
             np.testing.assert_array_equal(out.numpy(), ref)
             assert type(param["running_mean"]) is torch.Tensor
+    # a test-mode dropout cache holds no array: dout of another library is
+    # still refused, as with a training cache (it was the dtype error)
+    for mode in ("test", "train"):
+        _, dc = nd.dropout_forward(xn, {"p": 0.5, "mode": mode, "seed": 0})
+        with pytest.raises(TypeError, match="different array libraries|not an array of the "
+                                            "library of the forward's input \\(numpy\\)"):
+            nd.dropout_backward(torch.ones(16, 5, dtype=torch.float64), dc)
     meta = torch.zeros(5, dtype=torch.float64, device="meta")
     with pytest.raises(TypeError, match="different devices"):
         nd.batchnorm_forward(torch.from_numpy(xn), meta, b, {"mode": "train"})
