@@ -226,8 +226,9 @@ def build(env: Env, op, row, dtype, columns):
             notes["nd_torch"] = env.torch_note
         else:     # the same data as torch tensors (zero-copy views of the NumPy arrays)
             tx, tdout, tw, tb = (env.to_torch(a) for a in (x, dout, gamma, beta))
+            forced = env.backend == "reference"      # the backend of the normdrop column
             calls["nd_torch"] = env.normdrop_call(
-                _normdrop_part(op, row, tx, tdout, tw, tb, False), False)
+                _normdrop_part(op, row, tx, tdout, tw, tb, forced), forced)
             notes["nd_torch"] = "normdrop called with torch tensors of the same data"
     return calls, notes
 
@@ -608,7 +609,8 @@ def header_lines(report) -> list:
         + (f", GPU {rt['gpu']}" if "gpu" in rt else ""),
         f"date: {report['date']}; {m['platform']}",
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items())
-        + ("" if "torch" in v else ", torch not installed")
+        + ("" if "torch" in v else ", torch not installed" if report.get("torch_wanted", True)
+           else ", torch skipped (--skip)")
         + (f"; ISA variants: normalization {rt['isa']['normalization']}, dropout "
            f"{rt['isa']['dropout']}" if rt.get("isa") else ""),
         f"backend: {report['backend']}; streaming copy ({bw['method']}): "
@@ -644,7 +646,7 @@ def worker(spec: str) -> int:
     JSON line on stdout."""
     spec = json.loads(spec)
     columns = tuple(spec["columns"])
-    env = Env(spec["backend"], _import_torch() if "torch" in columns else None)
+    env = Env(spec["backend"], _import_torch() if {"torch", "nd_torch"} & set(columns) else None)
     limiter = set_threads(spec["threads"], env.torch)
     row = run_row(env, *_row(spec["op"], spec["shape"]), spec["dtype"], columns,
                   QUICK if spec["quick"] else DEFAULT)
@@ -714,6 +716,7 @@ def run(backend="cpu", dtypes=("float32", "float64"), threads=None, quick=False,
             "bound_s", "normdrop_over_torch", "fraction_of_bound", "seed_over_normdrop",
             "reference_over_normdrop"],
         "runtime": {},
+        "torch_wanted": "torch" in columns or "nd_torch" in columns,
     }
     meter = CopyMeter(Env(backend, None), threads, st.copy_bytes)
     try:
@@ -784,7 +787,7 @@ def _split(text: str) -> list:
 
 
 def main(args) -> int:
-    ops = list(KEYS) if args.ops.strip() in ("", "all") else _split(args.ops)
+    ops = list(KEYS) if args.ops.strip() == "all" else _split(args.ops)
     if not ops:
         print(f"bench: --ops {args.ops!r} names no op; known: {', '.join(KEYS)}", file=sys.stderr)
         return 2

@@ -124,8 +124,49 @@ def test_bench_rejects_a_json_path_it_cannot_write_and_an_empty_op_list(tmp_path
         proc = _cli("bench", "--quick", "--ops", "bn-small-fwd", "--json", str(path))
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr
         assert "streaming copy" not in proc.stdout + proc.stderr      # nothing was timed
-    proc = _cli("bench", "--ops", ",")
-    assert proc.returncode == 2 and "names no op" in proc.stderr, proc.stderr
+    for empty in (",", ""):
+        proc = _cli("bench", "--ops", empty)
+        assert proc.returncode == 2 and "names no op" in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed")
+def test_bench_torch_array_column_without_the_torch_column(tmp_path):
+    """--array torch with --skip torch still times normdrop on torch tensors
+    (it said "torch is not importable"), and the header says torch was
+    skipped, not missing; with --backend reference both normdrop columns run
+    on the reference (nd(torch) ran the C kernels)."""
+    path = tmp_path / "r.json"
+    base = ["bench", "--quick", "--ops", "bn-small-fwd", "--dtype", "float32", "--array", "torch",
+            "--json", str(path)] + (["--threads", "1"] if HAVE_THREADPOOLCTL else [])
+    proc = _cli(*base, "--skip", "reference,seed,torch")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(path.read_text())["rows"][0]
+    assert row["nd_torch_s"] is not None and row["torch_s"] is None, row
+    assert "torch not installed" not in proc.stdout and "torch skipped" not in proc.stdout
+    proc = _cli("bench", "--quick", "--ops", "bn-small-fwd", "--dtype", "float32",
+                "--skip", "reference,seed,torch", *(["--threads", "1"] if HAVE_THREADPOOLCTL
+                                                    else []))
+    assert proc.returncode == 0 and "torch skipped (--skip)" in proc.stdout, proc.stdout
+    # --backend reference: the nd(torch) call runs with the reference forced,
+    # as the normdrop column's does
+    import torch
+    from normdrop import _bench
+    entered = []
+    real = nd.force_reference
+
+    def counting(*a, **k):
+        entered.append(1)
+        return real(*a, **k)
+
+    op, row = next((o, r) for o, r in _bench.ROWS if r.key == "bn-small-fwd")
+    calls, _ = _bench.build(_bench.Env("reference", torch), op, row, "float32",
+                            ("normdrop", "nd_torch"))
+    for col in ("normdrop", "nd_torch"):
+        entered.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(nd, "force_reference", counting)
+            calls[col]()
+        assert entered, f"the {col} column did not run on the reference"
 
 
 def test_info_still_works():
