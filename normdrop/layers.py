@@ -5,9 +5,11 @@ Each layer holds its parameters (``gamma``, ``beta``), their gradients
 the op has them, and its mode (``training``, switched by :meth:`train` and
 :meth:`eval`).  ``forward(x)`` and ``backward(dout)`` call the functional ops
 (``normdrop.batchnorm_forward`` and so on), so a layer computes exactly what the
-function computes, on the backend of the array it is given: NumPy arrays on the
-C kernels, CuPy arrays on the CUDA kernels, other array-API arrays on the
-reference implementation.
+function computes, on the backend of the array it is given: NumPy arrays, and
+arrays of other libraries that export DLPack on the CPU (PyTorch, JAX, ...), on
+the C kernels; CuPy arrays, and DLPack arrays on a CUDA device, on the CUDA
+kernels; other array-API arrays on the reference implementation.  Results come
+back as arrays of the input's library.
 
 The layers are thin: no autograd, no optimizer.  A training step calls
 ``forward`` on each layer in order, ``backward`` in reverse order, and then
