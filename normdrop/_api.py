@@ -412,8 +412,12 @@ def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
     the exchange, normalize)."""
     V.param_dict(param, spec.param_name)
     comm = param.get("comm") if spec.running else None
-    if comm is not None and param.get("mode") != "test":   # test mode never communicates
-        return _sync_forward(spec, x, gamma, beta, param, extra, comm)
+    if comm is not None:
+        if param.get("mode") != "test":
+            return _sync_forward(spec, x, gamma, beta, param, extra, comm)
+        # test mode never communicates, but what is no communicator is an error
+        from . import _distributed as D
+        D.check_comm(comm, f"{spec.param_name}['comm']")
     p = _prepare(spec, x, gamma, beta, param, extra, check_count=True)
     # -- validated: from here on nothing raises on user input
     route, xn, geom = p.route, p.xn, p.geom

@@ -131,13 +131,15 @@ def check_errors():
         assert "more than 1 value per channel" in str(exc)
     else:
         raise AssertionError("one value per channel was accepted")
-    # not a communicator
-    try:
-        nd.batchnorm_forward(x, g, b, {"mode": "train", "comm": "world"})
-    except TypeError as exc:
-        assert "mpi4py communicator" in str(exc)
-    else:
-        raise AssertionError("a string was taken for a communicator")
+    # not a communicator, in either mode (test mode never communicates, but
+    # took any object for one)
+    for mode in ("train", "test"):
+        try:
+            nd.batchnorm_forward(x, g, b, {"mode": mode, "comm": "world"})
+        except TypeError as exc:
+            assert "mpi4py communicator" in str(exc)
+        else:
+            raise AssertionError(f"a string was taken for a communicator ({mode})")
     # an eps or momentum beyond the float range on the last rank (float()
     # raised OverflowError there, which the others never heard of: they hung)
     for key in ("eps", "momentum"):
