@@ -477,7 +477,9 @@ class Dropout(Layer):
         have drawn.
     training : bool
         In evaluation mode, ``forward(x)`` returns x itself and ``backward(dout)``
-        returns dout.
+        returns dout, as ``dropout_forward``/``dropout_backward`` in test mode do
+        (a torch tensor that requires grad comes back detached; a dout of the
+        other float dtype, cast to x's).
 
     Notes
     -----
@@ -553,8 +555,8 @@ class Dropout(Layer):
             raise TypeError(f"Dropout.load_state_dict: step must be an integer (a 0-d int array "
                             f"or an int), got {a.dtype} of shape {a.shape}")
         step = int(a)
-        if not 0 <= step < 2**32:
-            raise ValueError(f"Dropout.load_state_dict: step must be in [0, 2**32), got {step}")
+        if not 0 <= step <= 2**32:   # 2**32: every step used (the next forward raises)
+            raise ValueError(f"Dropout.load_state_dict: step must be in [0, 2**32], got {step}")
         self.step = step
 
     def __repr__(self):

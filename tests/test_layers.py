@@ -225,7 +225,7 @@ def test_errors_name_the_callers_mistake():
                            (lambda: Dropout(0.5).load_state_dict({"step": 2.7}), TypeError,
                             "step must be an integer"),
                            (lambda: Dropout(0.5).load_state_dict({"step": 2**40}), ValueError,
-                            r"step must be in \[0, 2\*\*32\)")):
+                            r"step must be in \[0, 2\*\*32\]")):
         with pytest.raises(exc, match=msg):
             make()
     d = Dropout(0.5, seed=3)
@@ -300,6 +300,17 @@ def test_dropout_state_dict_resumes_the_mask_sequence():
     eq(dst.forward(x), src.forward(x))
     with pytest.raises(KeyError):
         dst.load_state_dict({"steps": 1})
+    # the last step's state (every step used) loads, and its next forward
+    # raises as the saved layer's would (load_state_dict refused it)
+    src.step = 2**32 - 1
+    src.forward(x)
+    dst.load_state_dict(src.state_dict())
+    assert dst.step == 2**32
+    for layer in (src, dst):
+        with pytest.raises(OverflowError, match="outside"):
+            layer.forward(x)
+    with pytest.raises(ValueError, match="step"):
+        dst.load_state_dict({"step": np.int64(2**32 + 1)})
 
 
 # ---------------------------------------------- layer norm and group norm
