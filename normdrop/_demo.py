@@ -417,8 +417,10 @@ def run(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"], dtype=DEFA
                points_per_class=int(points_per_class), keep=float(keep), lr=float(lr))
     if cfg["dtype"] not in ("float32", "float64"):
         raise DemoError(f"--dtype must be float32 or float64, got {dtype!r}")
-    if cfg["epochs"] < 1 or cfg["batch_size"] < 2 or cfg["seed"] < 0:
-        raise DemoError("--epochs must be >= 1, --batch-size >= 2 and --seed >= 0")
+    for flag, key, least in (("--epochs", "epochs", 1), ("--batch-size", "batch_size", 2),
+                             ("--seed", "seed", 0)):
+        if cfg[key] < least:
+            raise DemoError(f"{flag} must be >= {least}, got {cfg[key]}")
     _check_plot(plot)
     xp = _namespace(device)
     if device == "cpu":

@@ -177,7 +177,9 @@ def test_plot_paths_it_cannot_write_are_refused_before_training(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(dtype="float16"), "--dtype must be float32 or float64"),
-    (dict(epochs=0), "--epochs must be >= 1"),
+    (dict(epochs=0), "--epochs must be >= 1, got 0$"),
+    (dict(batch_size=1), "--batch-size must be >= 2, got 1$"),    # each names only its flag
+    (dict(seed=-3), "--seed must be >= 0, got -3$"),
     (dict(batch_size=10**6), "larger than the training set"),
     (dict(device="tpu"), "--device must be cpu or cuda"),
 ])
