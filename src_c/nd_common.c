@@ -43,8 +43,9 @@ int64_t nd_get_stream_bytes(void) { return nd_stream_bytes; }
 #else
 #define ND_THREAD_LOCAL _Thread_local
 #endif
-#if defined(__GNUC__) && !defined(__clang__)
-/* weak: a libgomp older than OpenMP 5.0's calls lacks it (then NULL) */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 9
+/* GCC 9's omp.h declares it; weak: a libgomp older than the headers (one
+ * loaded by another library) may lack it, and then it is NULL */
 #define ND_GOMP_PAUSE 1
 #pragma weak omp_pause_resource_all
 #else
