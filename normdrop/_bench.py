@@ -418,6 +418,12 @@ def _available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _wants_torch(columns) -> bool:
+    """Whether a run of these columns needs torch (its own column, or
+    normdrop on torch tensors)."""
+    return "torch" in columns or "nd_torch" in columns
+
+
 def _import_torch():
     try:
         import torch
@@ -646,7 +652,7 @@ def worker(spec: str) -> int:
     JSON line on stdout."""
     spec = json.loads(spec)
     columns = tuple(spec["columns"])
-    env = Env(spec["backend"], _import_torch() if {"torch", "nd_torch"} & set(columns) else None)
+    env = Env(spec["backend"], _import_torch() if _wants_torch(columns) else None)
     limiter = set_threads(spec["threads"], env.torch)
     row = run_row(env, *_row(spec["op"], spec["shape"]), spec["dtype"], columns,
                   QUICK if spec["quick"] else DEFAULT)
@@ -716,7 +722,7 @@ def run(backend="cpu", dtypes=("float32", "float64"), threads=None, quick=False,
             "bound_s", "normdrop_over_torch", "fraction_of_bound", "seed_over_normdrop",
             "reference_over_normdrop"],
         "runtime": {},
-        "torch_wanted": "torch" in columns or "nd_torch" in columns,
+        "torch_wanted": _wants_torch(columns),
     }
     meter = CopyMeter(Env(backend, None), threads, st.copy_bytes)
     try:
