@@ -17,7 +17,7 @@ import numpy as np
 from . import _contract as K
 from . import _reference
 from . import _validate as V
-from ._dispatch import Route, _numpy_route, backend_by_name, backend_for
+from ._dispatch import Route, _numpy_route, backend_by_name, backend_for, reference_forced
 from ._interop import _NO_STREAM, _detached
 
 
@@ -404,6 +404,65 @@ def _prepare(spec: _NormOp, x, gamma, beta, param, extra, check_count: bool) -> 
     return p
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _prepare_numpy(spec: _NormOp, x, gamma, beta, param, extra):
+    """What :func:`_prepare` returns for the common call on NumPy arrays --
+    a dict ``param``; ``x`` native float32 or float64 of the op's ndim;
+    ``gamma`` and ``beta`` (C,) of x's dtype; running statistics absent or
+    (C,) of a real dtype; ``mode``, ``eps`` and ``momentum`` absent or a
+    str and floats in range -- found in a few comparisons, or None where
+    the call is anything else, which :func:`_prepare` then checks (and
+    reports) in full.  Never raises: every error is _prepare's."""
+    if type(x) is not np.ndarray or type(gamma) is not np.ndarray or \
+            type(beta) is not np.ndarray or type(param) is not dict or reference_forced():
+        return None
+    dt = x.dtype
+    if dt is not _F32 and dt is not _F64:     # (a big-endian or tagged dtype is another object)
+        return None
+    shape = x.shape
+    nd = len(shape)
+    if spec.running or spec is _SPATIAL_GROUPNORM:
+        if nd != (2 if spec is _BATCHNORM else 4):
+            return None
+    elif nd < 1:
+        return None
+    C = shape[spec.channel_axis]
+    if gamma.shape != (C,) or beta.shape != (C,) or gamma.dtype is not dt or beta.dtype is not dt:
+        return None
+    eps = param.get("eps", 1e-5)
+    if type(eps) is not float or not 0.0 < eps < math.inf:
+        return None
+    p = _Prepared()
+    p.rm = p.rv = p.momentum = None
+    if spec.running:
+        mode = param.get("mode")
+        if type(mode) is not str or (mode != "train" and mode != "test"):
+            return None
+        m = param.get("momentum", 0.9)
+        if type(m) is not float or not 0.0 <= m <= 1.0:
+            return None
+        rm = param.get("running_mean")
+        rv = param.get("running_var")
+        for r in (rm, rv):
+            if r is not None and (type(r) is not np.ndarray or r.shape != (C,) or
+                                  r.dtype.kind not in "iuf"):
+                return None
+        p.mode, p.momentum, p.rm, p.rv = mode, m, rm, rv
+    else:
+        p.mode = "train"
+    if spec is _SPATIAL_GROUPNORM:
+        if type(extra) is not int or extra <= 0 or C % extra:
+            return None
+    geom = spec.geometry(shape, extra)
+    if spec.running and p.mode == "train" and geom.count <= 1:
+        return None
+    p.route = _numpy_route()
+    p.xn, p.g, p.b, p.geom, p.eps, p.C, p.gamma_shape = x, gamma, beta, geom, eps, C, (C,)
+    return p
+
+
 def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
     """The forward of a normalization op: validation (nothing changes when it
     raises), then the contract's composite ``norm_train_fwd`` in training, or
@@ -418,7 +477,9 @@ def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
         # test mode never communicates, but what is no communicator is an error
         from . import _distributed as D
         D.check_comm(comm, f"{spec.param_name}['comm']")
-    p = _prepare(spec, x, gamma, beta, param, extra, check_count=True)
+    p = _prepare_numpy(spec, x, gamma, beta, param, extra)
+    if p is None:
+        p = _prepare(spec, x, gamma, beta, param, extra, check_count=True)
     # -- validated: from here on nothing raises on user input
     route, xn, geom = p.route, p.xn, p.geom
     backend, xp = route.backend, route.xp
@@ -501,8 +562,37 @@ def _norm_backward(spec: _NormOp, op, dout, cache):
     return _backward_results(route, cache, dx, dgamma, dbeta)
 
 
+def _backward_args_numpy(dout, cache):
+    """What :func:`_backward_args` returns for the common backward on NumPy
+    arrays -- a cache of the C kernels whose arrays are the ones its forward
+    made, a dout of x's shape and (native float) dtype -- found in a few
+    comparisons, or None where the call is anything else (then
+    _backward_args checks and reports in full).  Never raises."""
+    x = cache.x
+    if type(dout) is not np.ndarray or type(x) is not np.ndarray or cache.adapter is not None \
+            or cache.backend_name != "cpu" or cache.xp_name != "numpy" or reference_forced():
+        return None
+    dt = x.dtype
+    if (dt is not _F32 and dt is not _F64) or dout.dtype is not dt:
+        return None
+    shape, geom = cache.out_shape, cache.geom
+    if dout.shape != shape or x.shape != shape:
+        return None
+    ng = (geom.ngroups,)
+    for a in (cache.mean, cache.invstd):
+        if type(a) is not np.ndarray or a.dtype is not _F64 or a.shape != ng:
+            return None
+    g = cache.gamma
+    if type(g) is not np.ndarray or g.dtype is not dt or g.shape != (geom.c,):
+        return None
+    return _numpy_route(), dout
+
+
 def _backward_args(op, dout, cache):
     """(route, dout as the backend's array in x's dtype), checked."""
+    fast = _backward_args_numpy(dout, cache)
+    if fast is not None:
+        return fast
     route = _cache_route(cache, op, (("dout", dout),) if _converted(cache)
                          else (("dout", dout), ("the cached x", cache.x)))
     backend, xp = route.backend, route.xp

@@ -1,0 +1,199 @@
+"""The common NumPy call's few-comparison check (_api._prepare_numpy) against
+the full one (_api._prepare): where it answers, it answers what _prepare
+answers; everywhere else it declines, so that _prepare checks and reports."""
+import numpy as np
+import pytest
+
+import normdrop as nd
+from normdrop import _api as A
+
+_FIELDS = ("mode", "eps", "momentum", "gamma_shape", "C", "geom")
+
+
+def _bn(dt=np.float32, N=6, C=5, **param):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C)).astype(dt)
+    g = rng.standard_normal(C).astype(dt)
+    b = rng.standard_normal(C).astype(dt)
+    p = {"mode": "train", "running_mean": np.zeros(C, dt), "running_var": np.ones(C, dt)}
+    p.update(param)
+    return x, g, b, p
+
+
+COMMON = [
+    ("bn f32", A._BATCHNORM, _bn(), None),
+    ("bn f64 test", A._BATCHNORM, _bn(np.float64, mode="test"), None),
+    ("bn no running", A._BATCHNORM, _bn(running_mean=None, running_var=None), None),
+    ("bn f64 running of f32 x", A._BATCHNORM,
+     _bn(running_mean=np.zeros(5), running_var=np.ones(5, np.int64)), None),
+    ("bn eps momentum", A._BATCHNORM, _bn(eps=1e-3, momentum=0.0), None),
+    ("spatial", A._SPATIAL_BATCHNORM,
+     (np.ones((2, 3, 4, 5), np.float32), np.ones(3, np.float32), np.zeros(3, np.float32),
+      {"mode": "train"}), None),
+    ("layernorm 3-d", A._LAYERNORM,
+     (np.ones((2, 3, 4)), np.ones(4), np.zeros(4), {"mode": "train"}), None),
+    ("layernorm 1 row", A._LAYERNORM,
+     (np.ones((1, 4)), np.ones(4), np.zeros(4), {}), None),
+    ("groupnorm", A._SPATIAL_GROUPNORM,
+     (np.ones((2, 6, 3, 3)), np.ones(6), np.zeros(6), {}), 3),
+]
+
+
+@pytest.mark.parametrize("name,spec,args,extra", COMMON, ids=[c[0] for c in COMMON])
+def test_answers_what_prepare_answers(name, spec, args, extra):
+    x, g, b, p = args
+    fast = A._prepare_numpy(spec, x, g, b, p, extra)
+    assert fast is not None, "the common call takes the quick check"
+    full = A._prepare(spec, x, g, b, p, extra, check_count=True)
+    for f in _FIELDS:
+        assert getattr(fast, f) == getattr(full, f), f
+    assert fast.route is full.route
+    for f in ("xn", "g", "b", "rm", "rv"):
+        a, e = getattr(fast, f), getattr(full, f)
+        if e is None:
+            assert a is None, f
+        else:
+            assert a.dtype == e.dtype and a.shape == e.shape, f
+            assert np.shares_memory(a, e) or a.size == 0, f   # the same data, no copy
+
+
+def _declined():
+    x, g, b, p = _bn()
+    cases = {
+        "param not a dict": (x, g, b, type("M", (dict,), {})(p)),
+        "float16 x": (x.astype(np.float16), g, b, p),
+        "big-endian x": (x.astype(">f4"), g, b, p),
+        "x a subclass": (x.view(np.memmap), g, b, p),
+        "x 3-d": (x[None], g, b, p),
+        "gamma (1, C)": (x, g[None], b, p),
+        "gamma float64": (x, g.astype(np.float64), b, p),
+        "beta a list": (x, g, list(b), p),
+        "gamma wrong size": (x, g[:-1], b, p),
+        "mode missing": (x, g, b, {k: v for k, v in p.items() if k != "mode"}),
+        "mode bad": (x, g, b, {**p, "mode": "eval"}),
+        "mode a str subclass": (x, g, b, {**p, "mode": type("S", (str,), {})("train")}),
+        "eps int": (x, g, b, {**p, "eps": 1}),
+        "eps 0": (x, g, b, {**p, "eps": 0.0}),
+        "eps nan": (x, g, b, {**p, "eps": float("nan")}),
+        "eps inf": (x, g, b, {**p, "eps": float("inf")}),
+        "momentum 1.5": (x, g, b, {**p, "momentum": 1.5}),
+        "momentum numpy float": (x, g, b, {**p, "momentum": np.float64(0.5)}),
+        "running_mean bool": (x, g, b, {**p, "running_mean": np.zeros(5, bool)}),
+        "running_var (1, C)": (x, g, b, {**p, "running_var": np.ones((1, 5), np.float32)}),
+        "running_var a list": (x, g, b, {**p, "running_var": [1.0] * 5}),
+        "one row in training": (x[:1], g, b, p),
+    }
+    return cases
+
+
+@pytest.mark.parametrize("case", sorted(_declined()))
+def test_declines_everything_else(case):
+    x, g, b, p = _declined()[case]
+    assert A._prepare_numpy(A._BATCHNORM, x, g, b, p, None) is None
+
+
+def test_declines_when_the_reference_is_forced():
+    x, g, b, p = _bn()
+    with nd.force_reference():
+        assert A._prepare_numpy(A._BATCHNORM, x, g, b, p, None) is None
+
+
+@pytest.mark.parametrize("G", [4, 0, -3, True, 3.0, np.int64(3)])
+def test_groupnorm_declines_all_but_a_divisor(G):
+    x = np.ones((2, 6, 3, 3))
+    got = A._prepare_numpy(A._SPATIAL_GROUPNORM, x, np.ones(6), np.zeros(6), {}, G)
+    assert got is None
+
+
+def test_declined_calls_still_raise_the_tables_errors():
+    x, g, b, p = _bn()
+    before = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in p.items()}
+    with pytest.raises(ValueError, match=r"bn_param\['eps'\]"):
+        nd.batchnorm_forward(x, g, b, {**p, "eps": 0.0})
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nd.batchnorm_forward(x[:1], g, b, p)
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        nd.batchnorm_forward(x, g[:-1], b, p)
+    assert p.keys() == before.keys()
+    for k in p:
+        assert np.array_equal(p[k], before[k])
+
+
+# ------------------------------------------------------------ the backward
+def _cache(dt=np.float32, **param):
+    x, g, b, p = _bn(dt, **param)
+    out, cache = nd.batchnorm_forward(x, g, b, p)
+    return np.ones_like(out), cache
+
+
+def _edited(cache, **fields):
+    """A copy of cache with some fields replaced (as a hand-edited pickle)."""
+    values = [fields.get(f, getattr(cache, f)) for f in cache._fields]
+    return A._restore_cache(type(cache), tuple(values))
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["train", "test"])
+def test_backward_answers_what_the_full_check_answers(dt, mode):
+    dout, cache = _cache(dt, mode=mode)
+    fast = A._backward_args_numpy(dout, cache)
+    assert fast is not None, "the common backward takes the quick check"
+    A._backward_args_numpy, saved = (lambda d, c: None), A._backward_args_numpy
+    try:
+        full = A._backward_args("batchnorm_backward", dout, cache)
+    finally:
+        A._backward_args_numpy = saved
+    assert fast[0] is full[0]
+    assert fast[1] is full[1]
+
+
+def _backward_declined():
+    dout, cache = _cache()
+    big_x = np.ones((6, 5), ">f4")
+    _, big = nd.batchnorm_forward(big_x, np.ones(5, np.float32), np.zeros(5, np.float32),
+                                  {"mode": "train"})
+    with nd.force_reference():
+        _, ref = nd.batchnorm_forward(np.ones((6, 5), np.float32), np.ones(5, np.float32),
+                                      np.zeros(5, np.float32), {"mode": "train"})
+    return {
+        "dout float64": (dout.astype(np.float64), cache),
+        "dout a list": (dout.tolist(), cache),
+        "dout wrong shape": (dout[:-1], cache),
+        "dout a subclass": (dout.view(np.memmap), cache),
+        "x big-endian": (np.ones((6, 5), ">f4"), big),
+        "a cache of the reference": (dout, ref),
+        "mean float32": (dout, _edited(cache, mean=cache.mean.astype(np.float32))),
+        "invstd wrong size": (dout, _edited(cache, invstd=cache.invstd[:-1])),
+        "gamma float64": (dout, _edited(cache, gamma=cache.gamma.astype(np.float64))),
+        "x reshaped": (dout, _edited(cache, x=cache.x.reshape(5, 6))),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_backward_declined()))
+def test_backward_declines_everything_else(case):
+    dout, cache = _backward_declined()[case]
+    assert A._backward_args_numpy(dout, cache) is None
+
+
+def test_backward_declines_when_the_reference_is_forced():
+    dout, cache = _cache()
+    with nd.force_reference():
+        assert A._backward_args_numpy(dout, cache) is None
+
+
+def test_backward_declines_tensors():
+    torch = pytest.importorskip("torch")
+    x = torch.ones(6, 5)
+    out, cache = nd.batchnorm_forward(x, torch.ones(5), torch.zeros(5), {"mode": "train"})
+    assert A._backward_args_numpy(torch.ones(6, 5), cache) is None
+    assert A._backward_args_numpy(np.ones((6, 5), np.float32), cache) is None
+
+
+def test_declined_backwards_still_raise_the_tables_errors():
+    dout, cache = _cache()
+    with pytest.raises(ValueError, match="dout has shape"):
+        nd.batchnorm_backward(dout[:-1], cache)
+    with pytest.raises(ValueError, match="cache was changed"):
+        nd.batchnorm_backward(dout, _edited(cache, mean=cache.mean.astype(np.float32)))
+    with pytest.raises(TypeError, match="dout"):
+        nd.batchnorm_backward(dout.astype(np.int32), cache)
