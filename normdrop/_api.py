@@ -354,6 +354,31 @@ _SPATIAL_GROUPNORM = _NormOp(
                                                             "spatial_groupnorm_forward")),
     True, False)
 
+_SPEC_OF_FORWARD = {s.name: s for s in (_BATCHNORM, _SPATIAL_BATCHNORM, _LAYERNORM,
+                                        _SPATIAL_GROUPNORM)}
+
+
+def _cached_geometry_ok(cache) -> bool:
+    """Whether a normalization cache's geometry is the one its op gives x's
+    shape (a hand-edited cache could name groups that do not divide c, or
+    another split of the same values: the kernels would leave part of dx
+    unwritten, or read x in another order)."""
+    spec = _SPEC_OF_FORWARD.get(cache.op)
+    geom = cache.geom
+    if spec is None or type(geom) is not K.Geometry:
+        return False
+    G = geom.groups
+    if spec is _SPATIAL_GROUPNORM and (type(G) is not int or G <= 0 or type(geom.c) is not int
+                                       or geom.c % G):
+        return False
+    try:
+        shape = tuple(cache.x.shape)
+        if len(shape) < (1 if spec is _LAYERNORM else 2):
+            return False
+        return spec.geometry(shape, G) == geom
+    except Exception:  # noqa: BLE001 - an edited cache's odd values: not the geometry
+        return False
+
 
 class _Prepared:
     """A normalization call's arguments, validated and converted to the
@@ -576,7 +601,7 @@ def _backward_args_numpy(dout, cache):
     if (dt is not _F32 and dt is not _F64) or dout.dtype is not dt:
         return None
     shape, geom = cache.out_shape, cache.geom
-    if dout.shape != shape or x.shape != shape:
+    if dout.shape != shape or x.shape != shape or not _cached_geometry_ok(cache):
         return None
     ng = (geom.ngroups,)
     for a in (cache.mean, cache.invstd):
@@ -599,6 +624,9 @@ def _backward_args(op, dout, cache):
     dn = route.native(dout, "dout", floating=True)
     V.dout_shape(dn, cache.out_shape, op)
     V.floating_x(dn, "dout", backend.supported_dtypes(xp), xp)
+    if not _cached_geometry_ok(cache):
+        raise ValueError(f"{cache.op} cache was changed: its geometry {tuple(cache.geom)} is not "
+                         f"the one of x's shape {tuple(cache.x.shape)}")
     V.cached_norm(cache, xp)
     if dn.dtype != cache.x.dtype:
         dn = xp.astype(dn, cache.x.dtype)

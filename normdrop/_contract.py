@@ -105,19 +105,25 @@ class Geometry(NamedTuple):
         return self.groups != 0
 
 
+# Geometry(n, c, s, groups) without the generated __new__'s Python frame
+# (what it does, for a fraction of its cost: made on every call, and checked
+# again on every backward)
+_geometry = tuple.__new__
+
+
 def channels_geometry(shape) -> Geometry:
     """Batchnorm: ``(N, D)`` or ``(N, C, H, W)``, statistics per channel."""
-    return Geometry(shape[0], shape[1], math.prod(shape[2:]), 0)
+    return _geometry(Geometry, (shape[0], shape[1], math.prod(shape[2:]), 0))
 
 
 def groups_geometry(shape, groups: int) -> Geometry:
     """Spatial groupnorm: ``(N, C, H, W)`` with ``groups`` groups per sample."""
-    return Geometry(shape[0], shape[1], math.prod(shape[2:]), groups)
+    return _geometry(Geometry, (shape[0], shape[1], math.prod(shape[2:]), groups))
 
 
 def rows_geometry(shape) -> Geometry:
     """Layernorm: ``(..., D)``, statistics per row over the last axis."""
-    return Geometry(math.prod(shape[:-1]), shape[-1], 1, 1)
+    return _geometry(Geometry, (math.prod(shape[:-1]), shape[-1], 1, 1))
 
 
 @runtime_checkable

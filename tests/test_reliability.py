@@ -77,6 +77,40 @@ def test_edited_statistics_are_an_error():
         nd.layernorm_backward(x, cache)
 
 
+def _with_geometry(cache, geom):
+    from normdrop._api import _restore_cache
+    values = [geom if f == "geom" else getattr(cache, f) for f in cache._fields]
+    return _restore_cache(type(cache), tuple(values))
+
+
+@pytest.mark.parametrize("torch_arrays", [False, True])
+def test_an_edited_geometry_is_an_error(torch_arrays):
+    """A cache whose geometry is not its op's for x's shape (before: groups
+    that do not divide C left dx partly unwritten, uninitialised memory; a
+    batchnorm cache read x as planes)."""
+    from normdrop._contract import Geometry
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 6, 3, 3))
+    if torch_arrays:
+        torch = pytest.importorskip("torch")
+        x = torch.from_numpy(x)
+        ones, zeros = torch.ones(6, dtype=x.dtype), torch.zeros(6, dtype=x.dtype)
+    else:
+        ones, zeros = np.ones(6), np.zeros(6)
+    _, cache = nd.spatial_groupnorm_forward(x, ones, zeros, 3, {})
+    # 4 groups of 6 // 4 = 1 channel: statistics of the right length (2 * 4)
+    edited = _with_geometry(cache, Geometry(2, 6, 9, 4))
+    object.__setattr__(edited, "mean", np.zeros(8))
+    object.__setattr__(edited, "invstd", np.ones(8))
+    with pytest.raises(ValueError, match="geometry"):
+        nd.spatial_groupnorm_backward(np.ones((2, 6, 3, 3)) if not torch_arrays else x, edited)
+    xb = rng.standard_normal((8, 6))
+    _, cache = nd.batchnorm_forward(xb, np.ones(6), np.zeros(6), {"mode": "train"})
+    for geom in (Geometry(4, 6, 2, 0), Geometry(8, 6, 1, 2), (8, 6, 1, 0), Geometry(8, "6", 1, 0)):
+        with pytest.raises(ValueError, match="cache was changed"):
+            nd.batchnorm_backward(xb, _with_geometry(cache, geom))
+
+
 def test_kernels_check_what_they_read():
     """The bindings refuse arrays that do not fit the geometry, whatever the
     caller: a last line of defence below the API's checks."""
