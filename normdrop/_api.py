@@ -440,6 +440,13 @@ def _prepare_numpy(spec: _NormOp, x, gamma, beta, param, extra):
     str and floats in range -- found in a few comparisons, or None where
     the call is anything else, which :func:`_prepare` then checks (and
     reports) in full.  Never raises: every error is _prepare's."""
+    try:
+        return _quick_prepare(spec, x, gamma, beta, param, extra)
+    except Exception:  # noqa: BLE001 - an odd object (a dict key's __eq__, ...): _prepare's to report
+        return None
+
+
+def _quick_prepare(spec, x, gamma, beta, param, extra):
     if type(x) is not np.ndarray or type(gamma) is not np.ndarray or \
             type(beta) is not np.ndarray or type(param) is not dict or reference_forced():
         return None
@@ -593,6 +600,13 @@ def _backward_args_numpy(dout, cache):
     made, a dout of x's shape and (native float) dtype -- found in a few
     comparisons, or None where the call is anything else (then
     _backward_args checks and reports in full).  Never raises."""
+    try:
+        return _quick_backward_args(dout, cache)
+    except Exception:  # noqa: BLE001 - as in _prepare_numpy
+        return None
+
+
+def _quick_backward_args(dout, cache):
     x = cache.x
     if type(dout) is not np.ndarray or type(x) is not np.ndarray or cache.adapter is not None \
             or cache.backend_name != "cpu" or cache.xp_name != "numpy" or reference_forced():
@@ -601,7 +615,8 @@ def _backward_args_numpy(dout, cache):
     if (dt is not _F32 and dt is not _F64) or dout.dtype is not dt:
         return None
     shape, geom = cache.out_shape, cache.geom
-    if dout.shape != shape or x.shape != shape or not _cached_geometry_ok(cache):
+    if type(shape) is not tuple or dout.shape != shape or x.shape != shape or \
+            not _cached_geometry_ok(cache):
         return None
     ng = (geom.ngroups,)
     for a in (cache.mean, cache.invstd):
@@ -625,8 +640,8 @@ def _backward_args(op, dout, cache):
     V.dout_shape(dn, cache.out_shape, op)
     V.floating_x(dn, "dout", backend.supported_dtypes(xp), xp)
     if not _cached_geometry_ok(cache):
-        raise ValueError(f"{cache.op} cache was changed: its geometry {tuple(cache.geom)} is not "
-                         f"the one of x's shape {tuple(cache.x.shape)}")
+        raise ValueError(f"{cache.op} cache was changed: its geometry {cache.geom!r} is not the "
+                         f"one of x's shape {getattr(cache.x, 'shape', None)!r}")
     V.cached_norm(cache, xp)
     if dn.dtype != cache.x.dtype:
         dn = xp.astype(dn, cache.x.dtype)

@@ -197,3 +197,67 @@ def test_declined_backwards_still_raise_the_tables_errors():
         nd.batchnorm_backward(dout, _edited(cache, mean=cache.mean.astype(np.float32)))
     with pytest.raises(TypeError, match="dout"):
         nd.batchnorm_backward(dout.astype(np.int32), cache)
+
+
+# ------------------------------------------- odd objects: the full checks report
+class _EpsLikeKey:
+    """A key that hashes as 'eps' and cannot be compared."""
+
+    def __hash__(self):
+        return hash("eps")
+
+    def __eq__(self, other):
+        raise RuntimeError("this key cannot be compared")
+
+
+class _RaisingTuple(tuple):
+    def __ne__(self, other):
+        raise RuntimeError("this shape cannot be compared")
+
+    __eq__ = __ne__
+    __hash__ = tuple.__hash__
+
+
+def _public_error(call):
+    """(type, message) of what call raises, with and without the quick checks."""
+    seen = []
+    saved = A._prepare_numpy, A._backward_args_numpy
+    for quick in (True, False):
+        if not quick:
+            A._prepare_numpy = A._backward_args_numpy = lambda *a: None
+        try:
+            with pytest.raises(Exception) as info:
+                call()
+            seen.append((type(info.value), str(info.value)))
+        finally:
+            A._prepare_numpy, A._backward_args_numpy = saved
+    return seen
+
+
+def test_an_odd_param_key_is_reported_by_the_full_checks():
+    x, g, b, _ = _bn()
+    for p in ({_EpsLikeKey(): 1, "mode": "eval"}, {_EpsLikeKey(): 1}):
+        assert A._prepare_numpy(A._BATCHNORM, x, g, b, p, None) is None
+        quick, full = _public_error(lambda: nd.batchnorm_forward(x, g, b, p))
+        assert quick == full
+
+
+@pytest.mark.parametrize("out_shape", [np.array([6, 5]), _RaisingTuple((6, 5))],
+                         ids=["ndarray", "tuple subclass"])
+def test_an_odd_cached_shape_is_reported_by_the_full_checks(out_shape):
+    dout, cache = _cache()
+    edited = _edited(cache, out_shape=out_shape)
+    bad = np.ones((6, 4), np.float32)
+    for d in (dout, bad):
+        assert A._backward_args_numpy(d, edited) is None
+    quick, full = _public_error(lambda: nd.batchnorm_backward(bad, edited))
+    assert quick == full
+
+
+@pytest.mark.parametrize("geom", [None, (6, 5, 1, 0)], ids=["None", "plain tuple"])
+def test_an_odd_cached_geometry_is_the_cache_error(geom):
+    dout, cache = _cache()
+    edited = _edited(cache, geom=geom)
+    assert A._backward_args_numpy(dout, edited) is None
+    with pytest.raises(ValueError, match="cache was changed"):
+        nd.batchnorm_backward(dout, edited)
