@@ -430,6 +430,8 @@ def _prepare(spec: _NormOp, x, gamma, beta, param, extra, check_count: bool) -> 
 
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+# equal to them but other objects: an unpickled array's dtype, one with metadata
+_FLOATS = (_F32, _F64)
 
 
 def _prepare_numpy(spec: _NormOp, x, gamma, beta, param, extra):
@@ -451,7 +453,7 @@ def _quick_prepare(spec, x, gamma, beta, param, extra):
             type(beta) is not np.ndarray or type(param) is not dict or reference_forced():
         return None
     dt = x.dtype
-    if dt is not _F32 and dt is not _F64:     # (a big-endian or tagged dtype is another object)
+    if dt is not _F32 and dt is not _F64 and dt not in _FLOATS:   # (big-endian: not equal)
         return None
     shape = x.shape
     nd = len(shape)
@@ -461,7 +463,8 @@ def _quick_prepare(spec, x, gamma, beta, param, extra):
     elif nd < 1:
         return None
     C = shape[spec.channel_axis]
-    if gamma.shape != (C,) or beta.shape != (C,) or gamma.dtype is not dt or beta.dtype is not dt:
+    if gamma.shape != (C,) or beta.shape != (C,) or (gamma.dtype is not dt and gamma.dtype != dt) \
+            or (beta.dtype is not dt and beta.dtype != dt):
         return None
     eps = param.get("eps", 1e-5)
     if type(eps) is not float or not 0.0 < eps < math.inf:
@@ -612,7 +615,8 @@ def _quick_backward_args(dout, cache):
             or cache.backend_name != "cpu" or cache.xp_name != "numpy" or reference_forced():
         return None
     dt = x.dtype
-    if (dt is not _F32 and dt is not _F64) or dout.dtype is not dt:
+    if (dt is not _F32 and dt is not _F64 and dt not in _FLOATS) or \
+            (dout.dtype is not dt and dout.dtype != dt):
         return None
     shape, geom = cache.out_shape, cache.geom
     if type(shape) is not tuple or dout.shape != shape or x.shape != shape or \
@@ -620,10 +624,10 @@ def _quick_backward_args(dout, cache):
         return None
     ng = (geom.ngroups,)
     for a in (cache.mean, cache.invstd):
-        if type(a) is not np.ndarray or a.dtype is not _F64 or a.shape != ng:
+        if type(a) is not np.ndarray or (a.dtype is not _F64 and a.dtype != _F64) or a.shape != ng:
             return None
     g = cache.gamma
-    if type(g) is not np.ndarray or g.dtype is not dt or g.shape != (geom.c,):
+    if type(g) is not np.ndarray or (g.dtype is not dt and g.dtype != dt) or g.shape != (geom.c,):
         return None
     return _numpy_route(), dout
 

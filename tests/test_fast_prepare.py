@@ -1,6 +1,8 @@
 """The common NumPy call's few-comparison check (_api._prepare_numpy) against
 the full one (_api._prepare): where it answers, it answers what _prepare
 answers; everywhere else it declines, so that _prepare checks and reports."""
+import pickle
+
 import numpy as np
 import pytest
 
@@ -34,6 +36,8 @@ COMMON = [
      (np.ones((2, 3, 4)), np.ones(4), np.zeros(4), {"mode": "train"}), None),
     ("layernorm 1 row", A._LAYERNORM,
      (np.ones((1, 4)), np.ones(4), np.zeros(4), {}), None),
+    ("bn unpickled arrays", A._BATCHNORM,
+     tuple(pickle.loads(pickle.dumps(a)) for a in _bn()), None),
     ("groupnorm", A._SPATIAL_GROUPNORM,
      (np.ones((2, 6, 3, 3)), np.ones(6), np.zeros(6), {}), 3),
 ]
@@ -145,6 +149,17 @@ def test_backward_answers_what_the_full_check_answers(dt, mode):
         A._backward_args_numpy = saved
     assert fast[0] is full[0]
     assert fast[1] is full[1]
+
+
+def test_an_unpickled_cache_takes_the_quick_check():
+    """An unpickled array's dtype equals NumPy's float32 but is another object."""
+    dout, cache = _cache()
+    back = pickle.loads(pickle.dumps(cache))
+    assert back.x.dtype is not cache.x.dtype and back.x.dtype == cache.x.dtype
+    fast = A._backward_args_numpy(dout, back)
+    assert fast is not None and fast[1] is dout
+    np.testing.assert_array_equal(nd.batchnorm_backward(dout, back)[0],
+                                  nd.batchnorm_backward(dout, cache)[0])
 
 
 def _backward_declined():
