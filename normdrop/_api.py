@@ -434,23 +434,51 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _FLOATS = (_F32, _F64)
 
 
-def _prepare_numpy(spec: _NormOp, x, gamma, beta, param, extra):
-    """What :func:`_prepare` returns for the common call on NumPy arrays --
-    a dict ``param``; ``x`` native float32 or float64 of the op's ndim;
+def _prepare_common(spec: _NormOp, x, gamma, beta, param, extra):
+    """What :func:`_prepare` returns for the common call on the C kernels --
+    NumPy arrays, or another library's CPU arrays once converted as _prepare
+    converts them (PyTorch tensors, JAX arrays) -- with a dict ``param``;
+    ``x`` native float32 or float64 of the op's ndim;
     ``gamma`` and ``beta`` (C,) of x's dtype; running statistics absent or
     (C,) of a real dtype; ``mode``, ``eps`` and ``momentum`` absent or a
     str and floats in range -- found in a few comparisons, or None where
     the call is anything else, which :func:`_prepare` then checks (and
     reports) in full.  Never raises: every error is _prepare's."""
     try:
-        return _quick_prepare(spec, x, gamma, beta, param, extra)
+        if type(param) is not dict:
+            return None
+        rm = rv = None
+        if spec.running:
+            rm = param.get("running_mean")
+            rv = param.get("running_var")
+        if type(x) is np.ndarray:
+            if reference_forced():
+                return None
+            return _quick_prepare(spec, x, gamma, beta, param, extra, rm, rv, _numpy_route())
+        return _quick_prepare_adapted(spec, x, gamma, beta, param, extra, rm, rv)
     except Exception:  # noqa: BLE001 - an odd object (a dict key's __eq__, ...): _prepare's to report
         return None
 
 
-def _quick_prepare(spec, x, gamma, beta, param, extra):
-    if type(x) is not np.ndarray or type(gamma) is not np.ndarray or \
-            type(beta) is not np.ndarray or type(param) is not dict or reference_forced():
+def _quick_prepare_adapted(spec, x, gamma, beta, param, extra, rm, rv):
+    """_prepare_common for arrays of another library on the C kernels (PyTorch
+    or JAX CPU arrays): converted as _prepare converts them (a pure step,
+    done again there when this declines), then the same checks."""
+    named = [("x", x), ("gamma", gamma), ("beta", beta)]
+    if rm is not None:
+        named.append((spec.rm_name, rm))
+    if rv is not None:
+        named.append((spec.rv_name, rv))
+    route = backend_for(named)
+    if route.adapter is None or route.adapter.kind != "cpu":
+        return None
+    nat = route.native
+    return _quick_prepare(spec, nat(x, "x", floating=True), nat(gamma, "gamma"), nat(beta, "beta"),
+                          param, extra, nat(rm, "running_mean"), nat(rv, "running_var"), route)
+
+
+def _quick_prepare(spec, x, gamma, beta, param, extra, rm, rv, route):
+    if type(x) is not np.ndarray or type(gamma) is not np.ndarray or type(beta) is not np.ndarray:
         return None
     dt = x.dtype
     if dt is not _F32 and dt is not _F64 and dt not in _FLOATS:   # (big-endian: not equal)
@@ -478,8 +506,6 @@ def _quick_prepare(spec, x, gamma, beta, param, extra):
         m = param.get("momentum", 0.9)
         if type(m) is not float or not 0.0 <= m <= 1.0:
             return None
-        rm = param.get("running_mean")
-        rv = param.get("running_var")
         for r in (rm, rv):
             if r is not None and (type(r) is not np.ndarray or r.shape != (C,) or
                                   r.dtype.kind not in "iuf"):
@@ -493,7 +519,7 @@ def _quick_prepare(spec, x, gamma, beta, param, extra):
     geom = spec.geometry(shape, extra)
     if spec.running and p.mode == "train" and geom.count <= 1:
         return None
-    p.route = _numpy_route()
+    p.route = route
     p.xn, p.g, p.b, p.geom, p.eps, p.C, p.gamma_shape = x, gamma, beta, geom, eps, C, (C,)
     return p
 
@@ -512,7 +538,7 @@ def _norm_forward(spec: _NormOp, x, gamma, beta, param, extra=None):
         # test mode never communicates, but what is no communicator is an error
         from . import _distributed as D
         D.check_comm(comm, f"{spec.param_name}['comm']")
-    p = _prepare_numpy(spec, x, gamma, beta, param, extra)
+    p = _prepare_common(spec, x, gamma, beta, param, extra)
     if p is None:
         p = _prepare(spec, x, gamma, beta, param, extra, check_count=True)
     # -- validated: from here on nothing raises on user input
@@ -605,7 +631,7 @@ def _backward_args_numpy(dout, cache):
     _backward_args checks and reports in full).  Never raises."""
     try:
         return _quick_backward_args(dout, cache)
-    except Exception:  # noqa: BLE001 - as in _prepare_numpy
+    except Exception:  # noqa: BLE001 - as in _prepare_common
         return None
 
 

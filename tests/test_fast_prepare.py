@@ -1,4 +1,4 @@
-"""The common NumPy call's few-comparison check (_api._prepare_numpy) against
+"""The common NumPy call's few-comparison check (_api._prepare_common) against
 the full one (_api._prepare): where it answers, it answers what _prepare
 answers; everywhere else it declines, so that _prepare checks and reports."""
 import pickle
@@ -46,7 +46,7 @@ COMMON = [
 @pytest.mark.parametrize("name,spec,args,extra", COMMON, ids=[c[0] for c in COMMON])
 def test_answers_what_prepare_answers(name, spec, args, extra):
     x, g, b, p = args
-    fast = A._prepare_numpy(spec, x, g, b, p, extra)
+    fast = A._prepare_common(spec, x, g, b, p, extra)
     assert fast is not None, "the common call takes the quick check"
     full = A._prepare(spec, x, g, b, p, extra, check_count=True)
     for f in _FIELDS:
@@ -93,19 +93,19 @@ def _declined():
 @pytest.mark.parametrize("case", sorted(_declined()))
 def test_declines_everything_else(case):
     x, g, b, p = _declined()[case]
-    assert A._prepare_numpy(A._BATCHNORM, x, g, b, p, None) is None
+    assert A._prepare_common(A._BATCHNORM, x, g, b, p, None) is None
 
 
 def test_declines_when_the_reference_is_forced():
     x, g, b, p = _bn()
     with nd.force_reference():
-        assert A._prepare_numpy(A._BATCHNORM, x, g, b, p, None) is None
+        assert A._prepare_common(A._BATCHNORM, x, g, b, p, None) is None
 
 
 @pytest.mark.parametrize("G", [4, 0, -3, True, 3.0, np.int64(3)])
 def test_groupnorm_declines_all_but_a_divisor(G):
     x = np.ones((2, 6, 3, 3))
-    got = A._prepare_numpy(A._SPATIAL_GROUPNORM, x, np.ones(6), np.zeros(6), {}, G)
+    got = A._prepare_common(A._SPATIAL_GROUPNORM, x, np.ones(6), np.zeros(6), {}, G)
     assert got is None
 
 
@@ -236,23 +236,23 @@ class _RaisingTuple(tuple):
 def _public_error(call):
     """(type, message) of what call raises, with and without the quick checks."""
     seen = []
-    saved = A._prepare_numpy, A._backward_args_numpy
+    saved = A._prepare_common, A._backward_args_numpy
     for quick in (True, False):
         if not quick:
-            A._prepare_numpy = A._backward_args_numpy = lambda *a: None
+            A._prepare_common = A._backward_args_numpy = lambda *a: None
         try:
             with pytest.raises(Exception) as info:
                 call()
             seen.append((type(info.value), str(info.value)))
         finally:
-            A._prepare_numpy, A._backward_args_numpy = saved
+            A._prepare_common, A._backward_args_numpy = saved
     return seen
 
 
 def test_an_odd_param_key_is_reported_by_the_full_checks():
     x, g, b, _ = _bn()
     for p in ({_EpsLikeKey(): 1, "mode": "eval"}, {_EpsLikeKey(): 1}):
-        assert A._prepare_numpy(A._BATCHNORM, x, g, b, p, None) is None
+        assert A._prepare_common(A._BATCHNORM, x, g, b, p, None) is None
         quick, full = _public_error(lambda: nd.batchnorm_forward(x, g, b, p))
         assert quick == full
 
@@ -276,3 +276,64 @@ def test_an_odd_cached_geometry_is_the_cache_error(geom):
     assert A._backward_args_numpy(dout, edited) is None
     with pytest.raises(ValueError, match="cache was changed"):
         nd.batchnorm_backward(dout, edited)
+
+
+# --------------------------------------- other libraries' arrays on the C kernels
+def _tensors(torch, dt=None, grad=False, **param):
+    x, g, b, p = _bn(**param)
+    t = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in p.items()}
+    gt = torch.nn.Parameter(torch.from_numpy(g)) if grad else torch.from_numpy(g)
+    return torch.from_numpy(x), gt, torch.from_numpy(b), t
+
+
+def _same_prepared(spec, x, g, b, p, extra=None):
+    fast = A._prepare_common(spec, x, g, b, p, extra)
+    assert fast is not None, "the common call takes the quick checks"
+    full = A._prepare(spec, x, g, b, p, extra, check_count=True)
+    for f in _FIELDS:
+        assert getattr(fast, f) == getattr(full, f), f
+    assert fast.route.adapter is full.route.adapter and fast.route.backend is full.route.backend
+    for f in ("xn", "g", "b", "rm", "rv"):
+        a, e = getattr(fast, f), getattr(full, f)
+        assert (a is None) == (e is None), f
+        if e is not None:
+            assert type(a) is np.ndarray and a.dtype == e.dtype and a.shape == e.shape, f
+            assert np.shares_memory(a, e), f
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["plain", "parameter"])
+def test_tensors_answer_what_prepare_answers(grad):
+    torch = pytest.importorskip("torch")
+    _same_prepared(A._BATCHNORM, *_tensors(torch, grad=grad))
+    _same_prepared(A._BATCHNORM, *_tensors(torch, mode="test", running_mean=None))
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    _same_prepared(A._LAYERNORM, x, torch.ones(4, dtype=torch.float64),
+                   torch.zeros(4, dtype=torch.float64), {})
+
+
+def test_jax_arrays_answer_what_prepare_answers():
+    jnp = pytest.importorskip("jax.numpy")
+    x = jnp.ones((2, 3, 4), dtype=jnp.float32)
+    _same_prepared(A._LAYERNORM, x, jnp.ones(4, dtype=jnp.float32),
+                   jnp.zeros(4, dtype=jnp.float32), {})
+
+
+def test_tensors_decline_everything_else():
+    torch = pytest.importorskip("torch")
+    x, g, b, p = _tensors(torch)
+    for args in ((x.to(torch.bfloat16), g, b, p), (x.double(), g, b, p),
+                 (x, g.double(), b, p), (x, g, b.numpy(), p), (x, g, b, {**p, "eps": 0}),
+                 (x, g, b, {**p, "running_mean": p["running_mean"].numpy()}),
+                 (x.T, g, b, p), (x[:1], g, b, p)):
+        assert A._prepare_common(A._BATCHNORM, *args, None) is None
+    with nd.force_reference():
+        assert A._prepare_common(A._BATCHNORM, x, g, b, p, None) is None
+
+
+def test_declined_tensor_calls_raise_what_the_full_checks_raise():
+    torch = pytest.importorskip("torch")
+    x, g, b, p = _tensors(torch)
+    for args in ((x.to(torch.bfloat16), g, b, {**p, "mode": "eval"}),
+                 (x, g, b.numpy(), p), (x[:1], g, b, p), (x, g[:-1], b, p)):
+        quick, full = _public_error(lambda: nd.batchnorm_forward(*args))
+        assert quick == full
