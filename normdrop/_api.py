@@ -624,9 +624,10 @@ def _norm_backward(spec: _NormOp, op, dout, cache):
 
 
 def _backward_args_numpy(dout, cache):
-    """What :func:`_backward_args` returns for the common backward on NumPy
-    arrays -- a cache of the C kernels whose arrays are the ones its forward
-    made, a dout of x's shape and (native float) dtype -- found in a few
+    """What :func:`_backward_args` returns for the common backward on the C
+    kernels -- a cache whose arrays are the ones its forward made, a dout of
+    the forward's library (NumPy, or PyTorch/JAX converted as _backward_args
+    converts it) of x's shape and (native float) dtype -- found in a few
     comparisons, or None where the call is anything else (then
     _backward_args checks and reports in full).  Never raises."""
     try:
@@ -635,17 +636,36 @@ def _backward_args_numpy(dout, cache):
         return None
 
 
+#: adapter -> the Route of its arrays on the C kernels (what _cache_route
+#: makes for a cache of the adapter's library, made once)
+_ADAPTED_ROUTES: dict = {}
+
+
 def _quick_backward_args(dout, cache):
     x = cache.x
-    if type(dout) is not np.ndarray or type(x) is not np.ndarray or cache.adapter is not None \
-            or cache.backend_name != "cpu" or cache.xp_name != "numpy" or reference_forced():
+    if type(x) is not np.ndarray or cache.backend_name != "cpu" or cache.xp_name != "numpy" or \
+            reference_forced():
         return None
+    ad = cache.adapter
+    if ad is None:
+        if type(dout) is not np.ndarray:
+            return None
+        route, dn = _numpy_route(), dout
+    else:                 # a PyTorch or JAX CPU cache: dout of that library, converted
+        if ad.kind != "cpu" or not ad.owns(dout):
+            return None
+        dn = ad.native(dout, "dout", floating=True)
+        if type(dn) is not np.ndarray:
+            return None
+        route = _ADAPTED_ROUTES.get(ad)
+        if route is None:
+            route = _ADAPTED_ROUTES[ad] = Route(backend_by_name("cpu"), np, ad)
     dt = x.dtype
     if (dt is not _F32 and dt is not _F64 and dt not in _FLOATS) or \
-            (dout.dtype is not dt and dout.dtype != dt):
+            (dn.dtype is not dt and dn.dtype != dt):
         return None
     shape, geom = cache.out_shape, cache.geom
-    if type(shape) is not tuple or dout.shape != shape or x.shape != shape or \
+    if type(shape) is not tuple or dn.shape != shape or x.shape != shape or \
             not _cached_geometry_ok(cache):
         return None
     ng = (geom.ngroups,)
@@ -655,7 +675,7 @@ def _quick_backward_args(dout, cache):
     g = cache.gamma
     if type(g) is not np.ndarray or (g.dtype is not dt and g.dtype != dt) or g.shape != (geom.c,):
         return None
-    return _numpy_route(), dout
+    return route, dn
 
 
 def _backward_args(op, dout, cache):

@@ -196,12 +196,44 @@ def test_backward_declines_when_the_reference_is_forced():
         assert A._backward_args_numpy(dout, cache) is None
 
 
-def test_backward_declines_tensors():
-    torch = pytest.importorskip("torch")
-    x = torch.ones(6, 5)
-    out, cache = nd.batchnorm_forward(x, torch.ones(5), torch.zeros(5), {"mode": "train"})
-    assert A._backward_args_numpy(torch.ones(6, 5), cache) is None
-    assert A._backward_args_numpy(np.ones((6, 5), np.float32), cache) is None
+def _full_backward_args(dout, cache):
+    saved = A._backward_args_numpy
+    A._backward_args_numpy = lambda d, c: None
+    try:
+        return A._backward_args("batchnorm_backward", dout, cache)
+    finally:
+        A._backward_args_numpy = saved
+
+
+@pytest.mark.parametrize("library", ["torch", "jax"])
+def test_backward_of_other_libraries_answers_what_the_full_check_answers(library):
+    if library == "torch":
+        torch = pytest.importorskip("torch")
+        x, g, b, p = _tensors(torch, grad=True)
+        dout = torch.ones(6, 5, requires_grad=True)
+        others = [dout.double(), dout.to(torch.bfloat16), dout[:-1], dout.numpy(force=True)]
+    else:
+        jnp = pytest.importorskip("jax.numpy")
+        x, g, b, p = (jnp.ones((6, 5), jnp.float32), jnp.ones(5, jnp.float32),
+                      jnp.zeros(5, jnp.float32), {"mode": "train"})
+        dout = jnp.ones((6, 5), jnp.float32)
+        others = [dout[:-1], np.ones((6, 5), np.float32), dout.astype(jnp.bfloat16)]
+    _, cache = nd.batchnorm_forward(x, g, b, p)
+    fast = A._backward_args_numpy(dout, cache)
+    assert fast is not None, "the common backward takes the quick check"
+    full = _full_backward_args(dout, cache)
+    assert (fast[0].backend, fast[0].xp, fast[0].adapter) == \
+        (full[0].backend, full[0].xp, full[0].adapter)
+    assert type(fast[1]) is np.ndarray and np.shares_memory(fast[1], full[1])
+    for other in others:            # another dtype, shape or library: the full checks
+        assert A._backward_args_numpy(other, cache) is None
+    with nd.force_reference():
+        assert A._backward_args_numpy(dout, cache) is None
+    for other in others:
+        quick, full_outcome = _public_outcome(lambda: nd.batchnorm_backward(other, cache))
+        assert quick[0] == full_outcome[0] and quick[1] == full_outcome[1]
+        for a, e in zip(quick[2], full_outcome[2]):
+            np.testing.assert_array_equal(a, e)
 
 
 def test_declined_backwards_still_raise_the_tables_errors():
@@ -244,6 +276,24 @@ def _public_error(call):
             with pytest.raises(Exception) as info:
                 call()
             seen.append((type(info.value), str(info.value)))
+        finally:
+            A._prepare_common, A._backward_args_numpy = saved
+    return seen
+
+
+def _public_outcome(call):
+    """What call gives, with and without the quick checks: (error type,
+    message, ()) or (None, "", its arrays as NumPy arrays)."""
+    seen = []
+    saved = A._prepare_common, A._backward_args_numpy
+    for quick in (True, False):
+        if not quick:
+            A._prepare_common = A._backward_args_numpy = lambda *a: None
+        try:
+            got = call()
+            seen.append((None, "", tuple(np.asarray(a) for a in got)))
+        except Exception as exc:  # noqa: BLE001 - the outcome compared
+            seen.append((type(exc), str(exc), ()))
         finally:
             A._prepare_common, A._backward_args_numpy = saved
     return seen
