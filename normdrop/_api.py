@@ -623,7 +623,7 @@ def _norm_backward(spec: _NormOp, op, dout, cache):
     return _backward_results(route, cache, dx, dgamma, dbeta)
 
 
-def _backward_args_numpy(dout, cache):
+def _backward_args_common(dout, cache):
     """What :func:`_backward_args` returns for the common backward on the C
     kernels -- a cache whose arrays are the ones its forward made, a dout of
     the forward's library (NumPy, or PyTorch/JAX converted as _backward_args
@@ -680,7 +680,7 @@ def _quick_backward_args(dout, cache):
 
 def _backward_args(op, dout, cache):
     """(route, dout as the backend's array in x's dtype), checked."""
-    fast = _backward_args_numpy(dout, cache)
+    fast = _backward_args_common(dout, cache)
     if fast is not None:
         return fast
     route = _cache_route(cache, op, (("dout", dout),) if _converted(cache)

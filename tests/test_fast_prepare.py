@@ -1,6 +1,7 @@
-"""The common NumPy call's few-comparison check (_api._prepare_common) against
-the full one (_api._prepare): where it answers, it answers what _prepare
-answers; everywhere else it declines, so that _prepare checks and reports."""
+"""The common call's few-comparison checks (_api._prepare_common,
+_api._backward_args_common) against the full ones (_api._prepare,
+_api._backward_args): where they answer, they answer what the full checks
+answer; everywhere else they decline, so that the full checks report."""
 import pickle
 
 import numpy as np
@@ -140,13 +141,13 @@ def _edited(cache, **fields):
 @pytest.mark.parametrize("mode", ["train", "test"])
 def test_backward_answers_what_the_full_check_answers(dt, mode):
     dout, cache = _cache(dt, mode=mode)
-    fast = A._backward_args_numpy(dout, cache)
+    fast = A._backward_args_common(dout, cache)
     assert fast is not None, "the common backward takes the quick check"
-    A._backward_args_numpy, saved = (lambda d, c: None), A._backward_args_numpy
+    A._backward_args_common, saved = (lambda d, c: None), A._backward_args_common
     try:
         full = A._backward_args("batchnorm_backward", dout, cache)
     finally:
-        A._backward_args_numpy = saved
+        A._backward_args_common = saved
     assert fast[0] is full[0]
     assert fast[1] is full[1]
 
@@ -156,7 +157,7 @@ def test_an_unpickled_cache_takes_the_quick_check():
     dout, cache = _cache()
     back = pickle.loads(pickle.dumps(cache))
     assert back.x.dtype is not cache.x.dtype and back.x.dtype == cache.x.dtype
-    fast = A._backward_args_numpy(dout, back)
+    fast = A._backward_args_common(dout, back)
     assert fast is not None and fast[1] is dout
     np.testing.assert_array_equal(nd.batchnorm_backward(dout, back)[0],
                                   nd.batchnorm_backward(dout, cache)[0])
@@ -187,22 +188,22 @@ def _backward_declined():
 @pytest.mark.parametrize("case", sorted(_backward_declined()))
 def test_backward_declines_everything_else(case):
     dout, cache = _backward_declined()[case]
-    assert A._backward_args_numpy(dout, cache) is None
+    assert A._backward_args_common(dout, cache) is None
 
 
 def test_backward_declines_when_the_reference_is_forced():
     dout, cache = _cache()
     with nd.force_reference():
-        assert A._backward_args_numpy(dout, cache) is None
+        assert A._backward_args_common(dout, cache) is None
 
 
 def _full_backward_args(dout, cache):
-    saved = A._backward_args_numpy
-    A._backward_args_numpy = lambda d, c: None
+    saved = A._backward_args_common
+    A._backward_args_common = lambda d, c: None
     try:
         return A._backward_args("batchnorm_backward", dout, cache)
     finally:
-        A._backward_args_numpy = saved
+        A._backward_args_common = saved
 
 
 @pytest.mark.parametrize("library", ["torch", "jax"])
@@ -219,16 +220,16 @@ def test_backward_of_other_libraries_answers_what_the_full_check_answers(library
         dout = jnp.ones((6, 5), jnp.float32)
         others = [dout[:-1], np.ones((6, 5), np.float32), dout.astype(jnp.bfloat16)]
     _, cache = nd.batchnorm_forward(x, g, b, p)
-    fast = A._backward_args_numpy(dout, cache)
+    fast = A._backward_args_common(dout, cache)
     assert fast is not None, "the common backward takes the quick check"
     full = _full_backward_args(dout, cache)
     assert (fast[0].backend, fast[0].xp, fast[0].adapter) == \
         (full[0].backend, full[0].xp, full[0].adapter)
     assert type(fast[1]) is np.ndarray and np.shares_memory(fast[1], full[1])
     for other in others:            # another dtype, shape or library: the full checks
-        assert A._backward_args_numpy(other, cache) is None
+        assert A._backward_args_common(other, cache) is None
     with nd.force_reference():
-        assert A._backward_args_numpy(dout, cache) is None
+        assert A._backward_args_common(dout, cache) is None
     for other in others:
         quick, full_outcome = _public_outcome(lambda: nd.batchnorm_backward(other, cache))
         assert quick[0] == full_outcome[0] and quick[1] == full_outcome[1]
@@ -268,16 +269,16 @@ class _RaisingTuple(tuple):
 def _public_error(call):
     """(type, message) of what call raises, with and without the quick checks."""
     seen = []
-    saved = A._prepare_common, A._backward_args_numpy
+    saved = A._prepare_common, A._backward_args_common
     for quick in (True, False):
         if not quick:
-            A._prepare_common = A._backward_args_numpy = lambda *a: None
+            A._prepare_common = A._backward_args_common = lambda *a: None
         try:
             with pytest.raises(Exception) as info:
                 call()
             seen.append((type(info.value), str(info.value)))
         finally:
-            A._prepare_common, A._backward_args_numpy = saved
+            A._prepare_common, A._backward_args_common = saved
     return seen
 
 
@@ -285,17 +286,17 @@ def _public_outcome(call):
     """What call gives, with and without the quick checks: (error type,
     message, ()) or (None, "", its arrays as NumPy arrays)."""
     seen = []
-    saved = A._prepare_common, A._backward_args_numpy
+    saved = A._prepare_common, A._backward_args_common
     for quick in (True, False):
         if not quick:
-            A._prepare_common = A._backward_args_numpy = lambda *a: None
+            A._prepare_common = A._backward_args_common = lambda *a: None
         try:
             got = call()
             seen.append((None, "", tuple(np.asarray(a) for a in got)))
         except Exception as exc:  # noqa: BLE001 - the outcome compared
             seen.append((type(exc), str(exc), ()))
         finally:
-            A._prepare_common, A._backward_args_numpy = saved
+            A._prepare_common, A._backward_args_common = saved
     return seen
 
 
@@ -314,7 +315,7 @@ def test_an_odd_cached_shape_is_reported_by_the_full_checks(out_shape):
     edited = _edited(cache, out_shape=out_shape)
     bad = np.ones((6, 4), np.float32)
     for d in (dout, bad):
-        assert A._backward_args_numpy(d, edited) is None
+        assert A._backward_args_common(d, edited) is None
     quick, full = _public_error(lambda: nd.batchnorm_backward(bad, edited))
     assert quick == full
 
@@ -323,7 +324,7 @@ def test_an_odd_cached_shape_is_reported_by_the_full_checks(out_shape):
 def test_an_odd_cached_geometry_is_the_cache_error(geom):
     dout, cache = _cache()
     edited = _edited(cache, geom=geom)
-    assert A._backward_args_numpy(dout, edited) is None
+    assert A._backward_args_common(dout, edited) is None
     with pytest.raises(ValueError, match="cache was changed"):
         nd.batchnorm_backward(dout, edited)
 
