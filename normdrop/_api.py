@@ -387,18 +387,25 @@ class _Prepared:
                  "gamma_shape", "C")
 
 
+def _named_arrays(spec: _NormOp, x, gamma, beta, rm, rv) -> list:
+    """The (name, array) pairs of a forward's arrays, for backend_for (the
+    running statistics where given)."""
+    named = [("x", x), ("gamma", gamma), ("beta", beta)]
+    if rm is not None:
+        named.append((spec.rm_name, rm))
+    if rv is not None:
+        named.append((spec.rv_name, rv))
+    return named
+
+
 def _prepare(spec: _NormOp, x, gamma, beta, param, extra, check_count: bool) -> _Prepared:
     """Every check of a normalization forward (DESIGN section 5), before
     anything is computed or stored."""
-    named = [("x", x), ("gamma", gamma), ("beta", beta)]
     rm = rv = None
     if spec.running:
         rm = param.get("running_mean")
         rv = param.get("running_var")
-        if rm is not None:
-            named.append((spec.rm_name, rm))
-        if rv is not None:
-            named.append((spec.rv_name, rv))
+    named = _named_arrays(spec, x, gamma, beta, rm, rv)
     p = _Prepared()
     route = backend_for(named)     # one check: same library and device for all
     backend, xp = route.backend, route.xp
@@ -464,12 +471,7 @@ def _quick_prepare_adapted(spec, x, gamma, beta, param, extra, rm, rv):
     """_prepare_common for arrays of another library on the C kernels (PyTorch
     or JAX CPU arrays): converted as _prepare converts them (a pure step,
     done again there when this declines), then the same checks."""
-    named = [("x", x), ("gamma", gamma), ("beta", beta)]
-    if rm is not None:
-        named.append((spec.rm_name, rm))
-    if rv is not None:
-        named.append((spec.rv_name, rv))
-    route = backend_for(named)
+    route = backend_for(_named_arrays(spec, x, gamma, beta, rm, rv))
     if route.adapter is None or route.adapter.kind != "cpu":
         return None
     nat = route.native
@@ -636,11 +638,6 @@ def _backward_args_common(dout, cache):
         return None
 
 
-#: adapter -> the Route of its arrays on the C kernels (what _cache_route
-#: makes for a cache of the adapter's library, made once)
-_ADAPTED_ROUTES: dict = {}
-
-
 def _quick_backward_args(dout, cache):
     x = cache.x
     if type(x) is not np.ndarray or cache.backend_name != "cpu" or cache.xp_name != "numpy" or \
@@ -657,9 +654,7 @@ def _quick_backward_args(dout, cache):
         dn = ad.native(dout, "dout", floating=True)
         if type(dn) is not np.ndarray:
             return None
-        route = _ADAPTED_ROUTES.get(ad)
-        if route is None:
-            route = _ADAPTED_ROUTES[ad] = Route(backend_by_name("cpu"), np, ad)
+        route = Route(backend_by_name("cpu"), np, ad)     # what _cache_route makes
     dt = x.dtype
     if (dt is not _F32 and dt is not _F64 and dt not in _FLOATS) or \
             (dn.dtype is not dt and dn.dtype != dt):
