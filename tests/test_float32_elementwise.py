@@ -20,6 +20,8 @@ from normdrop._contract import channels_geometry
 from normdrop._cpu import _backend as _cpu
 from normdrop._cpu import _kernels as _k
 
+_AFF_TILE = 1024   # ND_AFF_TILE (src_c/nd_norm_channel.h): channels per float32 affine tile
+
 U = 2.0 ** -24
 
 
@@ -107,16 +109,19 @@ def _double_formula(x, mean, scale, shift):
 def test_channels_outside_the_float_range_use_the_float64_formula(ndim):
     """Channels whose mean, scale or shift the float formula cannot carry
     (|mean| below 2**-100 or above 2**100, huge scale, inf) are computed with
-    the float64 formula, bit for bit; in the 2-D layout a whole tile of 256
-    channels switches, so its other channels match the float64 formula too."""
+    the float64 formula, bit for bit; in the 2-D layout a whole tile of
+    _AFF_TILE channels switches, so its other channels match the float64
+    formula too."""
     rng = np.random.default_rng(11)
-    C = 300
-    shape = (64, C) if ndim == 2 else (4, C, 3, 5)
+    T = _AFF_TILE
+    C = T + 300   # the last tile's first 260 channels are normal: they switch too
+    shape = (16, C) if ndim == 2 else (2, C, 3, 5)
     x = rng.standard_normal(shape).astype(np.float32)
     mean = rng.uniform(-1, 1, C)
     scale = rng.uniform(0.5, 2, C)
     shift = rng.uniform(-1, 1, C)
-    bad = {260: ("mean", 1e-35), 270: ("mean", 3e35), 280: ("scale", 1e150), 290: ("mean", np.inf)}
+    bad = {T + 260: ("mean", 1e-35), T + 270: ("mean", 3e35), T + 280: ("scale", 1e150),
+           T + 290: ("mean", np.inf)}
     for c, (what, v) in bad.items():
         {"mean": mean, "scale": scale}[what][c] = v
     x_, geom = _geometry(x)
@@ -124,10 +129,10 @@ def test_channels_outside_the_float_range_use_the_float64_formula(ndim):
     with np.errstate(all="ignore"):
         _affine(x_, out, geom, mean, scale, shift)
     ref = _double_formula(x_, mean, scale, shift)
-    switched = list(range(256, C)) if ndim == 2 else list(bad)
+    switched = list(range(T, C)) if ndim == 2 else list(bad)
     np.testing.assert_array_equal(out[:, switched], ref[:, switched])
     # the other channels keep the float formula (which differs in the last bits)
-    assert not np.array_equal(out[:, :256], ref[:, :256])
+    assert not np.array_equal(out[:, :T], ref[:, :T])
 
 
 def test_constant_channel_with_tiny_eps_gives_beta():
