@@ -74,6 +74,32 @@ static int64_t nd_rows_rb(const nd_geom *g)
     int64_t rb = ND_TILE_VALUES / nd_rows_ct(g);
     return rb > 0 ? rb : 1;
 }
+
+/* Channels per work item of an ND_ROWS reduction pass: a work item is a
+ * block of nd_rows_rb rows by a sweep of channels, each channel summed over
+ * the block's rows in order, so the sweep's width changes no result (only rb
+ * does); wider sweeps read longer runs of each row.  At most `widest`
+ * (<= ND_SWEEP_MAX) and at least nd_rows_ct; halved while there would be
+ * fewer than four work items per thread that runs the pass. */
+#ifndef ND_SWEEP_MAX
+#define ND_SWEEP_MAX 1024
+#endif
+#ifndef ND_STATS_SWEEP
+#define ND_STATS_SWEEP 1024   /* the statistics (whose units are read twice) */
+#endif
+#ifndef ND_REDUCE_SWEEP
+#define ND_REDUCE_SWEEP 1024  /* the backward's sums (each value read once) */
+#endif
+static int64_t nd_rows_sweep(const nd_geom *g, int64_t widest)
+{
+    const int64_t ct = nd_rows_ct(g), C = g->c > 0 ? g->c : 1;
+    const int64_t nrb = nd_cdiv(g->n > 0 ? g->n : 1, nd_rows_rb(g));
+    const int64_t threads = g->n * g->c >= ND_PARALLEL_MIN ? nd_max_threads() : 1;
+    const int64_t want = 4 * threads;
+    int64_t sw = widest < C ? widest : C;
+    while (sw / 2 >= ct && nrb * nd_cdiv(C, sw) < want) sw /= 2;
+    return sw > ct ? sw : ct;
+}
 /* The ND_PLANES units of a channel, about ND_SEG values each: a plane of at
  * least ND_SEG values is cut into segments of ND_SEG values (the last one
  * shorter); smaller planes are taken ND_SEG / S whole planes at a time (the

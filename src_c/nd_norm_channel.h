@@ -5,9 +5,12 @@
  * loops); nd_norm_impl.h exports the contract's names.
  *
  * The statistics use a fixed partition of each channel into units:
- *   ND_ROWS:   a unit is a block of ND_RB(c) rows x a tile of at most ND_CT
- *              channels; the tile (at most 256 KiB) is read twice while it is
- *              in cache (mean, then sum of squared deviations), so x is read
+ *   ND_ROWS:   a unit is a block of nd_rows_rb rows x one channel; a work
+ *              item takes the block's rows for a sweep of up to ND_STATS_SWEEP
+ *              channels (nd_rows_sweep: long runs of each row; the width
+ *              changes no result), read twice while it is in cache (mean,
+ *              then sum of squared deviations: 512 KiB of float32 at 128 rows
+ *              x 1024 channels, the second read partly from L3), so x is read
  *              from memory once.
  *   ND_PLANES: a unit holds about ND_SEG values of one channel: a segment of
  *              at most ND_SEG values of one plane where planes have ND_SEG
@@ -207,20 +210,21 @@ static void FN(ch_moments)(const T *x, const nd_geom *g, double *work, double *m
     if (C <= 0) return;
     const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
     if (g->kind == ND_ROWS) {
-        const int64_t ct = nd_rows_ct(g), rb = nd_rows_rb(g);
+        const int64_t rb = nd_rows_rb(g);
+        const int64_t ct = nd_rows_sweep(g, ND_STATS_SWEEP);
         const int64_t nrb = nd_cdiv(N, rb), ntile = nd_cdiv(C, ct);
         const int64_t units = nrb * ntile;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < units; ++u) {
             const int64_t r0 = (u / ntile) * rb, r1 = nd_min64(r0 + rb, N);
             const int64_t c0 = (u % ntile) * ct, w = nd_min64(ct, C - c0);
-            /* a static schedule gives each thread consecutive units: the
-             * next one, from this unit's values, is the next tile of these
-             * rows or the first tile of the next row block -- prefetched
-             * when it has this unit's rows and width (so that every line
-             * asked for is the array's).  float32 units only: a float64
-             * unit takes 256 KiB, and two of them in the L2 cache made the
-             * pass slower (AMD Zen 3, 512 KiB L2). */
+            /* a static schedule gives each thread consecutive work items:
+             * the next one, from this one's values, is the next sweep of
+             * these rows or the first sweep of the next row block --
+             * prefetched when it has this item's rows and width (so that
+             * every line asked for is the array's).  float32 only: float64
+             * sweeps of 256 channels (256 KiB) measured slower with it (AMD
+             * Zen 3, 512 KiB L2). */
             int64_t next = 0;
             if (sizeof(T) == 4 && u + 1 < units) {
                 if ((u + 1) % ntile) {
@@ -369,7 +373,7 @@ static void FN(ch_grad_sums)(const T *dout, const T *x, const nd_geom *g, const 
     if (C <= 0) return;
     const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
     if (g->kind == ND_ROWS) {
-        const int64_t ct = nd_rows_ct(g), rb = nd_rows_rb(g);
+        const int64_t rb = nd_rows_rb(g), ct = nd_rows_sweep(g, ND_REDUCE_SWEEP);
         const int64_t nrb = nd_cdiv(N, rb), ntile = nd_cdiv(C, ct);
         const int64_t units = nrb * ntile;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)

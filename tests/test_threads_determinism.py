@@ -22,6 +22,8 @@ def feed(*arrays):
 for dtype in ("float32", "float64"):
     for shape, fwd, bwd in [((3001, 130), nd.batchnorm_forward, nd.batchnorm_backward),
                             ((70000, 3), nd.batchnorm_forward, nd.batchnorm_backward),
+                            # sweeps of 1024, 512 and 256 channels at 1, 2 and 3 threads
+                            ((300, 1100), nd.batchnorm_forward, nd.batchnorm_backward),
                             ((9, 16, 41, 40), nd.spatial_batchnorm_forward, nd.spatial_batchnorm_backward),
                             ((2, 3, 150, 130), nd.spatial_batchnorm_forward, nd.spatial_batchnorm_backward)]:
         x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
