@@ -16,21 +16,61 @@
  *
  * Every block is one malloc with a 64-byte aligned data area; the header in
  * front of the data records the malloc'd pointer and the capacity, so free
- * and realloc need no lookup.  The four functions have the signatures of
+ * and realloc need no lookup.  A new block of ND_POOL_HUGE bytes or more asks
+ * for transparent huge pages (Linux's madvise MADV_HUGEPAGE, before its pages
+ * are first touched), as NumPy's own allocator does for its arrays, unless
+ * nd_pool_set_hugepage(0): without them a 16 MiB output takes 4096 pages,
+ * more than the processor's second-level TLB holds.  The four functions have the signatures of
  * NumPy's PyDataMemAllocator (NEP 49); a spin lock guards the cache.  Its
  * holders run a few loads and stores, and never without it being released
  * across fork(): nd_pool_init's handlers take it before fork() and release
  * it on both sides, so a child forked while another thread held it (e.g.
  * in nd_pool_trim, which runs without the GIL) does not inherit it held.
  */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE   /* MADV_HUGEPAGE and sysconf under -std=c11 */
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include "normdrop.h"
 
 #define ND_POOL_SLOTS 16
 #define ND_POOL_ALIGN 64
+#define ND_POOL_HUGE ((size_t)4 << 20)   /* NumPy's threshold for the same advice */
+
+/* Set and read with the GIL held (at import, and by the allocations of the
+ * Python layer's outputs). */
+static int nd_pool_huge = 1;
+
+int nd_pool_set_hugepage(int on)
+{
+    const int old = nd_pool_huge;
+    nd_pool_huge = on ? 1 : 0;
+    return old;
+}
+
+/* Advise huge pages for the whole pages inside [raw, raw + bytes): a hint;
+ * where the kernel has none (or refuses), nothing changes. */
+static void nd_advise_huge(void *raw, size_t bytes)
+{
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes < ND_POOL_HUGE || !nd_pool_huge) return;
+    const long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0) return;
+    const uintptr_t lo = ((uintptr_t)raw + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
+    const uintptr_t hi = ((uintptr_t)raw + bytes) & ~(uintptr_t)(pg - 1);
+    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)raw;
+    (void)bytes;
+#endif
+}
 
 typedef struct {
     void *raw;      /* what malloc returned */
@@ -112,6 +152,7 @@ static void *nd_block_new(size_t size)
     if (cap < size || cap > SIZE_MAX - 2 * ND_POOL_ALIGN) return NULL;
     void *raw = malloc(cap + 2 * ND_POOL_ALIGN);
     if (!raw) return NULL;
+    nd_advise_huge(raw, cap + 2 * ND_POOL_ALIGN);
     char *data = (char *)(((uintptr_t)raw + ND_POOL_ALIGN + ND_POOL_ALIGN - 1) &
                           ~(uintptr_t)(ND_POOL_ALIGN - 1));
     nd_block_hdr *h = nd_hdr(data);

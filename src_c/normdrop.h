@@ -166,6 +166,9 @@ void nd_pool_free(void *ctx, void *ptr, size_t size);
 size_t nd_pool_set_limit(size_t limit);
 void nd_pool_trim(void);
 void nd_pool_info(uint64_t info[5]);
+/* Whether new blocks of 4 MiB or more ask for transparent huge pages (1 by
+ * default; Linux only); returns the previous setting. */
+int nd_pool_set_hugepage(int on);
 /* Once per process, before the first use: registers the fork handlers that
  * keep a forked child from inheriting the cache's lock held.  0, or
  * pthread_atfork's error number. */

@@ -221,3 +221,61 @@ def test_limit_from_the_environment(value, limit, warns):
                                                   (str(2**80), 2**63 - 1, False)])
 def test_streaming_threshold_from_the_environment(value, stream, warns):
     assert _from_env("NORMDROP_STREAM_BYTES", value)[1:] == (stream, warns)
+
+
+def _mapping(addr):
+    """(VmFlags, AnonHugePages in KiB) of this process's mapping holding addr,
+    from /proc/self/smaps; None where the file cannot be read."""
+    try:
+        with open("/proc/self/smaps") as f:
+            text = f.read()
+    except OSError:
+        return None
+    flags, huge, inside = None, None, False
+    for line in text.splitlines():
+        head = line.split()[0] if line else ""
+        if "-" in head and ":" not in head:       # a mapping's first line: lo-hi perms ...
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            if inside:
+                break
+            inside = lo <= addr < hi
+        elif inside and line.startswith("AnonHugePages:"):
+            huge = int(line.split()[1])
+        elif inside and line.startswith("VmFlags:"):
+            flags = line.split()[1:]
+    return (flags, huge) if inside and flags is not None else None
+
+
+def _thp_mode():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_HUGEPAGE) is Linux's")
+@pytest.mark.skipif(_thp_mode() in (None, "never"), reason="no transparent huge pages here")
+def test_large_new_blocks_ask_for_huge_pages_as_numpy_does(cache):
+    """A new block of 4 MiB or more is advised MADV_HUGEPAGE (VmFlags 'hg'),
+    as NumPy's allocator advises its arrays, and not when turned off; where
+    NumPy's own array of the size got huge pages, the output does too."""
+    n = 16 * MiB                                     # 64 MiB of float32
+    ref = np.ones(n, np.float32)                     # NumPy's allocator, same size
+    if _mapping(ref.ctypes.data) is None:
+        pytest.skip("/proc/self/smaps unreadable")
+    old = _k.cache_set_hugepage(True)
+    try:
+        out, _ = _drop(n)
+        flags, huge = _mapping(out.ctypes.data + out.nbytes // 2)   # past the first page
+        assert "hg" in flags
+        if _mapping(ref.ctypes.data + ref.nbytes // 2)[1] > 0:
+            assert huge > 0
+        del out, ref
+        nd.empty_cache()
+        assert _k.cache_set_hugepage(False) is True
+        out, _ = _drop(n, seed=2)
+        flags, _ = _mapping(out.ctypes.data + out.nbytes // 2)
+        assert "hg" not in flags
+    finally:
+        _k.cache_set_hugepage(old)

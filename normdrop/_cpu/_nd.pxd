@@ -91,6 +91,7 @@ cdef extern from "normdrop.h" nogil:
     size_t nd_pool_set_limit(size_t limit)
     void nd_pool_trim()
     void nd_pool_info(uint64_t *info)
+    int nd_pool_set_hugepage(int on)
     int nd_pool_init()
     void nd_pool_hold(double seconds)
 

@@ -7,8 +7,8 @@ from libc.stdint cimport uint64_t, uint8_t
 from libc.string cimport memcpy, memset
 
 from normdrop._cpu._nd cimport (nd_pool_calloc, nd_pool_free, nd_pool_hold, nd_pool_info,
-                                nd_pool_init, nd_pool_malloc, nd_pool_realloc, nd_pool_set_limit,
-                                nd_pool_trim)
+                                nd_pool_init, nd_pool_malloc, nd_pool_realloc,
+                                nd_pool_set_hugepage, nd_pool_set_limit, nd_pool_trim)
 
 
 cdef extern from "numpy/arrayobject.h":
@@ -78,6 +78,12 @@ def cache_set_limit(size_t limit):
     with nogil:
         limit = nd_pool_set_limit(limit)
     return limit
+
+
+def cache_set_hugepage(bint on):
+    """Whether new blocks of 4 MiB or more ask for transparent huge pages
+    (Linux); returns the previous setting."""
+    return bool(nd_pool_set_hugepage(on))
 
 
 def cache_trim():
