@@ -22,8 +22,8 @@ past the caches.  On Linux, new blocks of 4 MiB or more ask for transparent
 huge pages (``madvise(MADV_HUGEPAGE)``), as NumPy does for its own arrays,
 whenever NumPy does (its setting at import): without them a 16 MiB output
 spans 4096 pages, more than the processor's TLB holds, and a kernel that
-writes it waits on page walks.  Where the caller has installed a NumPy data allocator of
-their own, outputs use it and the cache stays out of the way.
+writes it waits on page walks.  Where the caller has installed a NumPy data
+allocator of their own, outputs use it and the cache stays out of the way.
 
 Without the C extension (a reference-only install) there is no cache: these
 functions still work and report an empty cache with limit 0.

@@ -17,15 +17,16 @@
  * Every block is one malloc with a 64-byte aligned data area; the header in
  * front of the data records the malloc'd pointer and the capacity, so free
  * and realloc need no lookup.  A new block of ND_POOL_HUGE bytes or more asks
- * for transparent huge pages (Linux's madvise MADV_HUGEPAGE, before its pages
- * are first touched), as NumPy's own allocator does for its arrays, unless
+ * for transparent huge pages (Linux's madvise MADV_HUGEPAGE, before its data
+ * is written), as NumPy's own allocator does for its arrays, unless
  * nd_pool_set_hugepage(0): without them a 16 MiB output takes 4096 pages,
- * more than the processor's second-level TLB holds.  The four functions have the signatures of
- * NumPy's PyDataMemAllocator (NEP 49); a spin lock guards the cache.  Its
- * holders run a few loads and stores, and never without it being released
- * across fork(): nd_pool_init's handlers take it before fork() and release
- * it on both sides, so a child forked while another thread held it (e.g.
- * in nd_pool_trim, which runs without the GIL) does not inherit it held.
+ * more than the processor's second-level TLB holds.  The four functions have
+ * the signatures of NumPy's PyDataMemAllocator (NEP 49); a spin lock guards
+ * the cache.  Its holders run a few loads and stores, and never without it
+ * being released across fork(): nd_pool_init's handlers take it before
+ * fork() and release it on both sides, so a child forked while another
+ * thread held it (e.g. in nd_pool_trim, which runs without the GIL) does not
+ * inherit it held.
  */
 #if defined(__linux__) && !defined(_DEFAULT_SOURCE)
 #define _DEFAULT_SOURCE   /* MADV_HUGEPAGE and sysconf under -std=c11 */
