@@ -9,9 +9,9 @@
  *              item takes the block's rows for a sweep of up to ND_STATS_SWEEP
  *              channels (nd_rows_sweep: long runs of each row; the width
  *              changes no result), read twice while it is in cache (mean,
- *              then sum of squared deviations: 512 KiB of float32 at 128 rows
- *              x 1024 channels, the second read partly from L3), so x is read
- *              from memory once.
+ *              then sum of squared deviations: at 128 rows x 1024 channels
+ *              512 KiB of float32, 1 MiB of float64, the second read partly
+ *              from L3), so x is read from memory once.
  *   ND_PLANES: a unit holds about ND_SEG values of one channel: a segment of
  *              at most ND_SEG values of one plane where planes have ND_SEG
  *              values or more, else ND_SEG / S whole planes (nd_planes_unit),
@@ -222,9 +222,10 @@ static void FN(ch_moments)(const T *x, const nd_geom *g, double *work, double *m
              * the next one, from this one's values, is the next sweep of
              * these rows or the first sweep of the next row block --
              * prefetched when it has this item's rows and width (so that
-             * every line asked for is the array's).  float32 only: float64
-             * sweeps of 256 channels (256 KiB) measured slower with it (AMD
-             * Zen 3, 512 KiB L2). */
+             * every line asked for is the array's).  float32 only: with
+             * float64 work items of 256 KiB (before the sweeps) it measured
+             * slower (AMD Zen 3, 512 KiB L2), and float64 sweeps are now up
+             * to 1 MiB. */
             int64_t next = 0;
             if (sizeof(T) == 4 && u + 1 < units) {
                 if ((u + 1) % ntile) {

@@ -36,12 +36,13 @@
 
 
 #if !ND_V_HAND
-/* (mean, M2) of one ND_ROWS unit: rows [r0, r1) of channels [c0, c0 + w),
- * w <= ND_SWEEP_MAX; into wk[2 j] (mean) and wk[2 j + 1] (M2).  Each channel's sums run
- * over the rows in order; four rows are added per load of the accumulator.
- * The M2 pass, which reads the unit again from the cache, prefetches the
- * next unit (its values are `next` values on from this one's; 0: none), so
- * that the next unit's first pass does not wait on memory. */
+/* (mean, M2) of the units of one ND_ROWS work item: rows [r0, r1) of
+ * channels [c0, c0 + w), w <= ND_SWEEP_MAX; into wk[2 j] (mean) and
+ * wk[2 j + 1] (M2).  Each channel's sums run over the rows in order; four
+ * rows are added per load of the accumulator.  The M2 pass, which reads the
+ * item again from the cache, prefetches the next item (its values are `next`
+ * values on from this one's; 0: none), so that the next item's first pass
+ * does not wait on memory. */
 ND_V_ATTR
 static void FV(nd_rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r1,
                                    int64_t c0, int64_t w, double *wk, int64_t next)

@@ -24,6 +24,8 @@ for dtype in ("float32", "float64"):
                             ((70000, 3), nd.batchnorm_forward, nd.batchnorm_backward),
                             # sweeps of 1024, 512 and 256 channels at 1, 2 and 3 threads
                             ((300, 1100), nd.batchnorm_forward, nd.batchnorm_backward),
+                            # 700 channels: one sweep at 1 thread, two (512 + 188) at 2
+                            ((512, 700), nd.batchnorm_forward, nd.batchnorm_backward),
                             ((9, 16, 41, 40), nd.spatial_batchnorm_forward, nd.spatial_batchnorm_backward),
                             ((2, 3, 150, 130), nd.spatial_batchnorm_forward, nd.spatial_batchnorm_backward)]:
         x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
