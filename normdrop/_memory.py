@@ -20,7 +20,8 @@ and at most 16 blocks; memory held by live arrays is never counted or kept.
 Blocks are 64-byte aligned, which also lets the kernels stream large outputs
 past the caches.  On Linux, new blocks of 4 MiB or more ask for transparent
 huge pages (``madvise(MADV_HUGEPAGE)``), as NumPy does for its own arrays,
-whenever NumPy does (its setting at import): without them a 16 MiB output
+whenever NumPy does (NumPy's setting when normdrop is imported; a later
+change of NumPy's setting is not followed): without them a 16 MiB output
 spans 4096 pages, more than the processor's TLB holds, and a kernel that
 writes it waits on page walks.  Where the caller has installed a NumPy data
 allocator of their own, outputs use it and the cache stays out of the way.

@@ -20,7 +20,9 @@
  * for transparent huge pages (Linux's madvise MADV_HUGEPAGE, before its data
  * is written), as NumPy's own allocator does for its arrays, unless
  * nd_pool_set_hugepage(0): without them a 16 MiB output takes 4096 pages,
- * more than the processor's second-level TLB holds.  The four functions have
+ * more than the processor's second-level TLB holds.  As with NumPy, a block
+ * that the C library carves from its heap leaves that part of the heap
+ * advised after it is freed.  The four functions have
  * the signatures of NumPy's PyDataMemAllocator (NEP 49); a spin lock guards
  * the cache.  Its holders run a few loads and stores, and never without it
  * being released across fork(): nd_pool_init's handlers take it before
@@ -28,8 +30,8 @@
  * thread held it (e.g. in nd_pool_trim, which runs without the GIL) does not
  * inherit it held.
  */
-#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
-#define _DEFAULT_SOURCE   /* MADV_HUGEPAGE and sysconf under -std=c11 */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE   /* MADV_HUGEPAGE and sysconf under -std=c11, old glibc too */
 #endif
 #include <stdint.h>
 #include <stdlib.h>
@@ -51,9 +53,15 @@ static int nd_pool_huge = 1;
 
 int nd_pool_set_hugepage(int on)
 {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
     const int old = nd_pool_huge;
     nd_pool_huge = on ? 1 : 0;
     return old;
+#else
+    (void)on;
+    (void)nd_pool_huge;
+    return -1;
+#endif
 }
 
 /* Advise huge pages for the whole pages inside [raw, raw + bytes): a hint;

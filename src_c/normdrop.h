@@ -167,7 +167,8 @@ size_t nd_pool_set_limit(size_t limit);
 void nd_pool_trim(void);
 void nd_pool_info(uint64_t info[5]);
 /* Whether new blocks of 4 MiB or more ask for transparent huge pages (1 by
- * default; Linux only); returns the previous setting. */
+ * default); returns the previous setting, or -1 where this build cannot ask
+ * (not Linux, or no MADV_HUGEPAGE). */
 int nd_pool_set_hugepage(int on);
 /* Once per process, before the first use: registers the fork handlers that
  * keep a forked child from inheriting the cache's lock held.  0, or

@@ -81,9 +81,11 @@ def cache_set_limit(size_t limit):
 
 
 def cache_set_hugepage(bint on):
-    """Whether new blocks of 4 MiB or more ask for transparent huge pages
-    (Linux); returns the previous setting."""
-    return bool(nd_pool_set_hugepage(on))
+    """Whether new blocks of 4 MiB or more ask for transparent huge pages;
+    returns the previous setting (True or False), or None where this build
+    cannot ask (not Linux)."""
+    cdef int old = nd_pool_set_hugepage(on)
+    return None if old < 0 else bool(old)
 
 
 def cache_trim():
