@@ -79,32 +79,23 @@ static int64_t nd_rows_rb(const nd_geom *g)
  * block of nd_rows_rb rows by a sweep of channels, each channel summed over
  * the block's rows in order, so the sweep's width changes no result (only rb
  * does); wider sweeps read longer runs of each row.  A whole number of
- * tiles of nd_rows_ct channels, at most `widest` and ND_SWEEP_MAX, halved
- * while a parallel pass would have fewer than four work items per thread. */
-#ifndef ND_SWEEP_MAX
-#define ND_SWEEP_MAX 1024
+ * tiles of nd_rows_ct channels, at most ND_SWEEP (the size of the unit
+ * loops' stack arrays), halved while a parallel pass would have fewer than
+ * four work items per thread. */
+#define ND_SWEEP 1024
+#if ND_SWEEP < ND_CT
+#error "ND_SWEEP must be at least ND_CT"
 #endif
-#ifndef ND_STATS_SWEEP
-#define ND_STATS_SWEEP 1024   /* the statistics (whose units are read twice) */
-#endif
-#ifndef ND_REDUCE_SWEEP
-#define ND_REDUCE_SWEEP 1024  /* the backward's sums (each value read once) */
-#endif
-#if ND_SWEEP_MAX < ND_CT
-#error "ND_SWEEP_MAX must be at least ND_CT (the unit loops' stack arrays)"
-#endif
-static int64_t nd_rows_sweep(const nd_geom *g, int64_t widest)
+static int64_t nd_rows_sweep(const nd_geom *g)
 {
     const int64_t ct = nd_rows_ct(g), C = g->c > 0 ? g->c : 1;
     const int64_t nrb = nd_cdiv(g->n > 0 ? g->n : 1, nd_rows_rb(g));
     const int64_t threads = g->n * g->c >= ND_PARALLEL_MIN ? nd_max_threads() : 1;
     const int64_t want = threads > 1 ? 4 * threads : 1;
     const int64_t tiles = nd_cdiv(C, ct);
-    /* whole tiles of ct channels (so sweeps start on a tile), at most widest */
-    int64_t k = nd_min64(nd_min64(widest, ND_SWEEP_MAX) / ct, tiles);
-    if (k < 1) k = 1;
+    int64_t k = nd_min64(ND_SWEEP / ct, tiles);   /* >= 1: ct <= ND_CT <= ND_SWEEP */
     while (k > 1 && nrb * nd_cdiv(tiles, k) < want) k = (k + 1) / 2;
-    return nd_min64(k * ct, ND_SWEEP_MAX);
+    return k * ct;
 }
 /* The ND_PLANES units of a channel, about ND_SEG values each: a plane of at
  * least ND_SEG values is cut into segments of ND_SEG values (the last one

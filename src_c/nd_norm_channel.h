@@ -6,7 +6,7 @@
  *
  * The statistics use a fixed partition of each channel into units:
  *   ND_ROWS:   a unit is a block of nd_rows_rb rows x one channel; a work
- *              item takes the block's rows for a sweep of up to ND_STATS_SWEEP
+ *              item takes the block's rows for a sweep of up to ND_SWEEP
  *              channels (nd_rows_sweep: long runs of each row; the width
  *              changes no result), read twice while it is in cache (mean,
  *              then sum of squared deviations: at 128 rows x 1024 channels
@@ -210,14 +210,13 @@ static void FN(ch_moments)(const T *x, const nd_geom *g, double *work, double *m
     if (C <= 0) return;
     const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
     if (g->kind == ND_ROWS) {
-        const int64_t rb = nd_rows_rb(g);
-        const int64_t ct = nd_rows_sweep(g, ND_STATS_SWEEP);
-        const int64_t nrb = nd_cdiv(N, rb), ntile = nd_cdiv(C, ct);
-        const int64_t units = nrb * ntile;
+        const int64_t rb = nd_rows_rb(g), sw = nd_rows_sweep(g);
+        const int64_t nrb = nd_cdiv(N, rb), nsw = nd_cdiv(C, sw);
+        const int64_t units = nrb * nsw;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < units; ++u) {
-            const int64_t r0 = (u / ntile) * rb, r1 = nd_min64(r0 + rb, N);
-            const int64_t c0 = (u % ntile) * ct, w = nd_min64(ct, C - c0);
+            const int64_t r0 = (u / nsw) * rb, r1 = nd_min64(r0 + rb, N);
+            const int64_t c0 = (u % nsw) * sw, w = nd_min64(sw, C - c0);
             /* a static schedule gives each thread consecutive work items:
              * the next one, from this one's values, is the next sweep of
              * these rows or the first sweep of the next row block --
@@ -228,13 +227,13 @@ static void FN(ch_moments)(const T *x, const nd_geom *g, double *work, double *m
              * to 1 MiB. */
             int64_t next = 0;
             if (sizeof(T) == 4 && u + 1 < units) {
-                if ((u + 1) % ntile) {
-                    if (nd_min64(ct, C - c0 - ct) == w) next = ct;
-                } else if (nd_min64(rb, N - r1) == r1 - r0 && nd_min64(ct, C) == w) {
+                if ((u + 1) % nsw) {
+                    if (nd_min64(sw, C - c0 - sw) == w) next = sw;
+                } else if (nd_min64(rb, N - r1) == r1 - r0 && nd_min64(sw, C) == w) {
                     next = rb * g->sn - c0;
                 }
             }
-            L->rows_stats_unit(x, g->sn, r0, r1, c0, w, work + 2 * ((u / ntile) * C + c0), next);
+            L->rows_stats_unit(x, g->sn, r0, r1, c0, w, work + 2 * ((u / nsw) * C + c0), next);
         }
         if (nrb == 1) {   /* one row block: the merge below would return its unit's values */
             for (int64_t c = 0; c < C; ++c) {
@@ -374,15 +373,15 @@ static void FN(ch_grad_sums)(const T *dout, const T *x, const nd_geom *g, const 
     if (C <= 0) return;
     const FN(nd_ch_loops) *L = FN(nd_ch_pick)();
     if (g->kind == ND_ROWS) {
-        const int64_t rb = nd_rows_rb(g), ct = nd_rows_sweep(g, ND_REDUCE_SWEEP);
-        const int64_t nrb = nd_cdiv(N, rb), ntile = nd_cdiv(C, ct);
-        const int64_t units = nrb * ntile;
+        const int64_t rb = nd_rows_rb(g), sw = nd_rows_sweep(g);
+        const int64_t nrb = nd_cdiv(N, rb), nsw = nd_cdiv(C, sw);
+        const int64_t units = nrb * nsw;
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t u = 0; u < units; ++u) {
-            const int64_t r0 = (u / ntile) * rb, r1 = nd_min64(r0 + rb, N);
-            const int64_t c0 = (u % ntile) * ct, w = nd_min64(ct, C - c0);
+            const int64_t r0 = (u / nsw) * rb, r1 = nd_min64(r0 + rb, N);
+            const int64_t c0 = (u % nsw) * sw, w = nd_min64(sw, C - c0);
             L->rows_reduce_unit(dout, x, g->sn, r0, r1, c0, w, mean,
-                                work + 2 * ((u / ntile) * C + c0));
+                                work + 2 * ((u / nsw) * C + c0));
         }
         ND_OMP_FOR(N * C >= ND_PARALLEL_MIN)
         for (int64_t c = 0; c < C; ++c) {

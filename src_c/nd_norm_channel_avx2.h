@@ -29,7 +29,7 @@ ND_V_ATTR
 static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64_t r1,
                                    int64_t c0, int64_t w, double *wk, int64_t next)
 {
-    double acc[ND_SWEEP_MAX], m[ND_SWEEP_MAX];
+    double acc[ND_SWEEP], m[ND_SWEEP];
     const __m256d one = _mm256_set1_pd(1.0);
     const float *base = x + c0;
     const int64_t w16 = w & ~(int64_t)15, w4 = w & ~(int64_t)3;
@@ -152,7 +152,7 @@ static void FV(nd_rows_reduce_unit)(const float *dout, const float *x, int64_t s
                                     int64_t r1, int64_t c0, int64_t w, const double *mean,
                                     double *wk)
 {
-    double a[ND_SWEEP_MAX], b[ND_SWEEP_MAX];
+    double a[ND_SWEEP], b[ND_SWEEP];
     const __m256d one = _mm256_set1_pd(1.0);
     const double *m = mean + c0;
     const int64_t w8 = w & ~(int64_t)7, w4 = w & ~(int64_t)3;

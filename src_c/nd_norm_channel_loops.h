@@ -37,7 +37,7 @@
 
 #if !ND_V_HAND
 /* (mean, M2) of the units of one ND_ROWS work item: rows [r0, r1) of
- * channels [c0, c0 + w), w <= ND_SWEEP_MAX; into wk[2 j] (mean) and
+ * channels [c0, c0 + w), w <= ND_SWEEP; into wk[2 j] (mean) and
  * wk[2 j + 1] (M2).  Each channel's sums run over the rows in order; four
  * rows are added per load of the accumulator.  The M2 pass, which reads the
  * item again from the cache, prefetches the next item (its values are `next`
@@ -47,7 +47,7 @@ ND_V_ATTR
 static void FV(nd_rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r1,
                                    int64_t c0, int64_t w, double *wk, int64_t next)
 {
-    double acc[ND_SWEEP_MAX], m[ND_SWEEP_MAX];
+    double acc[ND_SWEEP], m[ND_SWEEP];
     const T *base = x + c0;
     for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
     int64_t r = r0;
@@ -103,7 +103,7 @@ static void FV(nd_rows_reduce_unit)(const T *dout, const T *x, int64_t sn, int64
                                     int64_t r1, int64_t c0, int64_t w, const double *mean,
                                     double *wk)
 {
-    double a[ND_SWEEP_MAX], b[ND_SWEEP_MAX];
+    double a[ND_SWEEP], b[ND_SWEEP];
     const double *m = mean + c0;
     for (int64_t j = 0; j < w; ++j) { a[j] = 0.0; b[j] = 0.0; }
     int64_t r = r0;
