@@ -3,6 +3,11 @@ compiler can build an OpenMP program.
 
 Environment:
   NORMDROP_NO_OPENMP=1   build the serial kernels even where OpenMP works.
+  NORMDROP_ISA=avx2      pin the x86-64 kernels to one instruction-set variant
+                         (default, avx2 or x86-64-v4) instead of choosing at run
+                         time: to benchmark or test a variant the processor
+                         would not pick (an AVX2 run on an AVX-512 machine); the
+                         import refuses a variant the processor cannot run.
 """
 import os
 import shutil
@@ -21,6 +26,20 @@ INCLUDE_DIRS = ["src_c", "normdrop/include", np.get_include()]
 
 def _truthy(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_ISA_LEVELS = {"default": 0, "generic": 0, "avx2": 1, "x86-64-v4": 2, "avx512": 2}
+
+
+def _isa_macros():
+    """[("ND_FORCE_ISA_LEVEL", level)] for NORMDROP_ISA, [] when it is unset."""
+    name = os.environ.get("NORMDROP_ISA", "").strip().lower()
+    if not name or name == "native":
+        return []
+    if name not in _ISA_LEVELS:
+        raise SystemExit(f"NORMDROP_ISA={name!r}: expected one of {', '.join(_ISA_LEVELS)}")
+    print(f"normdrop: kernels pinned to the {name} variant (NORMDROP_ISA)")
+    return [("ND_FORCE_ISA_LEVEL", str(_ISA_LEVELS[name]))]
 
 
 def _openmp_flags(compiler):
@@ -75,7 +94,7 @@ extensions = [
         "normdrop._cpu._kernels",
         sources=["normdrop/_cpu/_kernels.pyx"] + KERNEL_SOURCES,
         include_dirs=INCLUDE_DIRS,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION"), *_isa_macros()],
     ),
     Extension(
         "normdrop._cpu._pool",

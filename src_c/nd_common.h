@@ -49,7 +49,19 @@ int nd_omp_parallel(int cond);
  * not cloned, so their results do not depend on the processor. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(ND_NO_CLONES) && \
     (defined(__clang__) || __GNUC__ >= 6) && defined(__linux__)
+#if defined(ND_FORCE_ISA_LEVEL)
+/* a build pinned to one variant (NORMDROP_ISA, setup.py; the variant tests):
+ * the one clone the resolver would pick on a processor of that level */
+#if ND_FORCE_ISA_LEVEL >= 2
+#define ND_CLONES __attribute__((target("arch=x86-64-v4")))
+#elif ND_FORCE_ISA_LEVEL == 1
+#define ND_CLONES __attribute__((target("avx2")))
+#else
+#define ND_CLONES
+#endif
+#else
 #define ND_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#endif
 #else
 #define ND_CLONES
 #endif

@@ -26,6 +26,9 @@
  * group; a race between threads stores the same value). */
 static inline int gr_simd(void)
 {
+#if defined(ND_FORCE_ISA_LEVEL)
+    return ND_FORCE_ISA_LEVEL >= 1;
+#else
     static int simd = -1;
     int v = __atomic_load_n(&simd, __ATOMIC_RELAXED);
     if (v < 0) {
@@ -34,6 +37,7 @@ static inline int gr_simd(void)
         __atomic_store_n(&simd, v, __ATOMIC_RELAXED);
     }
     return v;
+#endif
 }
 #else
 #define ND_GR_SIMD 0
@@ -442,9 +446,37 @@ int nd_have_openmp(void)
 
 uint64_t nd_keep_threshold(double p) { return nd_dropout_threshold(p); }
 
+/* The level the processor can run (2 x86-64-v4 and avx512, 1 avx2, 0
+ * default), by the tests nd_norm_isa makes. */
+#if defined(ND_FORCE_ISA_LEVEL) && defined(__x86_64__) && defined(__GNUC__)
+static int nd_cpu_level(void)
+{
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
+        return 2;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+}
+#endif
+
+int nd_isa_runnable(void)
+{
+#if defined(ND_FORCE_ISA_LEVEL) && defined(__x86_64__) && defined(__GNUC__)
+    return ND_FORCE_ISA_LEVEL <= nd_cpu_level();
+#else
+    return 1;
+#endif
+}
+
 const char *nd_norm_isa(void)
 {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(ND_NO_CLONES) && \
+#if defined(ND_FORCE_ISA_LEVEL) && ND_X86_SIMD
+    static const char *const pinned[] = {"default (pinned at build)", "avx2 (pinned at build)",
+                                         "x86-64-v4 (pinned at build)"};
+    return pinned[ND_FORCE_ISA_LEVEL >= 2 ? 2 : ND_FORCE_ISA_LEVEL <= 0 ? 0 : 1];
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(ND_NO_CLONES) && \
     (defined(__clang__) || __GNUC__ >= 6) && defined(__linux__)
     /* the choice the target_clones resolver makes (ND_CLONES, nd_common.h),
      * which nd_ch_level makes too, but for an AVX2 processor without FMA */

@@ -7,7 +7,7 @@
  * (nd_norm_train_fwd, nd_norm_bwd), over a geometry that says how an
  * element maps to its statistics group and to its affine channel; plus the
  * dropout kernels and the running-statistics update.  The same names are
- * used by the Cython bindings and the CUDA kernels (normdrop/_cuda/*.cu).
+ * used by the Cython bindings and the CUDA kernels (the .cu files of normdrop/_cuda).
  *
  * Conventions (every kernel):
  *   - kernels only compute: the caller allocates every output and the
@@ -86,6 +86,9 @@ int nd_have_openmp(void);
  * "default") and the dropout loops' ("avx512", "avx2", "generic"). */
 const char *nd_norm_isa(void);
 const char *nd_dropout_isa(void);
+/* 0 when the build is pinned to a variant (ND_FORCE_ISA_LEVEL: NORMDROP_ISA
+ * in setup.py) that this processor cannot run, else 1. */
+int nd_isa_runnable(void);
 
 /* The dropout keep threshold floor(p * 2**32) (nd_philox.h), for tests. */
 uint64_t nd_keep_threshold(double p);

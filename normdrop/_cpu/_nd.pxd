@@ -24,6 +24,7 @@ cdef extern from "normdrop.h" nogil:
     uint64_t nd_keep_threshold(double p)
     const char *nd_norm_isa()
     const char *nd_dropout_isa()
+    int nd_isa_runnable()
     void nd_merge_moments(int64_t nsets, int64_t ngroups, const double *count,
                           const double *mean, const double *m2, double *out_count,
                           double *out_mean, double *out_m2)
