@@ -114,10 +114,12 @@ ND_GR_AVX2 static void gr_plane_sums_avx2(const float *dp, const float *xp, int6
     *v2 = nd_lanes_sum(a2);
 }
 
-/* gr_rows_sums: one or two rows, 8 lanes per sum. */
-ND_GR_AVX2 static void gr_rows_sums_avx2(const float *const *dp, const float *const *xp, int nr,
-                                         int64_t len, const double *m, const double *r,
-                                         const double *gm, double *db, double *dg, double *s)
+/* gr_rows_sums: one or two rows, 8 lanes per sum; each iteration prefetches
+ * the lines pf values on in every row it reads. */
+ND_GR_AVX2 static inline __attribute__((always_inline)) void
+gr_rows_sums_body_avx2(const float *const *dp, const float *const *xp, int nr, int64_t len,
+                       const double *m, const double *r, const double *gm, double *db,
+                       double *dg, double *s, int64_t pf, const int dopf)
 {
     const float *d0 = dp[0], *x0 = xp[0];
     const float *d1 = nr == 2 ? dp[1] : dp[0], *x1 = nr == 2 ? xp[1] : xp[0];
@@ -129,6 +131,12 @@ ND_GR_AVX2 static void gr_rows_sums_avx2(const float *const *dp, const float *co
     int64_t i = 0;
     if (nr == 2) {
         for (; i + 8 <= len; i += 8) {
+            if (dopf) {
+                _mm_prefetch((const char *)(d0 + i + pf), _MM_HINT_T0);
+                _mm_prefetch((const char *)(x0 + i + pf), _MM_HINT_T0);
+                _mm_prefetch((const char *)(d1 + i + pf), _MM_HINT_T0);
+                _mm_prefetch((const char *)(x1 + i + pf), _MM_HINT_T0);
+            }
             const __m256d ga = _mm256_loadu_pd(gm + i), gb = _mm256_loadu_pd(gm + i + 4);
             const __m256d e0a = gr_ld4(d0 + i), e0b = gr_ld4(d0 + i + 4);
             const __m256d y0a = _mm256_sub_pd(gr_ld4(x0 + i), M0);
@@ -161,6 +169,10 @@ ND_GR_AVX2 static void gr_rows_sums_avx2(const float *const *dp, const float *co
         }
     } else {
         for (; i + 8 <= len; i += 8) {
+            if (dopf) {
+                _mm_prefetch((const char *)(d0 + i + pf), _MM_HINT_T0);
+                _mm_prefetch((const char *)(x0 + i + pf), _MM_HINT_T0);
+            }
             const __m256d ga = _mm256_loadu_pd(gm + i), gb = _mm256_loadu_pd(gm + i + 4);
             const __m256d e0a = gr_ld4(d0 + i), e0b = gr_ld4(d0 + i + 4);
             const __m256d y0a = _mm256_sub_pd(gr_ld4(x0 + i), M0);
@@ -213,6 +225,19 @@ ND_GR_AVX2 static void gr_rows_sums_avx2(const float *const *dp, const float *co
         s[2] = gr_bl_sum(a1);
         s[3] = gr_bl_sum(b1);
     }
+}
+
+/* (the loops without the prefetches where pf is 0: their cost showed on short
+ * rows) */
+ND_GR_AVX2 static void gr_rows_sums_avx2(const float *const *dp, const float *const *xp, int nr,
+                                         int64_t len, const double *m, const double *r,
+                                         const double *gm, double *db, double *dg, double *s,
+                                         int64_t pf)
+{
+    if (pf)
+        gr_rows_sums_body_avx2(dp, xp, nr, len, m, r, gm, db, dg, s, pf, 1);
+    else
+        gr_rows_sums_body_avx2(dp, xp, nr, len, m, r, gm, db, dg, s, 0, 0);
 }
 
 /* o[t] = (float)((r * gm[t]) * d[t] + b * (x[t] - m) + e), t < len (gm NULL:
@@ -702,11 +727,14 @@ static void FN(gr_plane_sums)(const T *restrict dp, const T *restrict xp, int64_
  * sum gamma d_j (x_j - m_j) (ND_GR_BL lanes by position); per channel
  * db[t] += d_0 (+ d_1) and dg[t] += r_0 (d_0 (x_0 - m_0)) (+ the same for row
  * 1) -- row by row, so two rows at once add what one at a time would, but
- * load and store db and dg once. */
-ND_CLONES
-static void FN(gr_rows_sums)(const T *const *dp, const T *const *xp, int nr, int64_t len,
-                             const double *m, const double *r, const double *restrict gm,
-                             double *restrict db, double *restrict dg, double *s)
+ * load and store db and dg once.  Each block of ND_GR_BL positions prefetches
+ * the line pf values on in every row it reads (gr_backward: the rows to come;
+ * 0: none). */
+static inline __attribute__((always_inline)) void
+FN(gr_rows_sums_body)(const T *const *dp, const T *const *xp, int nr, int64_t len,
+                      const double *m, const double *r, const double *restrict gm,
+                      double *restrict db, double *restrict dg, double *s, int64_t pf,
+                      const int dopf)
 {
     double a0[ND_GR_BL], b0[ND_GR_BL], a1[ND_GR_BL], b1[ND_GR_BL];
     for (int k = 0; k < ND_GR_BL; ++k) { a0[k] = 0.0; b0[k] = 0.0; a1[k] = 0.0; b1[k] = 0.0; }
@@ -716,7 +744,13 @@ static void FN(gr_rows_sums)(const T *const *dp, const T *const *xp, int nr, int
         const T *restrict d1 = dp[1], *restrict x1 = xp[1];
         const double m1 = m[1], r1 = r[1];
         int64_t i = 0;
-        for (; i + ND_GR_BL <= len; i += ND_GR_BL)
+        for (; i + ND_GR_BL <= len; i += ND_GR_BL) {
+            if (dopf) {
+                __builtin_prefetch(d0 + i + pf, 0, 3);
+                __builtin_prefetch(x0 + i + pf, 0, 3);
+                __builtin_prefetch(d1 + i + pf, 0, 3);
+                __builtin_prefetch(x1 + i + pf, 0, 3);
+            }
             for (int k = 0; k < ND_GR_BL; ++k) {
                 const int64_t t = i + k;
                 const double g = gm[t];
@@ -730,6 +764,7 @@ static void FN(gr_rows_sums)(const T *const *dp, const T *const *xp, int nr, int
                 db[t] = (db[t] + e0) + e1;
                 dg[t] = (dg[t] + r0 * (e0 * y0)) + r1 * (e1 * y1);
             }
+        }
         for (int k = 0; i + k < len; ++k) {
             const int64_t t = i + k;
             const double g = gm[t];
@@ -747,7 +782,11 @@ static void FN(gr_rows_sums)(const T *const *dp, const T *const *xp, int nr, int
         s[3] = gr_bl_sum(b1);
     } else {
         int64_t i = 0;
-        for (; i + ND_GR_BL <= len; i += ND_GR_BL)
+        for (; i + ND_GR_BL <= len; i += ND_GR_BL) {
+            if (dopf) {
+                __builtin_prefetch(d0 + i + pf, 0, 3);
+                __builtin_prefetch(x0 + i + pf, 0, 3);
+            }
             for (int k = 0; k < ND_GR_BL; ++k) {
                 const int64_t t = i + k;
                 const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
@@ -757,6 +796,7 @@ static void FN(gr_rows_sums)(const T *const *dp, const T *const *xp, int nr, int
                 db[t] += e0;
                 dg[t] += r0 * (e0 * y0);
             }
+        }
         for (int k = 0; i + k < len; ++k) {
             const int64_t t = i + k;
             const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
@@ -769,6 +809,17 @@ static void FN(gr_rows_sums)(const T *const *dp, const T *const *xp, int nr, int
     }
     s[0] = gr_bl_sum(a0);
     s[1] = gr_bl_sum(b0);
+}
+
+ND_CLONES
+static void FN(gr_rows_sums)(const T *const *dp, const T *const *xp, int nr, int64_t len,
+                             const double *m, const double *r, const double *restrict gm,
+                             double *restrict db, double *restrict dg, double *s, int64_t pf)
+{
+    if (pf)
+        FN(gr_rows_sums_body)(dp, xp, nr, len, m, r, gm, db, dg, s, pf, 1);
+    else
+        FN(gr_rows_sums_body)(dp, xp, nr, len, m, r, gm, db, dg, s, 0, 0);
 }
 
 /* Sums of a channel-run group of several runs (channels-last): *s1 = sum
@@ -837,7 +888,7 @@ static void FN(gr_group_sums)(const T *dout, const T *x, const nd_grp *grp, doub
         const T *dp = dout + grp->base, *xp = x + grp->base;
         double sv[4];
         GR_CALL(gr_rows_sums)(&dp, &xp, 1, grp->len, &m, &r, gamma + grp->c0, db + grp->c0,
-                         dg + grp->c0, sv);
+                         dg + grp->c0, sv, 0);
         *s1 = sv[0];
         *s2 = sv[1];
     } else {
@@ -906,6 +957,7 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
     const double M = (double)nd_group_count(g);
     const int rows = g->kind == ND_ROWS;
     const int st = dx ? gr_stream(dx, g, (int64_t)sizeof(T)) : 0;
+    const int64_t pfr = rows ? gr_prefetch_rows(cg * (int64_t)sizeof(T)) : 0;
     ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
     for (int64_t blk = 0; blk < nblk; ++blk) {
         double *P = work + 3 * C * blk, *dg = P, *db = P + C, *tc = P + 2 * C;
@@ -925,7 +977,10 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                         m[j] = mean[k0 + j * G];
                         r[j] = invstd[k0 + j * G];
                     }
-                    GR_CALL(gr_rows_sums)(dp, xp, nr, cg, m, r, gamma + c0, db + c0, dg + c0, sv);
+                    /* the rows pfr on, while they lie in the operand */
+                    const int64_t pf = i + pfr + nr <= N ? pfr * g->sn : 0;
+                    GR_CALL(gr_rows_sums)(dp, xp, nr, cg, m, r, gamma + c0, db + c0, dg + c0, sv,
+                                          pf);
                     for (int j = 0; j < nr; ++j) {
                         const int64_t k = k0 + j * G;
                         s1[k] = sv[2 * j];

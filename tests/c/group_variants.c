@@ -34,6 +34,7 @@ int main(void)
     static const int64_t shapes[][5] = {
         {7, 5, 1, 1, ND_ROWS},     {33, 300, 1, 1, ND_ROWS},  {301, 37, 1, 1, ND_ROWS},
         {5, 5000, 1, 1, ND_ROWS},  {9, 1030, 1, 1, ND_ROWS},  {30, 12, 1, 4, ND_ROWS},
+        {13, 600, 1, 1, ND_ROWS},  /* rows the backward prefetches, float32 and float64 */
         {2, 6, 35, 3, ND_PLANES},  {3, 16, 131, 8, ND_PLANES}, {2, 4, 2500, 2, ND_PLANES},
         {2, 6, 35, 3, ND_CLAST},   {3, 64, 10, 8, ND_CLAST},  {2, 160, 15, 80, ND_CLAST}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; ++si) {
