@@ -22,18 +22,26 @@
 #if ND_X86_SIMD && !defined(ND_GR_PORTABLE)
 #include <immintrin.h>
 #define ND_GR_SIMD 1
-/* Whether this processor runs the AVX2 loops: found once (asked per run of a
+/* Which of the float32 group loops this processor runs: 2 the AVX-512 ones
+ * where they exist (the x86-64-v4 level, as nd_ch_level), else the AVX2 ones;
+ * 1 the AVX2 ones; 0 the portable ones.  Found once (asked per run of a
  * group; a race between threads stores the same value). */
 static inline int gr_simd(void)
 {
 #if defined(ND_FORCE_ISA_LEVEL)
-    return ND_FORCE_ISA_LEVEL >= 1;
+    return ND_FORCE_ISA_LEVEL >= 2 ? 2 : ND_FORCE_ISA_LEVEL;
 #else
     static int simd = -1;
     int v = __atomic_load_n(&simd, __ATOMIC_RELAXED);
     if (v < 0) {
         __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") ? 1 : 0;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+            __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
+            v = 2;
+        else
+            v = __builtin_cpu_supports("avx2") ? 1 : 0;
         __atomic_store_n(&simd, v, __ATOMIC_RELAXED);
     }
     return v;

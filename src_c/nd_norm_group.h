@@ -38,7 +38,8 @@
  * (about a third of the conversions' cost, measured).  Each computes the
  * same IEEE operations in the same order, lane for lane, as its portable
  * version (GR_CALL picks one at run time: gr_simd), so either gives the same
- * bits. */
+ * bits.  The hottest of them also come with 512-bit vectors (below; GR_CALLW
+ * picks among the three). */
 #if ND_GR_SIMD && ND_AFFINE_FLOAT
 #define ND_GR_AVX2 __attribute__((target("avx2")))
 
@@ -298,9 +299,234 @@ ND_GR_AVX2 static void gr_plane_dx_avx2(const float *dp, const float *xp, float 
     if (st) nd_stream_fence();
 }
 
+/* ------------------------------------------------ float32 AVX-512 variants
+ * The backward's row sums and dx loops with 512-bit vectors, for processors
+ * of the x86-64-v4 level (gr_simd() == 2): one vector of 8 doubles is the
+ * AVX2 loops' pair of 4-double vectors, lane for lane, so each computes the
+ * same IEEE operations in the same order as its AVX2 and portable versions
+ * (the tails are the portable code), and gives the same bits with half the
+ * instructions. */
+#define ND_GR_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2")))
+
+ND_GR_AVX512 static inline __m512d gr_ld8(const float *p)
+{
+    return _mm512_cvtps_pd(_mm256_loadu_ps(p));
+}
+
+/* gr_sum_cvt: 32 lanes (4 vectors), the tail of each run added lane by lane. */
+ND_GR_AVX512 static double gr_sum_cvt_avx512(const float *p, int64_t nrun, int64_t len,
+                                             int64_t stride, double *buf)
+{
+    __m512d a[4];
+    double t[ND_LANES];
+    for (int k = 0; k < 4; ++k) a[k] = _mm512_setzero_pd();
+    for (int64_t r = 0; r < nrun; ++r) {
+        const float *q = p + r * stride;
+        double *b = buf + r * len;
+        int64_t i = 0;
+        for (; i + ND_LANES <= len; i += ND_LANES)
+            for (int k = 0; k < 4; ++k) {
+                const __m512d v = gr_ld8(q + i + 8 * k);
+                _mm512_storeu_pd(b + i + 8 * k, v);
+                a[k] = _mm512_add_pd(a[k], v);
+            }
+        if (i < len) {   /* lane j of the tail is lane j of the sums */
+            for (int k = 0; k < 4; ++k) _mm512_storeu_pd(t + 8 * k, a[k]);
+            for (int j = 0; i + j < len; ++j) {
+                const double v = (double)q[i + j];
+                b[i + j] = v;
+                t[j] += v;
+            }
+            for (int k = 0; k < 4; ++k) a[k] = _mm512_loadu_pd(t + 8 * k);
+        }
+    }
+    for (int k = 0; k < 4; ++k) _mm512_storeu_pd(t + 8 * k, a[k]);
+    return nd_lanes_sum(t);
+}
+
+/* gr_plane_sums: ND_LANES = 32 lanes, 4 vectors per sum. */
+ND_GR_AVX512 static void gr_plane_sums_avx512(const float *dp, const float *xp, int64_t len,
+                                              double m, double *v1, double *v2)
+{
+    const __m512d M = _mm512_set1_pd(m);
+    __m512d u1[4], u2[4];
+    for (int k = 0; k < 4; ++k) {
+        u1[k] = _mm512_setzero_pd();
+        u2[k] = _mm512_setzero_pd();
+    }
+    int64_t i = 0;
+    for (; i + ND_LANES <= len; i += ND_LANES)
+        for (int k = 0; k < 4; ++k) {
+            const __m512d d = gr_ld8(dp + i + 8 * k);
+            const __m512d y = _mm512_sub_pd(gr_ld8(xp + i + 8 * k), M);
+            u1[k] = _mm512_add_pd(u1[k], d);
+            u2[k] = _mm512_add_pd(u2[k], _mm512_mul_pd(d, y));
+        }
+    double a1[ND_LANES], a2[ND_LANES];
+    for (int k = 0; k < 4; ++k) {
+        _mm512_storeu_pd(a1 + 8 * k, u1[k]);
+        _mm512_storeu_pd(a2 + 8 * k, u2[k]);
+    }
+    for (int k = 0; i + k < len; ++k) {
+        const double d = (double)dp[i + k];
+        a1[k] += d;
+        a2[k] += d * ((double)xp[i + k] - m);
+    }
+    *v1 = nd_lanes_sum(a1);
+    *v2 = nd_lanes_sum(a2);
+}
+
+ND_GR_AVX512 static inline __attribute__((always_inline)) void
+gr_rows_sums_body_avx512(const float *const *dp, const float *const *xp, int nr, int64_t len,
+                         const double *m, const double *r, const double *gm, double *db,
+                         double *dg, double *s, int64_t pf, const int dopf)
+{
+    const float *d0 = dp[0], *x0 = xp[0];
+    const float *d1 = nr == 2 ? dp[1] : dp[0], *x1 = nr == 2 ? xp[1] : xp[0];
+    const double m0 = m[0], r0 = r[0], m1 = nr == 2 ? m[1] : 0.0, r1 = nr == 2 ? r[1] : 0.0;
+    const __m512d M0 = _mm512_set1_pd(m0), R0 = _mm512_set1_pd(r0);
+    const __m512d M1 = _mm512_set1_pd(m1), R1 = _mm512_set1_pd(r1);
+    __m512d a0 = _mm512_setzero_pd(), b0 = a0, a1 = a0, b1 = a0;
+    int64_t i = 0;
+    if (nr == 2) {
+        for (; i + 8 <= len; i += 8) {
+            if (dopf) {
+                _mm_prefetch((const char *)(d0 + i + pf), _MM_HINT_T0);
+                _mm_prefetch((const char *)(x0 + i + pf), _MM_HINT_T0);
+                _mm_prefetch((const char *)(d1 + i + pf), _MM_HINT_T0);
+                _mm_prefetch((const char *)(x1 + i + pf), _MM_HINT_T0);
+            }
+            const __m512d g = _mm512_loadu_pd(gm + i);
+            const __m512d e0 = gr_ld8(d0 + i), y0 = _mm512_sub_pd(gr_ld8(x0 + i), M0);
+            const __m512d e1 = gr_ld8(d1 + i), y1 = _mm512_sub_pd(gr_ld8(x1 + i), M1);
+            const __m512d w0 = _mm512_mul_pd(g, e0), w1 = _mm512_mul_pd(g, e1);
+            a0 = _mm512_add_pd(a0, w0);
+            b0 = _mm512_add_pd(b0, _mm512_mul_pd(w0, y0));
+            a1 = _mm512_add_pd(a1, w1);
+            b1 = _mm512_add_pd(b1, _mm512_mul_pd(w1, y1));
+            _mm512_storeu_pd(db + i, _mm512_add_pd(_mm512_add_pd(_mm512_loadu_pd(db + i), e0), e1));
+            const __m512d p0 = _mm512_mul_pd(R0, _mm512_mul_pd(e0, y0));
+            const __m512d p1 = _mm512_mul_pd(R1, _mm512_mul_pd(e1, y1));
+            _mm512_storeu_pd(dg + i, _mm512_add_pd(_mm512_add_pd(_mm512_loadu_pd(dg + i), p0), p1));
+        }
+    } else {
+        for (; i + 8 <= len; i += 8) {
+            if (dopf) {
+                _mm_prefetch((const char *)(d0 + i + pf), _MM_HINT_T0);
+                _mm_prefetch((const char *)(x0 + i + pf), _MM_HINT_T0);
+            }
+            const __m512d g = _mm512_loadu_pd(gm + i);
+            const __m512d e0 = gr_ld8(d0 + i), y0 = _mm512_sub_pd(gr_ld8(x0 + i), M0);
+            const __m512d w0 = _mm512_mul_pd(g, e0);
+            a0 = _mm512_add_pd(a0, w0);
+            b0 = _mm512_add_pd(b0, _mm512_mul_pd(w0, y0));
+            _mm512_storeu_pd(db + i, _mm512_add_pd(_mm512_loadu_pd(db + i), e0));
+            _mm512_storeu_pd(dg + i, _mm512_add_pd(_mm512_loadu_pd(dg + i),
+                                                   _mm512_mul_pd(R0, _mm512_mul_pd(e0, y0))));
+        }
+    }
+    double ta0[ND_GR_BL], tb0[ND_GR_BL], ta1[ND_GR_BL], tb1[ND_GR_BL];
+    _mm512_storeu_pd(ta0, a0);
+    _mm512_storeu_pd(tb0, b0);
+    _mm512_storeu_pd(ta1, a1);
+    _mm512_storeu_pd(tb1, b1);
+    for (int k = 0; i + k < len; ++k) {   /* the tail, as the portable loop */
+        const int64_t t = i + k;
+        const double g = gm[t];
+        const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
+        const double w0 = g * e0;
+        ta0[k] += w0;
+        tb0[k] += w0 * y0;
+        if (nr == 2) {
+            const double e1 = (double)d1[t], y1 = (double)x1[t] - m1;
+            const double w1 = g * e1;
+            ta1[k] += w1;
+            tb1[k] += w1 * y1;
+            db[t] = (db[t] + e0) + e1;
+            dg[t] = (dg[t] + r0 * (e0 * y0)) + r1 * (e1 * y1);
+        } else {
+            db[t] += e0;
+            dg[t] += r0 * (e0 * y0);
+        }
+    }
+    s[0] = gr_bl_sum(ta0);
+    s[1] = gr_bl_sum(tb0);
+    if (nr == 2) {
+        s[2] = gr_bl_sum(ta1);
+        s[3] = gr_bl_sum(tb1);
+    }
+}
+
+ND_GR_AVX512 static void gr_rows_sums_avx512(const float *const *dp, const float *const *xp,
+                                             int nr, int64_t len, const double *m,
+                                             const double *r, const double *gm, double *db,
+                                             double *dg, double *s, int64_t pf)
+{
+    if (pf)
+        gr_rows_sums_body_avx512(dp, xp, nr, len, m, r, gm, db, dg, s, pf, 1);
+    else
+        gr_rows_sums_body_avx512(dp, xp, nr, len, m, r, gm, db, dg, s, 0, 0);
+}
+
+/* gr_dx8_avx2 with one 8-double vector for its two. */
+ND_GR_AVX512 static inline void gr_dx8_avx512(const float *dp, const float *xp, float *o,
+                                              int64_t len, double m, double r, double ac,
+                                              double b, double e, const double *gm)
+{
+    const __m512d M = _mm512_set1_pd(m), R = _mm512_set1_pd(r), A = _mm512_set1_pd(ac);
+    const __m512d B = _mm512_set1_pd(b), E = _mm512_set1_pd(e);
+    int64_t t = 0;
+    for (; t + 8 <= len; t += 8) {
+        const __m512d a = gm ? _mm512_mul_pd(R, _mm512_loadu_pd(gm + t)) : A;
+        const __m512d v = _mm512_add_pd(
+            _mm512_add_pd(_mm512_mul_pd(a, gr_ld8(dp + t)),
+                          _mm512_mul_pd(B, _mm512_sub_pd(gr_ld8(xp + t), M))), E);
+        _mm256_storeu_ps(o + t, _mm512_cvtpd_ps(v));
+    }
+    for (; t < len; ++t) {
+        const double a = gm ? r * gm[t] : ac;
+        o[t] = (float)(a * (double)dp[t] + b * ((double)xp[t] - m) + e);
+    }
+}
+
+ND_GR_AVX512 static void gr_dx_avx512(const float *dp, const float *xp, float *op, int64_t len,
+                                      double m, double r, double ac, double b, double e,
+                                      const double *gm, int st)
+{
+    if (!st) {
+        gr_dx8_avx512(dp, xp, op, len, m, r, ac, b, e, gm);
+        return;
+    }
+    float buf[ND_GSCH];
+    for (int64_t t0 = 0; t0 < len; t0 += ND_GSCH) {
+        const int64_t l = nd_min64(ND_GSCH, len - t0);
+        gr_dx8_avx512(dp + t0, xp + t0, buf, l, m, r, ac, b, e, gm ? gm + t0 : NULL);
+        nd_stream_copy(op + t0, buf, (size_t)l * sizeof(float));
+    }
+}
+
+ND_GR_AVX512 static void gr_run_dx_avx512(const float *dp, const float *xp, float *op,
+                                          int64_t len, double m, double r, double b, double e,
+                                          const double *gm, int st)
+{
+    gr_dx_avx512(dp, xp, op, len, m, r, 0.0, b, e, gm, st);
+}
+
+ND_GR_AVX512 static void gr_plane_dx_avx512(const float *dp, const float *xp, float *o,
+                                            int64_t S, double m, double ac, double bc, double ec,
+                                            int st)
+{
+    gr_dx_avx512(dp, xp, o, S, m, 0.0, ac, bc, ec, NULL, st);
+    if (st) nd_stream_fence();
+}
+
 #define GR_CALL(name) (gr_simd() ? name##_avx2 : FN(name))
+/* the loops that also come with 512-bit vectors */
+#define GR_CALLW(name) \
+    (gr_simd() == 2 ? name##_avx512 : gr_simd() ? name##_avx2 : FN(name))
 #else
 #define GR_CALL(name) FN(name)
+#define GR_CALLW(name) FN(name)
 #endif
 
 /* ---------------------------------------------------------------- sums */
@@ -412,7 +638,7 @@ static inline void FN(gr_unit)(const T *p, int64_t nrun, int64_t len, int64_t st
     const double cnt = (double)(nrun * len);
 #if ND_AFFINE_FLOAT
     double buf[ND_GU];
-    const double mu = GR_CALL(gr_sum_cvt)(p, nrun, len, stride, buf) / cnt;
+    const double mu = GR_CALLW(gr_sum_cvt)(p, nrun, len, stride, buf) / cnt;
     *mean = mu;
     *m2 = FN(gr_sqdev_buf)(buf, nrun * len, mu, pf, nd_min64(pfn, nrun * len));
 #else
@@ -876,7 +1102,7 @@ static void FN(gr_group_sums)(const T *dout, const T *x, const nd_grp *grp, doub
         for (int64_t run = 0; run < grp->nrun; ++run) {
             const int64_t off = grp->base + run * grp->stride, ch = grp->c0 + run;
             double v1, v2;
-            GR_CALL(gr_plane_sums)(dout + off, x + off, grp->len, m, &v1, &v2);
+            GR_CALLW(gr_plane_sums)(dout + off, x + off, grp->len, m, &v1, &v2);
             t1 += gamma[ch] * v1;
             t2 += gamma[ch] * v2;
             db[ch] += v1;
@@ -887,7 +1113,7 @@ static void FN(gr_group_sums)(const T *dout, const T *x, const nd_grp *grp, doub
     } else if (grp->nrun == 1) {
         const T *dp = dout + grp->base, *xp = x + grp->base;
         double sv[4];
-        GR_CALL(gr_rows_sums)(&dp, &xp, 1, grp->len, &m, &r, gamma + grp->c0, db + grp->c0,
+        GR_CALLW(gr_rows_sums)(&dp, &xp, 1, grp->len, &m, &r, gamma + grp->c0, db + grp->c0,
                          dg + grp->c0, sv, 0);
         *s1 = sv[0];
         *s2 = sv[1];
@@ -935,10 +1161,10 @@ static void FN(gr_group_dx)(const T *dout, const T *x, T *dx, const nd_grp *grp,
     for (int64_t run = 0; run < grp->nrun; ++run) {
         const int64_t off = grp->base + run * grp->stride;
         if (grp->per_run)
-            GR_CALL(gr_plane_dx)(dout + off, x + off, dx + off, grp->len, m,
+            GR_CALLW(gr_plane_dx)(dout + off, x + off, dx + off, grp->len, m,
                                  r * gamma[grp->c0 + run], b, e, st);
         else
-            GR_CALL(gr_run_dx)(dout + off, x + off, dx + off, grp->len, m, r, b, e,
+            GR_CALLW(gr_run_dx)(dout + off, x + off, dx + off, grp->len, m, r, b, e,
                           gamma + grp->c0, st);
     }
     if (st) nd_stream_fence();
@@ -979,7 +1205,7 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                     }
                     /* the rows pfr on, while they lie in the operand */
                     const int64_t pf = i + pfr + nr <= N ? pfr * g->sn : 0;
-                    GR_CALL(gr_rows_sums)(dp, xp, nr, cg, m, r, gamma + c0, db + c0, dg + c0, sv,
+                    GR_CALLW(gr_rows_sums)(dp, xp, nr, cg, m, r, gamma + c0, db + c0, dg + c0, sv,
                                           pf);
                     for (int j = 0; j < nr; ++j) {
                         const int64_t k = k0 + j * G;
@@ -988,7 +1214,7 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                         if (dx) {
                             double b, e;
                             const double rd = gr_coef(r[j], s1[k], s2[k], M, train, &b, &e);
-                            GR_CALL(gr_run_dx)(dp[j], xp[j], dx + (i + j) * g->sn + c0, cg, m[j],
+                            GR_CALLW(gr_run_dx)(dp[j], xp[j], dx + (i + j) * g->sn + c0, cg, m[j],
                                           rd, b, e, gamma + c0, st);
                         }
                     }
@@ -1029,6 +1255,10 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
 #undef ND_GSCH
 #undef ND_GU
 #undef GR_CALL
+#undef GR_CALLW
 #ifdef ND_GR_AVX2
 #undef ND_GR_AVX2
+#endif
+#ifdef ND_GR_AVX512
+#undef ND_GR_AVX512
 #endif
