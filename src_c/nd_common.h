@@ -44,9 +44,11 @@ int nd_omp_parallel(int cond);
 #define ND_OMP_SPLIT
 #endif
 
-/* Runtime choice of the widest vector unit for the integer-heavy Philox loop
- * (GCC/Clang function multi-versioning on x86-64).  Floating-point kernels are
- * not cloned, so their results do not depend on the processor. */
+/* Runtime choice of the widest vector unit (GCC/Clang function
+ * multi-versioning on x86-64) for the normalization kernels' portable loops.
+ * Every clone computes the same IEEE operations in the same order (no
+ * contraction into FMA: -ffp-contract=off; sums in fixed lanes), so the
+ * results do not depend on the processor (tests/test_*variants.py). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(ND_NO_CLONES) && \
     (defined(__clang__) || __GNUC__ >= 6) && defined(__linux__)
 #if defined(ND_FORCE_ISA_LEVEL)
@@ -64,6 +66,26 @@ int nd_omp_parallel(int cond);
 #endif
 #else
 #define ND_CLONES
+#endif
+
+/* ND_CLONES without the x86-64-v4 clone, for loops that read their operands
+ * at NumPy's alignment (its large arrays start 16 bytes into a cache line):
+ * GCC's 64-byte loads there all span two lines, and layernorm's float64
+ * backward row loops took 1.08-1.12x the time of the avx2 clone's (AMD Zen 5,
+ * 2 threads).  The same bits either way. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(ND_NO_CLONES) && \
+    (defined(__clang__) || __GNUC__ >= 6) && defined(__linux__)
+#if defined(ND_FORCE_ISA_LEVEL)
+#if ND_FORCE_ISA_LEVEL >= 1
+#define ND_CLONES_AVX2 __attribute__((target("avx2")))
+#else
+#define ND_CLONES_AVX2
+#endif
+#else
+#define ND_CLONES_AVX2 __attribute__((target_clones("avx2", "default")))
+#endif
+#else
+#define ND_CLONES_AVX2
 #endif
 
 /* Hand-written x86-64 vector variants selected at run time (the dropout

@@ -1037,7 +1037,7 @@ FN(gr_rows_sums_body)(const T *const *dp, const T *const *xp, int nr, int64_t le
     s[1] = gr_bl_sum(b0);
 }
 
-ND_CLONES
+ND_CLONES_AVX2
 static void FN(gr_rows_sums)(const T *const *dp, const T *const *xp, int nr, int64_t len,
                              const double *m, const double *r, const double *restrict gm,
                              double *restrict db, double *restrict dg, double *s, int64_t pf)
@@ -1125,7 +1125,7 @@ static void FN(gr_group_sums)(const T *dout, const T *x, const nd_grp *grp, doub
 /* dx = (r gamma[ch]) * dout + b * (x - m) + e over the positions [0, len) of
  * one channel run from off (gm: gamma of its channels), in double, rounded
  * once; st: streamed. */
-ND_CLONES
+ND_CLONES_AVX2
 static void FN(gr_run_dx)(const T *restrict dp, const T *restrict xp, T *restrict op,
                           int64_t len, double m, double r, double b, double e,
                           const double *restrict gm, int st)
