@@ -313,60 +313,98 @@ ND_GR_AVX512 static inline __m512d gr_ld8(const float *p)
     return _mm512_cvtps_pd(_mm256_loadu_ps(p));
 }
 
-/* gr_sum_cvt: 32 lanes (4 vectors), the tail of each run added lane by lane. */
+/* A vector to and from a local array of 8 doubles, 32 bytes at a time: GCC
+ * aligns a local array that takes a 64-byte store to 64 bytes and stores it
+ * with vmovapd, which faults under AddressSanitizer, whose relocated frames
+ * (detect_stack_use_after_return) do not keep that alignment. */
+ND_GR_AVX512 static inline void gr_sta8(double *p, __m512d v)
+{
+    _mm256_storeu_pd(p, _mm512_castpd512_pd256(v));
+    _mm256_storeu_pd(p + 4, _mm512_extractf64x4_pd(v, 1));
+}
+
+ND_GR_AVX512 static inline __m512d gr_lda8(const double *p)
+{
+    return _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_loadu_pd(p)), _mm256_loadu_pd(p + 4),
+                              1);
+}
+
+/* gr_sum_cvt: 32 lanes (4 vectors, lane 8 k + j in a_k), the tail of each run
+ * added lane by lane.  (The accumulators are named, not an array: an array of
+ * 64-byte vectors lives in memory, see gr_sta8.) */
 ND_GR_AVX512 static double gr_sum_cvt_avx512(const float *p, int64_t nrun, int64_t len,
                                              int64_t stride, double *buf)
 {
-    __m512d a[4];
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
     double t[ND_LANES];
-    for (int k = 0; k < 4; ++k) a[k] = _mm512_setzero_pd();
     for (int64_t r = 0; r < nrun; ++r) {
         const float *q = p + r * stride;
         double *b = buf + r * len;
         int64_t i = 0;
-        for (; i + ND_LANES <= len; i += ND_LANES)
-            for (int k = 0; k < 4; ++k) {
-                const __m512d v = gr_ld8(q + i + 8 * k);
-                _mm512_storeu_pd(b + i + 8 * k, v);
-                a[k] = _mm512_add_pd(a[k], v);
-            }
+        for (; i + ND_LANES <= len; i += ND_LANES) {
+            const __m512d v0 = gr_ld8(q + i), v1 = gr_ld8(q + i + 8);
+            const __m512d v2 = gr_ld8(q + i + 16), v3 = gr_ld8(q + i + 24);
+            _mm512_storeu_pd(b + i, v0);
+            _mm512_storeu_pd(b + i + 8, v1);
+            _mm512_storeu_pd(b + i + 16, v2);
+            _mm512_storeu_pd(b + i + 24, v3);
+            a0 = _mm512_add_pd(a0, v0);
+            a1 = _mm512_add_pd(a1, v1);
+            a2 = _mm512_add_pd(a2, v2);
+            a3 = _mm512_add_pd(a3, v3);
+        }
         if (i < len) {   /* lane j of the tail is lane j of the sums */
-            for (int k = 0; k < 4; ++k) _mm512_storeu_pd(t + 8 * k, a[k]);
+            gr_sta8(t, a0);
+            gr_sta8(t + 8, a1);
+            gr_sta8(t + 16, a2);
+            gr_sta8(t + 24, a3);
             for (int j = 0; i + j < len; ++j) {
                 const double v = (double)q[i + j];
                 b[i + j] = v;
                 t[j] += v;
             }
-            for (int k = 0; k < 4; ++k) a[k] = _mm512_loadu_pd(t + 8 * k);
+            a0 = gr_lda8(t);
+            a1 = gr_lda8(t + 8);
+            a2 = gr_lda8(t + 16);
+            a3 = gr_lda8(t + 24);
         }
     }
-    for (int k = 0; k < 4; ++k) _mm512_storeu_pd(t + 8 * k, a[k]);
+    gr_sta8(t, a0);
+    gr_sta8(t + 8, a1);
+    gr_sta8(t + 16, a2);
+    gr_sta8(t + 24, a3);
     return nd_lanes_sum(t);
 }
 
-/* gr_plane_sums: ND_LANES = 32 lanes, 4 vectors per sum. */
+/* gr_plane_sums: ND_LANES = 32 lanes, 4 vectors per sum (named, as above). */
 ND_GR_AVX512 static void gr_plane_sums_avx512(const float *dp, const float *xp, int64_t len,
                                               double m, double *v1, double *v2)
 {
     const __m512d M = _mm512_set1_pd(m);
-    __m512d u1[4], u2[4];
-    for (int k = 0; k < 4; ++k) {
-        u1[k] = _mm512_setzero_pd();
-        u2[k] = _mm512_setzero_pd();
-    }
+    __m512d s0 = _mm512_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+    __m512d q0 = s0, q1 = s0, q2 = s0, q3 = s0;
     int64_t i = 0;
-    for (; i + ND_LANES <= len; i += ND_LANES)
-        for (int k = 0; k < 4; ++k) {
-            const __m512d d = gr_ld8(dp + i + 8 * k);
-            const __m512d y = _mm512_sub_pd(gr_ld8(xp + i + 8 * k), M);
-            u1[k] = _mm512_add_pd(u1[k], d);
-            u2[k] = _mm512_add_pd(u2[k], _mm512_mul_pd(d, y));
-        }
-    double a1[ND_LANES], a2[ND_LANES];
-    for (int k = 0; k < 4; ++k) {
-        _mm512_storeu_pd(a1 + 8 * k, u1[k]);
-        _mm512_storeu_pd(a2 + 8 * k, u2[k]);
+    for (; i + ND_LANES <= len; i += ND_LANES) {
+        const __m512d d0 = gr_ld8(dp + i), d1 = gr_ld8(dp + i + 8);
+        const __m512d d2 = gr_ld8(dp + i + 16), d3 = gr_ld8(dp + i + 24);
+        s0 = _mm512_add_pd(s0, d0);
+        s1 = _mm512_add_pd(s1, d1);
+        s2 = _mm512_add_pd(s2, d2);
+        s3 = _mm512_add_pd(s3, d3);
+        q0 = _mm512_add_pd(q0, _mm512_mul_pd(d0, _mm512_sub_pd(gr_ld8(xp + i), M)));
+        q1 = _mm512_add_pd(q1, _mm512_mul_pd(d1, _mm512_sub_pd(gr_ld8(xp + i + 8), M)));
+        q2 = _mm512_add_pd(q2, _mm512_mul_pd(d2, _mm512_sub_pd(gr_ld8(xp + i + 16), M)));
+        q3 = _mm512_add_pd(q3, _mm512_mul_pd(d3, _mm512_sub_pd(gr_ld8(xp + i + 24), M)));
     }
+    double a1[ND_LANES], a2[ND_LANES];
+    gr_sta8(a1, s0);
+    gr_sta8(a1 + 8, s1);
+    gr_sta8(a1 + 16, s2);
+    gr_sta8(a1 + 24, s3);
+    gr_sta8(a2, q0);
+    gr_sta8(a2 + 8, q1);
+    gr_sta8(a2 + 16, q2);
+    gr_sta8(a2 + 24, q3);
     for (int k = 0; i + k < len; ++k) {
         const double d = (double)dp[i + k];
         a1[k] += d;
@@ -426,10 +464,10 @@ gr_rows_sums_body_avx512(const float *const *dp, const float *const *xp, int nr,
         }
     }
     double ta0[ND_GR_BL], tb0[ND_GR_BL], ta1[ND_GR_BL], tb1[ND_GR_BL];
-    _mm512_storeu_pd(ta0, a0);
-    _mm512_storeu_pd(tb0, b0);
-    _mm512_storeu_pd(ta1, a1);
-    _mm512_storeu_pd(tb1, b1);
+    gr_sta8(ta0, a0);
+    gr_sta8(tb0, b0);
+    gr_sta8(ta1, a1);
+    gr_sta8(tb1, b1);
     for (int k = 0; i + k < len; ++k) {   /* the tail, as the portable loop */
         const int64_t t = i + k;
         const double g = gm[t];
