@@ -16,6 +16,20 @@
 #include "nd_moments.h"
 #include "nd_philox.h"
 
+/* Whether this processor has the x86-64-v4 level the AVX-512 variants are
+ * built for (AVX-512 F, BW, CD, DQ and VL, with AVX2, FMA and BMI2): the test
+ * of the target_clones resolver, nd_ch_level, gr_simd and nd_norm_isa. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+static inline int nd_cpu_v4(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+}
+#endif
+
 /* The group kernels' float32 AVX2 loops (nd_norm_group.h): x86-64 with GCC or
  * Clang, unless ND_NO_CLONES or ND_GR_PORTABLE (testing: the portable loops
  * only) is defined. */
@@ -34,14 +48,7 @@ static inline int gr_simd(void)
     static int simd = -1;
     int v = __atomic_load_n(&simd, __ATOMIC_RELAXED);
     if (v < 0) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
-            __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
-            v = 2;
-        else
-            v = __builtin_cpu_supports("avx2") ? 1 : 0;
+        v = nd_cpu_v4() ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
         __atomic_store_n(&simd, v, __ATOMIC_RELAXED);
     }
     return v;
@@ -363,14 +370,7 @@ static int nd_ch_level(void)
     static int level = -1;
     int l = __atomic_load_n(&level, __ATOMIC_RELAXED);
     if (l >= 0) return l;
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
-        l = 2;
-    else
-        l = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+    l = nd_cpu_v4() ? 2 : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
     __atomic_store_n(&level, l, __ATOMIC_RELAXED);
     return l;
 #endif
@@ -480,12 +480,7 @@ uint64_t nd_keep_threshold(double p) { return nd_dropout_threshold(p); }
 #if defined(ND_FORCE_ISA_LEVEL) && defined(__x86_64__) && defined(__GNUC__)
 static int nd_cpu_level(void)
 {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
-        return 2;
+    if (nd_cpu_v4()) return 2;
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 }
 #endif
@@ -509,12 +504,7 @@ const char *nd_norm_isa(void)
     (defined(__clang__) || __GNUC__ >= 6) && defined(__linux__)
     /* the choice the target_clones resolver makes (ND_CLONES, nd_common.h),
      * which nd_ch_level makes too, but for an AVX2 processor without FMA */
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
-        return "x86-64-v4";
+    if (nd_cpu_v4()) return "x86-64-v4";
     if (!__builtin_cpu_supports("avx2")) return "default";
     return nd_ch_level() == 1 ? "avx2" : "avx2 (per-channel loops: default)";
 #elif ND_CH_VARIANTS

@@ -115,6 +115,41 @@ ND_GR_AVX2 static void gr_plane_sums_avx2(const float *dp, const float *xp, int6
     *v2 = nd_lanes_sum(a2);
 }
 
+/* The tail of gr_rows_sums' vector loops (positions i <= t < len, as the
+ * portable loop, into the lanes' sums a0, b0, a1, b1) and its results s. */
+static inline void gr_rows_tail(const float *d0, const float *x0, const float *d1,
+                                const float *x1, int nr, int64_t i, int64_t len, double m0,
+                                double r0, double m1, double r1, const double *gm, double *db,
+                                double *dg, double *a0, double *b0, double *a1, double *b1,
+                                double *s)
+{
+    for (int k = 0; i + k < len; ++k) {
+        const int64_t t = i + k;
+        const double g = gm[t];
+        const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
+        const double w0 = g * e0;
+        a0[k] += w0;
+        b0[k] += w0 * y0;
+        if (nr == 2) {
+            const double e1 = (double)d1[t], y1 = (double)x1[t] - m1;
+            const double w1 = g * e1;
+            a1[k] += w1;
+            b1[k] += w1 * y1;
+            db[t] = (db[t] + e0) + e1;
+            dg[t] = (dg[t] + r0 * (e0 * y0)) + r1 * (e1 * y1);
+        } else {
+            db[t] += e0;
+            dg[t] += r0 * (e0 * y0);
+        }
+    }
+    s[0] = gr_bl_sum(a0);
+    s[1] = gr_bl_sum(b0);
+    if (nr == 2) {
+        s[2] = gr_bl_sum(a1);
+        s[3] = gr_bl_sum(b1);
+    }
+}
+
 /* gr_rows_sums: one or two rows, 8 lanes per sum; each iteration prefetches
  * the lines pf values on in every row it reads. */
 ND_GR_AVX2 static inline __attribute__((always_inline)) void
@@ -201,31 +236,7 @@ gr_rows_sums_body_avx2(const float *const *dp, const float *const *xp, int nr, i
     _mm256_storeu_pd(a1 + 4, a1b);
     _mm256_storeu_pd(b1, b1a);
     _mm256_storeu_pd(b1 + 4, b1b);
-    for (int k = 0; i + k < len; ++k) {   /* the tail, as the portable loop */
-        const int64_t t = i + k;
-        const double g = gm[t];
-        const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
-        const double w0 = g * e0;
-        a0[k] += w0;
-        b0[k] += w0 * y0;
-        if (nr == 2) {
-            const double e1 = (double)d1[t], y1 = (double)x1[t] - m1;
-            const double w1 = g * e1;
-            a1[k] += w1;
-            b1[k] += w1 * y1;
-            db[t] = (db[t] + e0) + e1;
-            dg[t] = (dg[t] + r0 * (e0 * y0)) + r1 * (e1 * y1);
-        } else {
-            db[t] += e0;
-            dg[t] += r0 * (e0 * y0);
-        }
-    }
-    s[0] = gr_bl_sum(a0);
-    s[1] = gr_bl_sum(b0);
-    if (nr == 2) {
-        s[2] = gr_bl_sum(a1);
-        s[3] = gr_bl_sum(b1);
-    }
+    gr_rows_tail(d0, x0, d1, x1, nr, i, len, m0, r0, m1, r1, gm, db, dg, a0, b0, a1, b1, s);
 }
 
 /* (the loops without the prefetches where pf is 0: their cost showed on short
@@ -268,36 +279,38 @@ ND_GR_AVX2 static inline void gr_dx8_avx2(const float *dp, const float *xp, floa
     }
 }
 
-ND_GR_AVX2 static void gr_dx_avx2(const float *dp, const float *xp, float *op, int64_t len,
-                                  double m, double r, double ac, double b, double e,
-                                  const double *gm, int st)
-{
-    if (!st) {
-        gr_dx8_avx2(dp, xp, op, len, m, r, ac, b, e, gm);
-        return;
+/* gr_dx_V (streamed through an L1 buffer when st), gr_run_dx_V and the plane
+ * runs' gr_plane_dx_V (nd_plane_dx) around gr_dx8_V, for V avx2 and avx512. */
+#define GR_DX_WRAPPERS(V, ATTR)                                                               \
+    ATTR static void gr_dx_##V(const float *dp, const float *xp, float *op, int64_t len,       \
+                               double m, double r, double ac, double b, double e,             \
+                               const double *gm, int st)                                      \
+    {                                                                                         \
+        if (!st) {                                                                            \
+            gr_dx8_##V(dp, xp, op, len, m, r, ac, b, e, gm);                                  \
+            return;                                                                           \
+        }                                                                                     \
+        float buf[ND_GSCH];                                                                   \
+        for (int64_t t0 = 0; t0 < len; t0 += ND_GSCH) {                                       \
+            const int64_t l = nd_min64(ND_GSCH, len - t0);                                    \
+            gr_dx8_##V(dp + t0, xp + t0, buf, l, m, r, ac, b, e, gm ? gm + t0 : NULL);        \
+            nd_stream_copy(op + t0, buf, (size_t)l * sizeof(float));                          \
+        }                                                                                     \
+    }                                                                                         \
+    ATTR static void gr_run_dx_##V(const float *dp, const float *xp, float *op, int64_t len,   \
+                                   double m, double r, double b, double e, const double *gm,  \
+                                   int st)                                                    \
+    {                                                                                         \
+        gr_dx_##V(dp, xp, op, len, m, r, 0.0, b, e, gm, st);                                  \
+    }                                                                                         \
+    ATTR static void gr_plane_dx_##V(const float *dp, const float *xp, float *o, int64_t S,    \
+                                     double m, double ac, double bc, double ec, int st)       \
+    {                                                                                         \
+        gr_dx_##V(dp, xp, o, S, m, 0.0, ac, bc, ec, NULL, st);                                \
+        if (st) nd_stream_fence();                                                            \
     }
-    float buf[ND_GSCH];
-    for (int64_t t0 = 0; t0 < len; t0 += ND_GSCH) {
-        const int64_t l = nd_min64(ND_GSCH, len - t0);
-        gr_dx8_avx2(dp + t0, xp + t0, buf, l, m, r, ac, b, e, gm ? gm + t0 : NULL);
-        nd_stream_copy(op + t0, buf, (size_t)l * sizeof(float));
-    }
-}
 
-/* gr_run_dx, and the plane runs' nd_plane_dx. */
-ND_GR_AVX2 static void gr_run_dx_avx2(const float *dp, const float *xp, float *op, int64_t len,
-                                      double m, double r, double b, double e, const double *gm,
-                                      int st)
-{
-    gr_dx_avx2(dp, xp, op, len, m, r, 0.0, b, e, gm, st);
-}
-
-ND_GR_AVX2 static void gr_plane_dx_avx2(const float *dp, const float *xp, float *o, int64_t S,
-                                        double m, double ac, double bc, double ec, int st)
-{
-    gr_dx_avx2(dp, xp, o, S, m, 0.0, ac, bc, ec, NULL, st);
-    if (st) nd_stream_fence();
-}
+GR_DX_WRAPPERS(avx2, ND_GR_AVX2)
 
 /* ------------------------------------------------ float32 AVX-512 variants
  * The backward's row sums and dx loops with 512-bit vectors, for processors
@@ -468,31 +481,7 @@ gr_rows_sums_body_avx512(const float *const *dp, const float *const *xp, int nr,
     gr_sta8(tb0, b0);
     gr_sta8(ta1, a1);
     gr_sta8(tb1, b1);
-    for (int k = 0; i + k < len; ++k) {   /* the tail, as the portable loop */
-        const int64_t t = i + k;
-        const double g = gm[t];
-        const double e0 = (double)d0[t], y0 = (double)x0[t] - m0;
-        const double w0 = g * e0;
-        ta0[k] += w0;
-        tb0[k] += w0 * y0;
-        if (nr == 2) {
-            const double e1 = (double)d1[t], y1 = (double)x1[t] - m1;
-            const double w1 = g * e1;
-            ta1[k] += w1;
-            tb1[k] += w1 * y1;
-            db[t] = (db[t] + e0) + e1;
-            dg[t] = (dg[t] + r0 * (e0 * y0)) + r1 * (e1 * y1);
-        } else {
-            db[t] += e0;
-            dg[t] += r0 * (e0 * y0);
-        }
-    }
-    s[0] = gr_bl_sum(ta0);
-    s[1] = gr_bl_sum(tb0);
-    if (nr == 2) {
-        s[2] = gr_bl_sum(ta1);
-        s[3] = gr_bl_sum(tb1);
-    }
+    gr_rows_tail(d0, x0, d1, x1, nr, i, len, m0, r0, m1, r1, gm, db, dg, ta0, tb0, ta1, tb1, s);
 }
 
 ND_GR_AVX512 static void gr_rows_sums_avx512(const float *const *dp, const float *const *xp,
@@ -527,36 +516,8 @@ ND_GR_AVX512 static inline void gr_dx8_avx512(const float *dp, const float *xp, 
     }
 }
 
-ND_GR_AVX512 static void gr_dx_avx512(const float *dp, const float *xp, float *op, int64_t len,
-                                      double m, double r, double ac, double b, double e,
-                                      const double *gm, int st)
-{
-    if (!st) {
-        gr_dx8_avx512(dp, xp, op, len, m, r, ac, b, e, gm);
-        return;
-    }
-    float buf[ND_GSCH];
-    for (int64_t t0 = 0; t0 < len; t0 += ND_GSCH) {
-        const int64_t l = nd_min64(ND_GSCH, len - t0);
-        gr_dx8_avx512(dp + t0, xp + t0, buf, l, m, r, ac, b, e, gm ? gm + t0 : NULL);
-        nd_stream_copy(op + t0, buf, (size_t)l * sizeof(float));
-    }
-}
-
-ND_GR_AVX512 static void gr_run_dx_avx512(const float *dp, const float *xp, float *op,
-                                          int64_t len, double m, double r, double b, double e,
-                                          const double *gm, int st)
-{
-    gr_dx_avx512(dp, xp, op, len, m, r, 0.0, b, e, gm, st);
-}
-
-ND_GR_AVX512 static void gr_plane_dx_avx512(const float *dp, const float *xp, float *o,
-                                            int64_t S, double m, double ac, double bc, double ec,
-                                            int st)
-{
-    gr_dx_avx512(dp, xp, o, S, m, 0.0, ac, bc, ec, NULL, st);
-    if (st) nd_stream_fence();
-}
+GR_DX_WRAPPERS(avx512, ND_GR_AVX512)
+#undef GR_DX_WRAPPERS
 
 #define GR_CALL(name) (gr_simd() ? name##_avx2 : FN(name))
 /* the loops that also come with 512-bit vectors */
