@@ -7,7 +7,9 @@ Environment:
                          (default, avx2 or x86-64-v4) instead of choosing at run
                          time: to benchmark or test a variant the processor
                          would not pick (an AVX2 run on an AVX-512 machine); the
-                         import refuses a variant the processor cannot run.
+                         import refuses a variant the processor cannot run.  A
+                         changed value needs a fresh build (pip install rebuilds;
+                         build_ext --inplace needs --force).
 """
 import os
 import shutil

@@ -99,8 +99,8 @@ static inline void nd_store_bits64(uint8_t *p, uint64_t m)
 /* Which variant this processor runs: 2 avx512, 1 avx2, 0 generic. */
 static int nd_isa_level(void)
 {
-#if defined(ND_FORCE_ISA_LEVEL)   /* testing: pin one variant */
-    return ND_FORCE_ISA_LEVEL;
+#if defined(ND_FORCE_ISA_LEVEL) && ND_X86_SIMD   /* testing: pin one variant */
+    return ND_FORCE_ISA_LEVEL >= 2 ? 2 : ND_FORCE_ISA_LEVEL <= 0 ? 0 : 1;
 #elif ND_X86_SIMD
     /* a few loads of the CPU model data filled in at startup: no caching, so
      * no shared state between threads */

@@ -480,7 +480,13 @@ uint64_t nd_keep_threshold(double p) { return nd_dropout_threshold(p); }
 #if defined(ND_FORCE_ISA_LEVEL) && defined(__x86_64__) && defined(__GNUC__)
 static int nd_cpu_level(void)
 {
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+    /* a pinned x86-64-v4 build may use every feature of the level (MOVBE,
+     * LZCNT, F16C, ...), which a virtual machine can hide one by one */
+    if (nd_cpu_v4() && __builtin_cpu_supports("x86-64-v4")) return 2;
+#else
     if (nd_cpu_v4()) return 2;
+#endif
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 }
 #endif
@@ -496,7 +502,9 @@ int nd_isa_runnable(void)
 
 const char *nd_norm_isa(void)
 {
-#if defined(ND_FORCE_ISA_LEVEL) && ND_X86_SIMD
+#if defined(ND_FORCE_ISA_LEVEL) && defined(__x86_64__) && defined(__GNUC__) && \
+    !defined(ND_NO_CLONES) && (defined(__clang__) || __GNUC__ >= 6) && defined(__linux__)
+    /* (where ND_CLONES is pinned with it, nd_common.h) */
     static const char *const pinned[] = {"default (pinned at build)", "avx2 (pinned at build)",
                                          "x86-64-v4 (pinned at build)"};
     return pinned[ND_FORCE_ISA_LEVEL >= 2 ? 2 : ND_FORCE_ISA_LEVEL <= 0 ? 0 : 1];

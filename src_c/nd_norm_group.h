@@ -24,7 +24,7 @@
  * samples (grad_reduce and the fused backward, whose per-channel dgamma and
  * dbeta are summed per block and the blocks then added in order), with
  * boundaries that depend only on the shape: the results do not depend on the
- * thread count, nor on which loops (AVX2 or portable, GR_CALL) run.
+ * thread count, nor on which loops (AVX-512, AVX2 or portable: GR_CALL) run.
  */
 
 /* Values per chunk of a streamed output (see nd_stream_copy). */
@@ -37,9 +37,8 @@
  * rounded results, where vcvtps2pd from memory and 128-bit stores do without
  * (about a third of the conversions' cost, measured).  Each computes the
  * same IEEE operations in the same order, lane for lane, as its portable
- * version (GR_CALL picks one at run time: gr_simd), so either gives the same
- * bits.  The hottest of them also come with 512-bit vectors (below; GR_CALLW
- * picks among the three). */
+ * version, so either gives the same bits.  Each also comes with 512-bit
+ * vectors (below); GR_CALL picks one of the three at run time (gr_simd). */
 #if ND_GR_SIMD && ND_AFFINE_FLOAT
 #define ND_GR_AVX2 __attribute__((target("avx2")))
 
@@ -519,13 +518,10 @@ ND_GR_AVX512 static inline void gr_dx8_avx512(const float *dp, const float *xp, 
 GR_DX_WRAPPERS(avx512, ND_GR_AVX512)
 #undef GR_DX_WRAPPERS
 
-#define GR_CALL(name) (gr_simd() ? name##_avx2 : FN(name))
-/* the loops that also come with 512-bit vectors */
-#define GR_CALLW(name) \
+#define GR_CALL(name) \
     (gr_simd() == 2 ? name##_avx512 : gr_simd() ? name##_avx2 : FN(name))
 #else
 #define GR_CALL(name) FN(name)
-#define GR_CALLW(name) FN(name)
 #endif
 
 /* ---------------------------------------------------------------- sums */
@@ -637,7 +633,7 @@ static inline void FN(gr_unit)(const T *p, int64_t nrun, int64_t len, int64_t st
     const double cnt = (double)(nrun * len);
 #if ND_AFFINE_FLOAT
     double buf[ND_GU];
-    const double mu = GR_CALLW(gr_sum_cvt)(p, nrun, len, stride, buf) / cnt;
+    const double mu = GR_CALL(gr_sum_cvt)(p, nrun, len, stride, buf) / cnt;
     *mean = mu;
     *m2 = FN(gr_sqdev_buf)(buf, nrun * len, mu, pf, nd_min64(pfn, nrun * len));
 #else
@@ -1101,7 +1097,7 @@ static void FN(gr_group_sums)(const T *dout, const T *x, const nd_grp *grp, doub
         for (int64_t run = 0; run < grp->nrun; ++run) {
             const int64_t off = grp->base + run * grp->stride, ch = grp->c0 + run;
             double v1, v2;
-            GR_CALLW(gr_plane_sums)(dout + off, x + off, grp->len, m, &v1, &v2);
+            GR_CALL(gr_plane_sums)(dout + off, x + off, grp->len, m, &v1, &v2);
             t1 += gamma[ch] * v1;
             t2 += gamma[ch] * v2;
             db[ch] += v1;
@@ -1112,7 +1108,7 @@ static void FN(gr_group_sums)(const T *dout, const T *x, const nd_grp *grp, doub
     } else if (grp->nrun == 1) {
         const T *dp = dout + grp->base, *xp = x + grp->base;
         double sv[4];
-        GR_CALLW(gr_rows_sums)(&dp, &xp, 1, grp->len, &m, &r, gamma + grp->c0, db + grp->c0,
+        GR_CALL(gr_rows_sums)(&dp, &xp, 1, grp->len, &m, &r, gamma + grp->c0, db + grp->c0,
                          dg + grp->c0, sv, 0);
         *s1 = sv[0];
         *s2 = sv[1];
@@ -1160,10 +1156,10 @@ static void FN(gr_group_dx)(const T *dout, const T *x, T *dx, const nd_grp *grp,
     for (int64_t run = 0; run < grp->nrun; ++run) {
         const int64_t off = grp->base + run * grp->stride;
         if (grp->per_run)
-            GR_CALLW(gr_plane_dx)(dout + off, x + off, dx + off, grp->len, m,
+            GR_CALL(gr_plane_dx)(dout + off, x + off, dx + off, grp->len, m,
                                  r * gamma[grp->c0 + run], b, e, st);
         else
-            GR_CALLW(gr_run_dx)(dout + off, x + off, dx + off, grp->len, m, r, b, e,
+            GR_CALL(gr_run_dx)(dout + off, x + off, dx + off, grp->len, m, r, b, e,
                           gamma + grp->c0, st);
     }
     if (st) nd_stream_fence();
@@ -1204,7 +1200,7 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                     }
                     /* the rows pfr on, while they lie in the operand */
                     const int64_t pf = i + pfr + nr <= N ? pfr * g->sn : 0;
-                    GR_CALLW(gr_rows_sums)(dp, xp, nr, cg, m, r, gamma + c0, db + c0, dg + c0, sv,
+                    GR_CALL(gr_rows_sums)(dp, xp, nr, cg, m, r, gamma + c0, db + c0, dg + c0, sv,
                                           pf);
                     for (int j = 0; j < nr; ++j) {
                         const int64_t k = k0 + j * G;
@@ -1213,7 +1209,7 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                         if (dx) {
                             double b, e;
                             const double rd = gr_coef(r[j], s1[k], s2[k], M, train, &b, &e);
-                            GR_CALLW(gr_run_dx)(dp[j], xp[j], dx + (i + j) * g->sn + c0, cg, m[j],
+                            GR_CALL(gr_run_dx)(dp[j], xp[j], dx + (i + j) * g->sn + c0, cg, m[j],
                                           rd, b, e, gamma + c0, st);
                         }
                     }
@@ -1254,7 +1250,6 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
 #undef ND_GSCH
 #undef ND_GU
 #undef GR_CALL
-#undef GR_CALLW
 #ifdef ND_GR_AVX2
 #undef ND_GR_AVX2
 #endif

@@ -29,9 +29,9 @@ from normdrop._cpu._nd cimport *
 cnp.import_array()
 
 if not nd_isa_runnable():
-    raise ImportError(f"this build is pinned to the {nd_norm_isa().decode()} instruction-set "
-                      f"variant (NORMDROP_ISA), which this processor cannot run; rebuild "
-                      f"without NORMDROP_ISA")
+    raise ImportError(f"this build is pinned to an instruction-set variant that this processor "
+                      f"cannot run ({nd_norm_isa().decode()}: NORMDROP_ISA at build time); unset "
+                      f"NORMDROP_ISA and rebuild")
 
 # The fork handler (normdrop.h, nd_init): without it, a process forked after
 # a parallel kernel would hang in its first parallel kernel.
