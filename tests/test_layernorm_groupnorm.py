@@ -208,9 +208,12 @@ def test_reference_matches_the_cs231n_code():
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11)
 
 
-@pytest.mark.parametrize("shape", [(3, 7, 64), (2, 1, 5), (1, 1), (5, 1), (6, 70000), (2, 2, 3)])
+@pytest.mark.parametrize("shape", [(3, 7, 64), (2, 1, 5), (1, 1), (5, 1), (6, 70000), (2, 2, 3),
+                                   (7, 1030), (11, 600), (2, 5, 768)])
 def test_layernorm_shapes_cpu(shape):
-    """(..., D) inputs, a single feature, rows longer than a statistics unit."""
+    """(..., D) inputs, a single feature, rows longer than a statistics unit,
+    and rows the backward prefetches ahead of (2-16 KiB, an odd row count,
+    vector tails)."""
     for dtype in ("float32", "float64"):
         x, gamma, beta, dout = _ln_case(shape, dtype, seed=sum(shape))
         out, cache = nd.layernorm_forward(x, gamma, beta, {})
@@ -222,7 +225,7 @@ def test_layernorm_shapes_cpu(shape):
 
 
 @pytest.mark.parametrize("shape,G", [((2, 4, 1, 1), 2), ((3, 6, 1, 7), 6), ((1, 8, 180, 200), 1),
-                                     ((2, 32, 3, 3), 32), ((5, 3, 2, 2), 1)])
+                                     ((2, 32, 3, 3), 32), ((5, 3, 2, 2), 1), ((3, 16, 7, 9), 4)])
 def test_groupnorm_shapes_cpu(shape, G):
     from conftest import _layout
     for dtype in ("float32", "float64"):
