@@ -104,27 +104,33 @@ typedef struct {
 #define ND_V generic
 #define ND_V_ATTR
 #define ND_V_AVX2 0
+#define ND_V_AVX512 0
 #include "nd_norm_channel_loops.h"
 #undef ND_V
 #undef ND_V_ATTR
 #undef ND_V_AVX2
+#undef ND_V_AVX512
 
 #if ND_CH_VARIANTS
 #define ND_V avx2
 #define ND_V_ATTR __attribute__((target(ND_CH_TARGET_AVX2)))
 #define ND_V_AVX2 1
+#define ND_V_AVX512 0
 #include "nd_norm_channel_loops.h"
 #undef ND_V
 #undef ND_V_ATTR
 #undef ND_V_AVX2
+#undef ND_V_AVX512
 
 #define ND_V avx512
 #define ND_V_ATTR __attribute__((target(ND_CH_TARGET_AVX512)))
 #define ND_V_AVX2 0
+#define ND_V_AVX512 1
 #include "nd_norm_channel_loops.h"
 #undef ND_V
 #undef ND_V_ATTR
 #undef ND_V_AVX2
+#undef ND_V_AVX512
 #endif
 
 static const FN(nd_ch_loops) *FN(nd_ch_pick)(void)

@@ -2,12 +2,15 @@
  * (nd_norm_channel.h) for one data type and one instruction-set variant.
  * Included by nd_norm_channel.h with T, SUF, FN and ND_AFFINE_FLOAT defined
  * (nd_norm_impl.h), and ND_V (the variant's suffix), ND_V_ATTR (its target
- * attribute) and ND_V_AVX2 (1 in the avx2 variant); every function is static
+ * attribute), ND_V_AVX2 (1 in the avx2 variant) and ND_V_AVX512 (1 in the
+ * avx512 variant); every function is static
  * and named FV(name), e.g. nd_rows_stats_unit_f32_avx2.
  *
  * These portable loops are what the compiler vectorizes for each target; the
  * avx2 variant's float32 statistics, sums and dx loops are written by hand
- * instead (nd_norm_channel_avx2.h, the same operations in the same order).
+ * instead (nd_norm_channel_avx2.h, the same operations in the same order), and
+ * so is the avx512 variant's float32 ND_ROWS statistics loop
+ * (nd_norm_channel_avx512.h).
  * Every variant computes the same IEEE operations in the same order; the
  * one freedom taken: in the avx2 variant the last addition of the float32
  * affine is issued as fmaf(v, 1, b), the same addition (v * 1 is exact, the
@@ -34,8 +37,15 @@
 #define ND_V_HAND 0
 #endif
 
+#if ND_V_AVX512 && ND_AFFINE_FLOAT
+#define ND_V_HAND_STATS 1   /* the avx512 variant's own float32 ND_ROWS statistics */
+#include "nd_norm_channel_avx512.h"
+#else
+#define ND_V_HAND_STATS ND_V_HAND
+#endif
 
-#if !ND_V_HAND
+
+#if !ND_V_HAND_STATS
 /* (mean, M2) of the units of one ND_ROWS work item: rows [r0, r1) of
  * channels [c0, c0 + w), w <= ND_SWEEP; into wk[2 j] (mean) and
  * wk[2 j + 1] (M2).  Each channel's sums run over the rows in order; four
@@ -95,7 +105,9 @@ static void FV(nd_rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r
     }
     for (int64_t j = 0; j < w; ++j) { wk[2 * j] = m[j]; wk[2 * j + 1] = acc[j]; }
 }
+#endif
 
+#if !ND_V_HAND
 /* (sum dout, sum dout * (x - mean)) of one ND_ROWS unit, into wk pairs; four
  * rows per load of the accumulators. */
 ND_V_ATTR
@@ -470,4 +482,5 @@ static const FN(nd_ch_loops) FV(nd_ch_loops) = {
 #undef ND_DX1
 #undef ND_FADDF
 #undef ND_V_HAND
+#undef ND_V_HAND_STATS
 #undef FV
