@@ -17,6 +17,7 @@ import numpy as np
 from . import _contract as K
 from . import _reference
 from . import _validate as V
+from . import _dispatch
 from ._dispatch import Route, _numpy_route, backend_by_name, backend_for, reference_forced
 from ._interop import _NO_STREAM, _detached
 
@@ -471,6 +472,13 @@ def _quick_prepare_adapted(spec, x, gamma, beta, param, extra, rm, rv):
     """_prepare_common for arrays of another library on the C kernels (PyTorch
     or JAX CPU arrays): converted as _prepare converts them (a pure step,
     done again there when this declines), then the same checks."""
+    torch_cpu = _dispatch._torch_cpu
+    if torch_cpu is not None and not reference_forced():
+        # PyTorch CPU tensors (the route is known once one has been seen):
+        # the route's test and the conversions in one loop
+        nat = torch_cpu.adapter.natives((x, gamma, beta, rm, rv), _dispatch._plain_tensor_type)
+        if nat is not None:
+            return _quick_prepare(spec, *nat[:3], param, extra, nat[3], nat[4], torch_cpu)
     route = backend_for(_named_arrays(spec, x, gamma, beta, rm, rv))
     if route.adapter is None or route.adapter.kind != "cpu":
         return None

@@ -154,6 +154,32 @@ class _TorchCpu(Adapter):
     def wrap(self, a):
         return None if a is None else self._from_numpy(a)
 
+    def natives(self, arrays, plain_type):
+        """The NumPy views of arrays (None entries stay None) where every
+        one is a dense CPU tensor of torch.Tensor or a plain subclass
+        (``plain_type(t)``) that ``Tensor.numpy()`` takes as it is (after a
+        detach where it requires grad); else None, and the caller takes the
+        general route, whose checks and errors apply.  The route check and
+        the conversions of the common call in one loop: ``numpy()`` refuses
+        other devices, layouts, conjugate and negative views and the dtypes
+        NumPy lacks, so no separate device test is needed."""
+        tensor = self._type
+        out = []
+        for a in arrays:
+            if a is None:
+                out.append(None)
+                continue
+            t = type(a)
+            if t is not tensor and not (isinstance(a, tensor) and plain_type(t)):
+                return None
+            if a.requires_grad:
+                a = a.detach()
+            try:
+                out.append(a.numpy())
+            except (TypeError, BufferError, RuntimeError, ValueError):
+                return None
+        return out
+
 
 def _refuse_layout(name, a):
     """TypeError for a tensor that is not a dense (strided) one -- sparse,
