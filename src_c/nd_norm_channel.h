@@ -77,6 +77,45 @@ static inline int nd_aff32_ok(double mean, double scale, double shift)
 #define ND_AFF_TILE 1024
 #endif
 
+/* The scalar steps of the ND_ROWS statistics loops, shared by every
+ * variant (the portable loop, and the tails of the hand-written vector
+ * loops): channels [j, w) of four rows, or of one row, added in row order to
+ * acc (the sums), or their squared deviations from m (the M2 pass). */
+static inline __attribute__((always_inline)) void
+FN(nd_sum_rows4)(double *acc, const T *p0, const T *p1, const T *p2, const T *p3, int64_t j,
+                 int64_t w)
+{
+    for (; j < w; ++j) {
+        double a = acc[j];
+        a += (double)p0[j];
+        a += (double)p1[j];
+        a += (double)p2[j];
+        a += (double)p3[j];
+        acc[j] = a;
+    }
+}
+
+static inline __attribute__((always_inline)) void
+FN(nd_sqdev_rows4)(double *acc, const double *m, const T *p0, const T *p1, const T *p2,
+                   const T *p3, int64_t j, int64_t w)
+{
+    for (; j < w; ++j) {
+        const double mj = m[j];
+        double a = acc[j], d;
+        d = (double)p0[j] - mj; a += d * d;
+        d = (double)p1[j] - mj; a += d * d;
+        d = (double)p2[j] - mj; a += d * d;
+        d = (double)p3[j] - mj; a += d * d;
+        acc[j] = a;
+    }
+}
+
+static inline __attribute__((always_inline)) void
+FN(nd_sqdev_row)(double *acc, const double *m, const T *p, int64_t j, int64_t w)
+{
+    for (; j < w; ++j) { const double d = (double)p[j] - m[j]; acc[j] += d * d; }
+}
+
 /* The inner loops of one instruction-set variant (nd_norm_channel_loops.h),
  * called through this table; FN(nd_ch_pick) gives the variant this processor
  * runs (nd_ch_level, nd_norm.c). */

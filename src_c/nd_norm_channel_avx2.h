@@ -68,14 +68,7 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
             a = ND_ADD4(ND_CVT4(p3 + j), a);
             ND_ST4(acc + j, a);
         }
-        for (; j < w; ++j) {
-            double a = acc[j];
-            a += (double)p0[j];
-            a += (double)p1[j];
-            a += (double)p2[j];
-            a += (double)p3[j];
-            acc[j] = a;
-        }
+        FN(nd_sum_rows4)(acc, p0, p1, p2, p3, j, w);
     }
     for (; r < r1; ++r) {
         const float *p = base + r * sn;
@@ -123,15 +116,7 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
             d = _mm256_sub_pd(ND_CVT4(p3 + j), mv); a = ND_ADD4(_mm256_mul_pd(d, d), a);
             ND_ST4(acc + j, a);
         }
-        for (; j < w; ++j) {
-            const double mj = m[j];
-            double a = acc[j], d;
-            d = (double)p0[j] - mj; a += d * d;
-            d = (double)p1[j] - mj; a += d * d;
-            d = (double)p2[j] - mj; a += d * d;
-            d = (double)p3[j] - mj; a += d * d;
-            acc[j] = a;
-        }
+        FN(nd_sqdev_rows4)(acc, m, p0, p1, p2, p3, j, w);
     }
     for (; r < r1; ++r) {
         const float *p = base + r * sn;
@@ -140,7 +125,7 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
             const __m256d d = _mm256_sub_pd(ND_CVT4(p + j), ND_LD4(m + j));
             ND_ST4(acc + j, ND_ADD4(_mm256_mul_pd(d, d), ND_LD4(acc + j)));
         }
-        for (; j < w; ++j) { const double d = (double)p[j] - m[j]; acc[j] += d * d; }
+        FN(nd_sqdev_row)(acc, m, p, j, w);
     }
     for (int64_t j = 0; j < w; ++j) { wk[2 * j] = m[j]; wk[2 * j + 1] = acc[j]; }
 }

@@ -20,6 +20,14 @@
 #define ND_ST8(p, v) _mm512_storeu_pd((p), (v))
 
 #define ND_PF512_ROWS 8
+/* the two lines of 32 floats at j, off values on, in each of the four rows */
+#define ND_PF8(off)                                                                       \
+    do {                                                                                  \
+        ND_PREFETCH_L2(p0 + j + (off)); ND_PREFETCH_L2(p0 + j + 16 + (off));              \
+        ND_PREFETCH_L2(p1 + j + (off)); ND_PREFETCH_L2(p1 + j + 16 + (off));              \
+        ND_PREFETCH_L2(p2 + j + (off)); ND_PREFETCH_L2(p2 + j + 16 + (off));              \
+        ND_PREFETCH_L2(p3 + j + (off)); ND_PREFETCH_L2(p3 + j + 16 + (off));              \
+    } while (0)
 ND_V_ATTR
 static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64_t r1,
                                    int64_t c0, int64_t w, double *wk, int64_t next)
@@ -35,16 +43,7 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
         const int64_t ah = r + 4 + ND_PF512_ROWS <= r1 ? ND_PF512_ROWS * sn : 0;
         int64_t j = 0;
         for (; j < w32; j += 32) {
-            if (ah) {
-                ND_PREFETCH_L2(p0 + j + ah);
-                ND_PREFETCH_L2(p0 + j + 16 + ah);
-                ND_PREFETCH_L2(p1 + j + ah);
-                ND_PREFETCH_L2(p1 + j + 16 + ah);
-                ND_PREFETCH_L2(p2 + j + ah);
-                ND_PREFETCH_L2(p2 + j + 16 + ah);
-                ND_PREFETCH_L2(p3 + j + ah);
-                ND_PREFETCH_L2(p3 + j + 16 + ah);
-            }
+            if (ah) ND_PF8(ah);
             __m512d a0 = ND_LD8(acc + j), a1 = ND_LD8(acc + j + 8);
             __m512d a2 = ND_LD8(acc + j + 16), a3 = ND_LD8(acc + j + 24);
 #define ND_ROW8(p)                                                                             \
@@ -66,14 +65,7 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
             a = _mm512_add_pd(a, ND_CVT8(p3 + j));
             ND_ST8(acc + j, a);
         }
-        for (; j < w; ++j) {
-            double a = acc[j];
-            a += (double)p0[j];
-            a += (double)p1[j];
-            a += (double)p2[j];
-            a += (double)p3[j];
-            acc[j] = a;
-        }
+        FN(nd_sum_rows4)(acc, p0, p1, p2, p3, j, w);
     }
     for (; r < r1; ++r) {
         const float *p = base + r * sn;
@@ -93,16 +85,7 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
             __m512d a0 = ND_LD8(acc + j), a1 = ND_LD8(acc + j + 8);
             __m512d a2 = ND_LD8(acc + j + 16), a3 = ND_LD8(acc + j + 24);
             __m512d d0, d1, d2, d3;
-            if (next) {
-                ND_PREFETCH_L2(p0 + j + next);
-                ND_PREFETCH_L2(p0 + j + 16 + next);
-                ND_PREFETCH_L2(p1 + j + next);
-                ND_PREFETCH_L2(p1 + j + 16 + next);
-                ND_PREFETCH_L2(p2 + j + next);
-                ND_PREFETCH_L2(p2 + j + 16 + next);
-                ND_PREFETCH_L2(p3 + j + next);
-                ND_PREFETCH_L2(p3 + j + 16 + next);
-            }
+            if (next) ND_PF8(next);
 #define ND_ROW8(p)                                                                            \
     d0 = _mm512_sub_pd(ND_CVT8((p) + j), m0);       d1 = _mm512_sub_pd(ND_CVT8((p) + j + 8), m1);  \
     d2 = _mm512_sub_pd(ND_CVT8((p) + j + 16), m2);  d3 = _mm512_sub_pd(ND_CVT8((p) + j + 24), m3); \
@@ -125,15 +108,7 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
             d = _mm512_sub_pd(ND_CVT8(p3 + j), mv); a = _mm512_add_pd(a, _mm512_mul_pd(d, d));
             ND_ST8(acc + j, a);
         }
-        for (; j < w; ++j) {
-            const double mj = m[j];
-            double a = acc[j], d;
-            d = (double)p0[j] - mj; a += d * d;
-            d = (double)p1[j] - mj; a += d * d;
-            d = (double)p2[j] - mj; a += d * d;
-            d = (double)p3[j] - mj; a += d * d;
-            acc[j] = a;
-        }
+        FN(nd_sqdev_rows4)(acc, m, p0, p1, p2, p3, j, w);
     }
     for (; r < r1; ++r) {
         const float *p = base + r * sn;
@@ -142,7 +117,7 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
             const __m512d d = _mm512_sub_pd(ND_CVT8(p + j), ND_LD8(m + j));
             ND_ST8(acc + j, _mm512_add_pd(ND_LD8(acc + j), _mm512_mul_pd(d, d)));
         }
-        for (; j < w; ++j) { const double d = (double)p[j] - m[j]; acc[j] += d * d; }
+        FN(nd_sqdev_row)(acc, m, p, j, w);
     }
     for (int64_t j = 0; j < w; ++j) { wk[2 * j] = m[j]; wk[2 * j + 1] = acc[j]; }
 }
@@ -151,3 +126,4 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
 #undef ND_LD8
 #undef ND_ST8
 #undef ND_PF512_ROWS
+#undef ND_PF8

@@ -63,14 +63,7 @@ static void FV(nd_rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
         const T *p0 = base + r * sn, *p1 = p0 + sn, *p2 = p1 + sn, *p3 = p2 + sn;
-        for (int64_t j = 0; j < w; ++j) {
-            double a = acc[j];
-            a += (double)p0[j];
-            a += (double)p1[j];
-            a += (double)p2[j];
-            a += (double)p3[j];
-            acc[j] = a;
-        }
+        FN(nd_sum_rows4)(acc, p0, p1, p2, p3, 0, w);
     }
     for (; r < r1; ++r) {
         const T *p = base + r * sn;
@@ -89,20 +82,9 @@ static void FV(nd_rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r
                 ND_PREFETCH_L2(p3 + j + next);
             }
         }
-        for (int64_t j = 0; j < w; ++j) {
-            const double mj = m[j];
-            double a = acc[j], d;
-            d = (double)p0[j] - mj; a += d * d;
-            d = (double)p1[j] - mj; a += d * d;
-            d = (double)p2[j] - mj; a += d * d;
-            d = (double)p3[j] - mj; a += d * d;
-            acc[j] = a;
-        }
+        FN(nd_sqdev_rows4)(acc, m, p0, p1, p2, p3, 0, w);
     }
-    for (; r < r1; ++r) {
-        const T *p = base + r * sn;
-        for (int64_t j = 0; j < w; ++j) { double d = (double)p[j] - m[j]; acc[j] += d * d; }
-    }
+    for (; r < r1; ++r) FN(nd_sqdev_row)(acc, m, base + r * sn, 0, w);
     for (int64_t j = 0; j < w; ++j) { wk[2 * j] = m[j]; wk[2 * j + 1] = acc[j]; }
 }
 #endif
