@@ -6,8 +6,9 @@
  * rows in order), so its results are the other variants' bits.
  *
  * Why by hand: GCC vectorizes the portable loop with 512-bit loads of 16
- * floats and converts the halves from registers, without the prefetches the
- * mean pass needs; here 8 floats are converted straight from memory
+ * floats, whose upper halves it extracts (vextractf32x8) before converting
+ * them, and without the prefetches the mean pass needs; here every 8 floats
+ * are converted straight from memory
  * (vcvtps2pd zmm, m256), 32 channels x 4 rows per iteration, and the mean
  * pass prefetches each line ND_PF512_ROWS rows on, as the avx2 loop does.
  * The 4096 x 1024 statistics took 0.72x the time of the portable loop
