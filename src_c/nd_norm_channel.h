@@ -111,6 +111,12 @@ FN(nd_sqdev_rows4)(double *acc, const double *m, const T *p0, const T *p1, const
 }
 
 static inline __attribute__((always_inline)) void
+FN(nd_sum_row)(double *acc, const T *p, int64_t j, int64_t w)
+{
+    for (; j < w; ++j) acc[j] += (double)p[j];
+}
+
+static inline __attribute__((always_inline)) void
 FN(nd_sqdev_row)(double *acc, const double *m, const T *p, int64_t j, int64_t w)
 {
     for (; j < w; ++j) { const double d = (double)p[j] - m[j]; acc[j] += d * d; }

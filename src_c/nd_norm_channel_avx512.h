@@ -72,7 +72,7 @@ static void FV(nd_rows_stats_unit)(const float *x, int64_t sn, int64_t r0, int64
         const float *p = base + r * sn;
         int64_t j = 0;
         for (; j < w8; j += 8) ND_ST8(acc + j, _mm512_add_pd(ND_LD8(acc + j), ND_CVT8(p + j)));
-        for (; j < w; ++j) acc[j] += (double)p[j];
+        FN(nd_sum_row)(acc, p, j, w);
     }
     const double cnt = (double)(r1 - r0);
     for (int64_t j = 0; j < w; ++j) { m[j] = acc[j] / cnt; acc[j] = 0.0; }

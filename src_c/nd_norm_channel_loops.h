@@ -65,10 +65,7 @@ static void FV(nd_rows_stats_unit)(const T *x, int64_t sn, int64_t r0, int64_t r
         const T *p0 = base + r * sn, *p1 = p0 + sn, *p2 = p1 + sn, *p3 = p2 + sn;
         FN(nd_sum_rows4)(acc, p0, p1, p2, p3, 0, w);
     }
-    for (; r < r1; ++r) {
-        const T *p = base + r * sn;
-        for (int64_t j = 0; j < w; ++j) acc[j] += (double)p[j];
-    }
+    for (; r < r1; ++r) FN(nd_sum_row)(acc, base + r * sn, 0, w);
     const double cnt = (double)(r1 - r0);
     for (int64_t j = 0; j < w; ++j) { m[j] = acc[j] / cnt; acc[j] = 0.0; }
     r = r0;
