@@ -199,7 +199,8 @@ static inline void ch_coef(int64_t c, double M, int train, const double *gamma,
  * cache); larger groups are cut into units of about this size. */
 #define ND_GR_UNIT 32768
 /* float32: units of at most this many values, whose conversions to double
- * (16 KiB) stay in L1 for the second pass. */
+ * (16 KiB; or the 8 KiB of floats, converted again: gr_unit) stay in L1 for
+ * the second pass. */
 #define ND_GR_UNIT32 2048
 /* Values per block of whole samples in the backward (its per-channel partial
  * sums are one row of the scratch) ... */

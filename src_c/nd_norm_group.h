@@ -12,7 +12,8 @@
  * Statistics, in double: a group of at most ND_GU values (ND_GR_UNIT32 for
  * float32, ND_GR_UNIT for float64) is one unit, read twice in cache (mean,
  * then sum of squared deviations; float32 keeps the first pass's conversions
- * to double in an L1 buffer for the second); a larger group is cut into units
+ * to double in an L1 buffer for the second, except a one-run unit on the
+ * AVX2 loops, which converts twice: gr_sum_run_avx2); a larger group is cut into units
  * of whole runs or run segments of at most ND_GU values, merged in order
  * (nd_chan_merge).  Sums use fixed accumulators: lane k takes the positions
  * t = k mod ND_LANES of every run, in run order (the backward's row sums
@@ -88,9 +89,11 @@ ND_GR_AVX2 static double gr_sum_cvt_avx2(const float *p, int64_t nrun, int64_t l
  * (the same lanes, the same operations: the same bits).  Used by gr_unit on
  * processors that run the AVX2 loops: on a Zen 3 core the buffer's stores
  * cost more than the second conversions once the data come from memory
- * (layernorm forward (4096, 1024) float32, 2 threads: 0.88-0.91 of the
- * buffered time; in L2, the moments alone 1.3 times slower, the forward
- * the same); the AVX-512 loops keep the buffer, not measured without it. */
+ * (float32 layernorm forward, 2 threads, (4096, 1024) and (8, 512, 768):
+ * 0.89-0.91 of the buffered time; groupnorm forward 0.83-0.90; rows in L2
+ * or of 64 to 256 values 0.96-1.01, though the statistics alone, without
+ * the normalize pass, took 1.3 times as long in L2); the AVX-512 loops keep
+ * the buffer (not measured without it). */
 ND_GR_AVX2 static double gr_sum_run_avx2(const float *q, int64_t len)
 {
     __m256d a[8];
@@ -705,8 +708,8 @@ static inline void FN(gr_unit)(const T *p, int64_t nrun, int64_t len, int64_t st
 
 /* (mean, M2) of group grp.  Its values as runs (planes of one group that
  * follow each other in memory count as one run), cut into units of at most
- * ND_GU values (ND_GR_UNIT32 for float32, whose units are converted to double
- * once into an L1 buffer; ND_GR_UNIT for float64): one unit when the group
+ * ND_GU values (ND_GR_UNIT32 for float32, whose units stay in L1 for the
+ * second pass (see gr_unit); ND_GR_UNIT for float64): one unit when the group
  * fits, else segments of a run or groups of whole runs, merged in order
  * (nd_chan_merge).  A group of one unit prefetches group `next` of g where
  * that is one run (a row: layernorm), unless next < 0. */
