@@ -35,6 +35,8 @@
 #define ND_OMP_FOR(cond) ND_PRAGMA(omp parallel for schedule(static) if (nd_omp_parallel(cond)))
 #define ND_OMP_PARALLEL(cond) ND_PRAGMA(omp parallel if (nd_omp_parallel(cond)))
 #define ND_OMP_SPLIT ND_PRAGMA(omp for schedule(static))
+/* ND_OMP_SPLIT without its barrier, for a loop that only the region's end follows */
+#define ND_OMP_SPLIT_NOWAIT ND_PRAGMA(omp for schedule(static) nowait)
 /* cond, unless this is such a forked process (then 0); notes that the calling
  * thread starts a parallel region when it returns nonzero. */
 int nd_omp_parallel(int cond);
@@ -42,6 +44,7 @@ int nd_omp_parallel(int cond);
 #define ND_OMP_FOR(cond)
 #define ND_OMP_PARALLEL(cond)
 #define ND_OMP_SPLIT
+#define ND_OMP_SPLIT_NOWAIT
 #endif
 
 /* Runtime choice of the widest vector unit (GCC/Clang function

@@ -10,6 +10,7 @@
  * type-independent helpers; nd_norm_impl.h is included once per data type.
  */
 #include <math.h>
+#include <stdlib.h>
 
 #include "normdrop.h"
 #include "nd_common.h"
@@ -322,6 +323,36 @@ static inline double gr_coef(double r, double s1, double s2, double M, int train
     if (*b - *b != 0.0) *b = -(r * (r * (r * (s2 / M))));
     *e = -r * s1 / M;
     return r;
+}
+
+
+/* Doubles of scratch per thread of the sample-at-a-time channels-last passes
+ * (gr_cl_*, nd_norm_group.h). */
+static int64_t gr_cl_work(const nd_geom *g)
+{
+    const int64_t C = g->c, G = g->groups, cg = C / G;
+    return 6 * C + (cg < ND_LANES ? ND_LANES / cg : 1) * C + 4 * G;
+}
+
+/* t <- the ND_LANES lanes of group q from A: channels q cg + j (cg <=
+ * ND_LANES; the lanes past cg are 0), or A[q ND_LANES + k] (cg a multiple of
+ * ND_LANES). */
+static inline void gr_cl_lanes(const double *A, int64_t q, int64_t cg, double *t)
+{
+    if (cg >= ND_LANES) {
+        for (int k = 0; k < ND_LANES; ++k) t[k] = A[q * ND_LANES + k];
+        return;
+    }
+    for (int k = 0; k < ND_LANES; ++k) t[k] = k < cg ? A[q * cg + k] : 0.0;
+}
+
+/* t <- the ND_LANES lanes of group q from ND_LANES / cg arrays of C (cg
+ * divides ND_LANES): lane p cg + j is channel q cg + j of array p. */
+static inline void gr_cl_flat_lanes(const double *B, int64_t q, int64_t cg, int64_t C, double *t)
+{
+    const int64_t P = ND_LANES / cg;
+    for (int64_t p = 0; p < P; ++p)
+        for (int64_t j = 0; j < cg; ++j) t[p * cg + j] = B[p * C + q * cg + j];
 }
 
 /* dgamma[ch], dbeta[ch]: the blocks' partials (P, 3 c doubles each: dg, db,

@@ -766,14 +766,160 @@ static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, do
     *m2 = q;
 }
 
-/* mean[k], m2[k] for every group k, in parallel over groups. */
+/* ------------------------------------- channels-last, a sample at a time
+ * An ND_CLAST group is S runs of cg values (one per spatial position, ss
+ * apart), and the G groups of a sample share its rows.  Taken group by group
+ * (gr_group_moments, gr_group_normalize, gr_clast_sums) every group walks
+ * the whole sample for cg values a row -- a loop of cg values per run, and
+ * cache lines shared with the next group read again.  The gr_cl_* passes take
+ * the G groups of sample i together, row by row, with loops along the whole
+ * row; each group keeps its accumulators (lanes) and their order of
+ * operations, so that they give the per-group loops' bits: statistics units
+ * of the same rows (ND_GU / cg at a time, or the whole group: gr_group_moments),
+ * position t of a run summed into lane t mod ND_LANES (float32's second pass:
+ * lane (r cg + t) mod ND_LANES for row r of the unit, as gr_sqdev_buf), the
+ * same formula per value.  For groups of S >= 2 runs of cg < ND_GU values, cg
+ * dividing ND_LANES or a multiple of it (FN(gr_cl_ok)); with cg <= ND_LANES a
+ * group's lanes are its channels, so the lanes of a row are one array of c.
+ * Scratch: gr_cl_work doubles per thread (malloc'd; where that fails, the
+ * per-group loops run instead). */
+static inline int FN(gr_cl_ok)(const nd_geom *g)
+{
+    if (g->kind != ND_CLAST || g->s < 2 || g->groups <= 0 || g->c <= 0) return 0;
+    const int64_t cg = g->c / g->groups;
+    return cg > 0 && cg < ND_GU && (ND_LANES % cg == 0 || cg % ND_LANES == 0);
+}
+
+/* lanes of a sample: per channel (cg <= ND_LANES) or ND_LANES per group */
+ND_CLONES
+static void FN(gr_cl_rows_sum)(const T *p, int64_t nr, int64_t ss, int64_t C, int64_t cg,
+                               double *restrict A)
+{
+    for (int64_t r = 0; r < nr; ++r) {
+        const T *restrict xr = p + r * ss;
+        if (cg <= ND_LANES) {
+            for (int64_t c = 0; c < C; ++c) A[c] += (double)xr[c];
+        } else {
+            for (int64_t c0 = 0; c0 < C; c0 += ND_LANES) {
+                double *restrict a = A + c0 / cg * ND_LANES;
+                for (int k = 0; k < ND_LANES; ++k) a[k] += (double)xr[c0 + k];
+            }
+        }
+    }
+}
+
+/* B += (x - MU[ch])^2 over nr rows, lanes as gr_cl_rows_sum; flat (float32,
+ * cg < ND_LANES): ND_LANES / cg such arrays of c, row r in array r mod that. */
+ND_CLONES
+static void FN(gr_cl_rows_sqdev)(const T *p, int64_t nr, int64_t ss, int64_t C, int64_t cg,
+                                 const double *restrict MU, double *restrict B, int flat)
+{
+    const int64_t P = flat ? ND_LANES / cg : 1;
+    for (int64_t r = 0; r < nr; ++r) {
+        const T *restrict xr = p + r * ss;
+        if (cg <= ND_LANES) {
+            double *restrict b = B + (r % P) * C;
+            for (int64_t c = 0; c < C; ++c) {
+                const double d = (double)xr[c] - MU[c];
+                b[c] += d * d;
+            }
+        } else {
+            for (int64_t c0 = 0; c0 < C; c0 += ND_LANES) {
+                double *restrict a = B + c0 / cg * ND_LANES;
+                for (int k = 0; k < ND_LANES; ++k) {
+                    const double d = (double)xr[c0 + k] - MU[c0 + k];
+                    a[k] += d * d;
+                }
+            }
+        }
+    }
+}
+
+/* (mean[q], m2[q]) of the G groups of sample i: gr_group_moments' values. */
+static void FN(gr_cl_moments)(const T *x, const nd_geom *g, int64_t i, double *mean, double *m2,
+                              double *w)
+{
+    const int64_t C = g->c, G = g->groups, cg = C / G, S = g->s, ss = g->ss;
+    const T *p = x + i * g->sn;
+    const int64_t total = S * cg, k = total <= ND_GU ? S : ND_GU / cg;
+    const int flat = ND_AFFINE_FLOAT && cg < ND_LANES;
+    const int64_t nb = flat ? ND_LANES / cg * C : C;
+    double *A = w, *B = A + C, *MU = B + nb, *um = MU + C, *cn = um + G, *cm = cn + G,
+           *cq = cm + G;
+    double t[ND_LANES];
+    for (int64_t q = 0; q < G; ++q) { cn[q] = 0.0; cm[q] = 0.0; cq[q] = 0.0; }
+    for (int64_t r0 = 0; r0 < S; r0 += k) {
+        const int64_t kr = nd_min64(k, S - r0);
+        const double cnt = (double)(kr * cg);
+        const T *pu = p + r0 * ss;
+        for (int64_t c = 0; c < C; ++c) A[c] = 0.0;
+        for (int64_t j = 0; j < nb; ++j) B[j] = 0.0;
+        FN(gr_cl_rows_sum)(pu, kr, ss, C, cg, A);
+        for (int64_t q = 0; q < G; ++q) {
+            gr_cl_lanes(A, q, cg, t);
+            um[q] = nd_lanes_sum(t) / cnt;
+            for (int64_t j = 0; j < cg; ++j) MU[q * cg + j] = um[q];
+        }
+        FN(gr_cl_rows_sqdev)(pu, kr, ss, C, cg, MU, B, flat);
+        for (int64_t q = 0; q < G; ++q) {
+            if (flat)
+                gr_cl_flat_lanes(B, q, cg, C, t);
+            else
+                gr_cl_lanes(B, q, cg, t);
+            const double uq = nd_lanes_sum(t);
+            if (total <= ND_GU) {
+                mean[q] = um[q];
+                m2[q] = uq;
+            } else {
+                nd_chan_merge(&cn[q], &cm[q], &cq[q], cnt, um[q], uq);
+            }
+        }
+    }
+    if (total > ND_GU)
+        for (int64_t q = 0; q < G; ++q) {
+            mean[q] = cm[q];
+            m2[q] = cq[q];
+        }
+}
+
+/* Whether the sample-at-a-time channels-last passes take geometry g: where
+ * FN(gr_cl_ok), and there are samples for every thread of a parallel pass
+ * (the passes split the work by sample, the per-group loops by group). */
+static inline int FN(gr_cl_use)(const nd_geom *g)
+{
+    return FN(gr_cl_ok)(g) &&
+           (g->n * g->c * g->s < ND_PARALLEL_MIN || g->n >= (int64_t)nd_max_threads());
+}
+
+/* mean[k], m2[k] for every group k, in parallel over groups (channels-last:
+ * over samples, gr_cl_moments). */
 static void FN(gr_moments)(const T *x, const nd_geom *g, double *mean, double *m2)
 {
-    const int64_t ng = nd_ngroups(g);
-    ND_OMP_FOR(g->n * g->c * g->s >= ND_PARALLEL_MIN)
-    for (int64_t k = 0; k < ng; ++k) {
-        const nd_grp grp = nd_group(g, k);
-        FN(gr_group_moments)(x, &grp, &mean[k], &m2[k], g, -1);
+    const int64_t ng = nd_ngroups(g), G = g->groups;
+    const int cl = FN(gr_cl_use)(g);
+    ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
+    {
+        if (cl) {
+            double *w = (double *)malloc((size_t)gr_cl_work(g) * sizeof(double));
+            ND_OMP_SPLIT_NOWAIT
+            for (int64_t i = 0; i < g->n; ++i) {
+                if (w) {
+                    FN(gr_cl_moments)(x, g, i, mean + i * G, m2 + i * G, w);
+                    continue;
+                }
+                for (int64_t k = i * G; k < (i + 1) * G; ++k) {
+                    const nd_grp grp = nd_group(g, k);
+                    FN(gr_group_moments)(x, &grp, &mean[k], &m2[k], g, -1);
+                }
+            }
+            free(w);
+        } else {
+            ND_OMP_SPLIT_NOWAIT
+            for (int64_t k = 0; k < ng; ++k) {
+                const nd_grp grp = nd_group(g, k);
+                FN(gr_group_moments)(x, &grp, &mean[k], &m2[k], g, -1);
+            }
+        }
     }
 }
 
@@ -910,9 +1056,158 @@ static void FN(gr_group_normalize)(const T *x, T *out, const nd_grp *grp, double
     if (st) nd_stream_fence();
 }
 
+/* The range (gr_range) group pattern q's float32 affine is checked with:
+ * formed once per call in rbuf (G <= ND_GR_RANGES), else here in own. */
+static inline const double *FN(gr_rng_of)(const double *gamma, const double *beta,
+                                          const double *rbuf, int per_group, int64_t q,
+                                          int64_t cg, double *own)
+{
+    if (!ND_AFFINE_FLOAT) return rbuf;
+    if (per_group) {
+        gr_range(gamma, beta, q * cg, cg, own);
+        return own;
+    }
+    return &rbuf[2 * q];
+}
+
+/* One group k of the forward (gr_forward): fused, its moments, var and
+ * invstd first (ng groups of cnt values, cg channels each). */
+static inline void FN(gr_forward_group)(const T *x, T *out, const nd_geom *g, int64_t k,
+                                        const double *gamma, const double *beta, double eps,
+                                        int fused, double *mean, double *var, double *invstd,
+                                        const double *rbuf, int per_group, const float *cf,
+                                        int pw, int st, int64_t ng, int64_t cnt, int64_t cg)
+{
+    const int64_t G = g->groups;
+    const nd_grp grp = nd_group(g, k);
+    double own[2];
+    const double *rng = FN(gr_rng_of)(gamma, beta, rbuf, per_group, k % G, cg, own);
+    if (fused) {
+        double m2;
+        if (pw && grp.nrun == 1)   /* a row: its output lines, while its moments are formed */
+            gr_prefetchw(out + grp.base, grp.len * (int64_t)sizeof(T));
+        FN(gr_group_moments)(x, &grp, &mean[k], &m2, g, k + 1 < ng ? k + 1 : -1);
+        var[k] = cnt > 0 ? m2 / (double)cnt : 0.0;
+        invstd[k] = 1.0 / sqrt(var[k] + eps);
+    }
+    FN(gr_group_normalize)(x, out, &grp, mean[k], invstd[k], gamma, beta, rng, cf, g->c, st);
+}
+
+#if ND_AFFINE_FLOAT
+/* float32 rows of a sample: out = (((x - MH) - ML) * RF) * GA + GB per
+ * channel, gr_runs_affine's formula with each channel's group values. */
+ND_CLONES
+static void FN(gr_cl_affine_rows)(const T *x, T *out, int64_t S, int64_t ss, int64_t C,
+                                  const float *restrict MH, const float *restrict ML,
+                                  const float *restrict RF, const float *restrict GA,
+                                  const float *restrict GB, int st)
+{
+    T buf[ND_GSCH];
+    for (int64_t r = 0; r < S; ++r) {
+        const T *restrict xr = x + r * ss;
+        T *restrict o = out + r * ss;
+        if (!st) {
+            for (int64_t c = 0; c < C; ++c)
+                o[c] = (((xr[c] - MH[c]) - ML[c]) * RF[c]) * GA[c] + GB[c];
+            continue;
+        }
+        for (int64_t c0 = 0; c0 < C; c0 += ND_GSCH) {
+            const int64_t len = nd_min64(ND_GSCH, C - c0);
+            for (int64_t j = 0; j < len; ++j) {
+                const int64_t c = c0 + j;
+                buf[j] = (((xr[c] - MH[c]) - ML[c]) * RF[c]) * GA[c] + GB[c];
+            }
+            nd_stream_copy(o + c0, buf, (size_t)len * sizeof(T));
+        }
+    }
+}
+#endif
+
+#if !ND_AFFINE_FLOAT
+/* Rows of a sample in double: out = (x - M) * AD + BT per channel, rounded
+ * once (gr_runs_affine_d's formula, AD = r * gamma). */
+ND_CLONES
+static void FN(gr_cl_affine_rows_d)(const T *x, T *out, int64_t S, int64_t ss, int64_t C,
+                                    const double *restrict M, const double *restrict AD,
+                                    const double *restrict BT, int st)
+{
+    T buf[ND_GSCH];
+    for (int64_t r = 0; r < S; ++r) {
+        const T *restrict xr = x + r * ss;
+        T *restrict o = out + r * ss;
+        if (!st) {
+            for (int64_t c = 0; c < C; ++c) o[c] = (T)(((double)xr[c] - M[c]) * AD[c] + BT[c]);
+            continue;
+        }
+        for (int64_t c0 = 0; c0 < C; c0 += ND_GSCH) {
+            const int64_t len = nd_min64(ND_GSCH, C - c0);
+            for (int64_t j = 0; j < len; ++j) {
+                const int64_t c = c0 + j;
+                buf[j] = (T)(((double)xr[c] - M[c]) * AD[c] + BT[c]);
+            }
+            nd_stream_copy(o + c0, buf, (size_t)len * sizeof(T));
+        }
+    }
+}
+#endif
+
+/* The G groups of sample i normalized with mean[q], invstd[q]: the bits of
+ * gr_group_normalize for each.  float32: the float formula where it holds
+ * for every group of the sample (gr_aff32_ok), else group by group. */
+static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i,
+                                const double *mean, const double *invstd, const double *gamma,
+                                const double *beta, const double *rbuf, int per_group,
+                                const float *cf, int st, double *w)
+{
+    const int64_t C = g->c, G = g->groups, cg = C / G, off = i * g->sn;
+#if ND_AFFINE_FLOAT
+    int all = 1;
+    for (int64_t q = 0; q < G && all; ++q) {
+        double own[2];
+        all = gr_aff32_ok(mean[q], invstd[q],
+                          FN(gr_rng_of)(gamma, beta, rbuf, per_group, q, cg, own));
+    }
+    if (!all) {
+        for (int64_t q = 0; q < G; ++q) {
+            const nd_grp grp = nd_group(g, i * G + q);
+            double own[2];
+            FN(gr_group_normalize)(x, out, &grp, mean[q], invstd[q], gamma, beta,
+                                   FN(gr_rng_of)(gamma, beta, rbuf, per_group, q, cg, own), cf,
+                                   C, st);
+        }
+        return;
+    }
+    float *MH = (float *)w, *ML = MH + C, *RF = ML + C, *GA = RF + C, *GB = GA + C;
+    for (int64_t q = 0; q < G; ++q) {
+        const nd_aff32 p = nd_aff32_of(mean[q], invstd[q], 0.0);
+        for (int64_t j = 0; j < cg; ++j) {
+            MH[q * cg + j] = p.mh;
+            ML[q * cg + j] = p.ml;
+            RF[q * cg + j] = p.a;
+        }
+    }
+    gr_coef32(gamma, beta, 0, C, GA);   /* GA, then GB = GA + C */
+    FN(gr_cl_affine_rows)(x + off, out + off, g->s, g->ss, C, MH, ML, RF, GA, GB, st);
+#else
+    (void)rbuf;
+    (void)per_group;
+    (void)cf;
+    double *M = w, *AD = M + C;
+    for (int64_t q = 0; q < G; ++q)
+        for (int64_t j = 0; j < cg; ++j) {
+            M[q * cg + j] = mean[q];
+            AD[q * cg + j] = invstd[q] * gamma[q * cg + j];
+        }
+    FN(gr_cl_affine_rows_d)(x + off, out + off, g->s, g->ss, C, M, AD, beta, st);
+#endif
+    if (st) nd_stream_fence();
+}
+
 /* The forward over every group: fused (the training forward): each group's
  * moments, var and invstd, then its values normalized while they are in
- * cache; else (nd_normalize) with the given mean and invstd. */
+ * cache; else (nd_normalize) with the given mean and invstd.  Channels-last
+ * (FN(gr_cl_use)): a sample at a time, its moments (gr_cl_moments) then its
+ * rows (gr_cl_normalize). */
 static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *gamma,
                            const double *beta, double eps, int fused, double *mean, double *var,
                            double *invstd)
@@ -929,6 +1224,7 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
 #if ND_AFFINE_FLOAT
     const int use_cf = g->kind != ND_PLANES && g->c <= ND_GR_CF;
 #endif
+    const int cl = FN(gr_cl_use)(g);
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {
         const float *cf = NULL;
@@ -939,25 +1235,33 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
             cf = cbuf;
         }
 #endif
-        ND_OMP_SPLIT
-        for (int64_t k = 0; k < ng; ++k) {
-            const nd_grp grp = nd_group(g, k);
-            double own[2];
-            const double *rng = per_group || !ND_AFFINE_FLOAT ? rbuf : &rbuf[2 * (k % G)];
-            if (per_group) {
-                gr_range(gamma, beta, (k % G) * cg, cg, own);
-                rng = own;
+        if (cl) {
+            double *w = (double *)malloc((size_t)gr_cl_work(g) * sizeof(double));
+            ND_OMP_SPLIT_NOWAIT
+            for (int64_t i = 0; i < g->n; ++i) {
+                if (!w) {
+                    for (int64_t k = i * G; k < (i + 1) * G; ++k)
+                        FN(gr_forward_group)(x, out, g, k, gamma, beta, eps, fused, mean, var,
+                                             invstd, rbuf, per_group, cf, pw, st, ng, cnt, cg);
+                    continue;
+                }
+                if (fused) {
+                    double *vr = var + i * G, *ir = invstd + i * G;
+                    FN(gr_cl_moments)(x, g, i, mean + i * G, vr, w);   /* m2 in var */
+                    for (int64_t q = 0; q < G; ++q) {
+                        vr[q] = cnt > 0 ? vr[q] / (double)cnt : 0.0;
+                        ir[q] = 1.0 / sqrt(vr[q] + eps);
+                    }
+                }
+                FN(gr_cl_normalize)(x, out, g, i, mean + i * G, invstd + i * G, gamma, beta,
+                                    rbuf, per_group, cf, st, w);
             }
-            if (fused) {
-                double m2;
-                if (pw && grp.nrun == 1)   /* a row: its output lines, while its moments are formed */
-                    gr_prefetchw(out + grp.base, grp.len * (int64_t)sizeof(T));
-                FN(gr_group_moments)(x, &grp, &mean[k], &m2, g, k + 1 < ng ? k + 1 : -1);
-                var[k] = cnt > 0 ? m2 / (double)cnt : 0.0;
-                invstd[k] = 1.0 / sqrt(var[k] + eps);
-            }
-            FN(gr_group_normalize)(x, out, &grp, mean[k], invstd[k], gamma, beta, rng, cf, g->c,
-                                   st);
+            free(w);
+        } else {
+            ND_OMP_SPLIT_NOWAIT
+            for (int64_t k = 0; k < ng; ++k)
+                FN(gr_forward_group)(x, out, g, k, gamma, beta, eps, fused, mean, var, invstd,
+                                     rbuf, per_group, cf, pw, st, ng, cnt, cg);
         }
     }
 }
@@ -1224,6 +1528,118 @@ static void FN(gr_group_dx)(const T *dout, const T *x, T *dx, const nd_grp *grp,
     if (st) nd_stream_fence();
 }
 
+/* The backward's sums over the rows of a sample (gr_clast_sums' formulas and
+ * lanes: A1, A2 as gr_cl_rows_sum's lanes; db, tc per channel). */
+ND_CLONES
+static void FN(gr_cl_rows_grad)(const T *dp, const T *xp, int64_t S, int64_t ss, int64_t C,
+                                int64_t cg, const double *restrict MM,
+                                const double *restrict gamma, double *restrict A1,
+                                double *restrict A2, double *restrict db, double *restrict tc)
+{
+    for (int64_t r = 0; r < S; ++r) {
+        const T *restrict dr = dp + r * ss, *restrict xr = xp + r * ss;
+        if (cg <= ND_LANES) {
+            for (int64_t c = 0; c < C; ++c) {
+                const double d = (double)dr[c], xm = (double)xr[c] - MM[c];
+                const double w = gamma[c] * d;
+                A1[c] += w;
+                A2[c] += w * xm;
+                db[c] += d;
+                tc[c] += d * xm;
+            }
+        } else {
+            for (int64_t c0 = 0; c0 < C; c0 += ND_LANES) {
+                double *restrict a1 = A1 + c0 / cg * ND_LANES;
+                double *restrict a2 = A2 + c0 / cg * ND_LANES;
+                for (int k = 0; k < ND_LANES; ++k) {
+                    const int64_t c = c0 + k;
+                    const double d = (double)dr[c], xm = (double)xr[c] - MM[c];
+                    const double w = gamma[c] * d;
+                    a1[k] += w;
+                    a2[k] += w * xm;
+                    db[c] += d;
+                    tc[c] += d * xm;
+                }
+            }
+        }
+    }
+}
+
+/* dx = RG * dout + BB * (x - MM) + EE per channel over the rows of a sample,
+ * in double, rounded once (gr_run_dx's formula, RG = rd * gamma). */
+ND_CLONES
+static void FN(gr_cl_dx_rows)(const T *dp, const T *xp, T *op, int64_t S, int64_t ss, int64_t C,
+                              const double *restrict RG, const double *restrict BB,
+                              const double *restrict MM, const double *restrict EE, int st)
+{
+    T buf[ND_GSCH];
+    for (int64_t r = 0; r < S; ++r) {
+        const T *restrict dr = dp + r * ss, *restrict xr = xp + r * ss;
+        T *restrict o = op + r * ss;
+        if (!st) {
+            for (int64_t c = 0; c < C; ++c)
+                o[c] = (T)(RG[c] * (double)dr[c] + BB[c] * ((double)xr[c] - MM[c]) + EE[c]);
+            continue;
+        }
+        for (int64_t c0 = 0; c0 < C; c0 += ND_GSCH) {
+            const int64_t len = nd_min64(ND_GSCH, C - c0);
+            for (int64_t j = 0; j < len; ++j) {
+                const int64_t c = c0 + j;
+                buf[j] = (T)(RG[c] * (double)dr[c] + BB[c] * ((double)xr[c] - MM[c]) + EE[c]);
+            }
+            nd_stream_copy(o + c0, buf, (size_t)len * sizeof(T));
+        }
+    }
+}
+
+/* dx of the G groups of sample i from their sums s1[q], s2[q] over M values:
+ * gr_group_dx's bits (gr_coef's coefficients).  w: 4 c doubles. */
+static void FN(gr_cl_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, int64_t i,
+                         const double *mean, const double *invstd, const double *gamma,
+                         const double *s1, const double *s2, int train, double M, int st,
+                         double *w)
+{
+    const int64_t C = g->c, G = g->groups, cg = C / G, off = i * g->sn;
+    double *MM = w, *RG = MM + C, *BB = RG + C, *EE = BB + C;
+    for (int64_t q = 0; q < G; ++q) {
+        double b, e;
+        const double rd = gr_coef(invstd[q], s1[q], s2[q], M, train, &b, &e);
+        for (int64_t j = 0; j < cg; ++j) {
+            MM[q * cg + j] = mean[q];
+            RG[q * cg + j] = rd * gamma[q * cg + j];
+            BB[q * cg + j] = b;
+            EE[q * cg + j] = e;
+        }
+    }
+    FN(gr_cl_dx_rows)(dout + off, x + off, dx + off, g->s, g->ss, C, RG, BB, MM, EE, st);
+    if (st) nd_stream_fence();
+}
+
+/* The backward of the G groups of sample i (mean[q], invstd[q], s1[q],
+ * s2[q] its groups'; dg, db, tc: the block's per-channel sums and scratch):
+ * gr_group_sums' bits, then (dx) gr_group_dx's. */
+static void FN(gr_cl_backward)(const T *dout, const T *x, T *dx, const nd_geom *g, int64_t i,
+                               const double *mean, const double *invstd, const double *gamma,
+                               int train, double M, int st, double *s1, double *s2, double *dg,
+                               double *db, double *tc, double *w)
+{
+    const int64_t C = g->c, G = g->groups, cg = C / G, off = i * g->sn;
+    double *A1 = w, *A2 = A1 + C, *MM = A2 + C;   /* gr_cl_dx: from MM on */
+    double t[ND_LANES];
+    for (int64_t c = 0; c < C; ++c) { A1[c] = 0.0; A2[c] = 0.0; tc[c] = 0.0; }
+    for (int64_t q = 0; q < G; ++q)
+        for (int64_t j = 0; j < cg; ++j) MM[q * cg + j] = mean[q];
+    FN(gr_cl_rows_grad)(dout + off, x + off, g->s, g->ss, C, cg, MM, gamma, A1, A2, db, tc);
+    for (int64_t q = 0; q < G; ++q) {
+        gr_cl_lanes(A1, q, cg, t);
+        s1[q] = nd_lanes_sum(t);
+        gr_cl_lanes(A2, q, cg, t);
+        s2[q] = nd_lanes_sum(t);
+        for (int64_t j = 0; j < cg; ++j) dg[q * cg + j] += invstd[q] * tc[q * cg + j];
+    }
+    if (dx) FN(gr_cl_dx)(dout, x, dx, g, i, mean, invstd, gamma, s1, s2, train, M, st, MM);
+}
+
 /* grad_reduce over sample blocks, and (fused: dx != NULL) each group's dx
  * right after its sums.  Groups of one channel run (rows) go two samples at
  * a time (gr_rows_sums).  work: 3 c doubles per block. */
@@ -1245,58 +1661,71 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
      * Intel Xeon, 2 threads) */
     const int pfw = rows && dx && !st && sizeof(T) == 8 && cg * (int64_t)sizeof(T) <= 16384 &&
                     N * g->sn * (int64_t)sizeof(T) >= ND_GR_PFW_BYTES;
-    ND_OMP_FOR(N * C * g->s >= ND_PARALLEL_MIN)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-        double *P = work + 3 * C * blk, *dg = P, *db = P + C, *tc = P + 2 * C;
-        for (int64_t c = 0; c < 2 * C; ++c) P[c] = 0.0;
-        const int64_t i0 = blk * nb, i1 = nd_min64(N, i0 + nb);
-        if (rows) {
-            for (int64_t i = i0; i < i1; i += 2) {
-                const int nr = i + 1 < i1 ? 2 : 1;
-                for (int64_t q = 0; q < G; ++q) {
-                    const int64_t k0 = i * G + q, c0 = q * cg;
-                    const T *dp[2], *xp[2];
-                    double m[2], r[2], sv[4];
-                    for (int j = 0; j < nr; ++j) {
-                        const int64_t off = (i + j) * g->sn + c0;
-                        dp[j] = dout + off;
-                        xp[j] = x + off;
-                        m[j] = mean[k0 + j * G];
-                        r[j] = invstd[k0 + j * G];
-                    }
-                    /* the rows pfr on, while they lie in the operand */
-                    const int64_t pf = i + pfr + nr <= N ? pfr * g->sn : 0;
-                    if (pfw)
-                        for (int j = 0; j < nr; ++j)
-                            gr_prefetchw(dx + (i + j) * g->sn + c0, cg * (int64_t)sizeof(T));
-                    GR_CALL(gr_rows_sums)(dp, xp, nr, cg, m, r, gamma + c0, db + c0, dg + c0, sv,
-                                          pf);
-                    for (int j = 0; j < nr; ++j) {
-                        const int64_t k = k0 + j * G;
-                        s1[k] = sv[2 * j];
-                        s2[k] = sv[2 * j + 1];
-                        if (dx) {
-                            double b, e;
-                            const double rd = gr_coef(r[j], s1[k], s2[k], M, train, &b, &e);
-                            GR_CALL(gr_run_dx)(dp[j], xp[j], dx + (i + j) * g->sn + c0, cg, m[j],
-                                          rd, b, e, gamma + c0, st);
+    const int cl = FN(gr_cl_ok)(g);   /* (the work is split by sample blocks either way) */
+    ND_OMP_PARALLEL(N * C * g->s >= ND_PARALLEL_MIN)
+    {
+        double *w = cl ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double)) : NULL;
+        ND_OMP_SPLIT_NOWAIT
+        for (int64_t blk = 0; blk < nblk; ++blk) {
+            double *P = work + 3 * C * blk, *dg = P, *db = P + C, *tc = P + 2 * C;
+            for (int64_t c = 0; c < 2 * C; ++c) P[c] = 0.0;
+            const int64_t i0 = blk * nb, i1 = nd_min64(N, i0 + nb);
+            if (rows) {
+                for (int64_t i = i0; i < i1; i += 2) {
+                    const int nr = i + 1 < i1 ? 2 : 1;
+                    for (int64_t q = 0; q < G; ++q) {
+                        const int64_t k0 = i * G + q, c0 = q * cg;
+                        const T *dp[2], *xp[2];
+                        double m[2], r[2], sv[4];
+                        for (int j = 0; j < nr; ++j) {
+                            const int64_t off = (i + j) * g->sn + c0;
+                            dp[j] = dout + off;
+                            xp[j] = x + off;
+                            m[j] = mean[k0 + j * G];
+                            r[j] = invstd[k0 + j * G];
+                        }
+                        /* the rows pfr on, while they lie in the operand */
+                        const int64_t pf = i + pfr + nr <= N ? pfr * g->sn : 0;
+                        if (pfw)
+                            for (int j = 0; j < nr; ++j)
+                                gr_prefetchw(dx + (i + j) * g->sn + c0, cg * (int64_t)sizeof(T));
+                        GR_CALL(gr_rows_sums)(dp, xp, nr, cg, m, r, gamma + c0, db + c0, dg + c0,
+                                              sv, pf);
+                        for (int j = 0; j < nr; ++j) {
+                            const int64_t k = k0 + j * G;
+                            s1[k] = sv[2 * j];
+                            s2[k] = sv[2 * j + 1];
+                            if (dx) {
+                                double b, e;
+                                const double rd = gr_coef(r[j], s1[k], s2[k], M, train, &b, &e);
+                                GR_CALL(gr_run_dx)(dp[j], xp[j], dx + (i + j) * g->sn + c0, cg,
+                                                   m[j], rd, b, e, gamma + c0, st);
+                            }
                         }
                     }
                 }
+                if (st) nd_stream_fence();
+                continue;
             }
-            if (st) nd_stream_fence();
-            continue;
-        }
-        for (int64_t k = i0 * G; k < i1 * G; ++k) {
-            const nd_grp grp = nd_group(g, k);
-            FN(gr_group_sums)(dout, x, &grp, mean[k], invstd[k], gamma, &s1[k], &s2[k], dg, db,
-                              tc);
-            if (dx) {
-                double b, e;
-                const double rd = gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
-                FN(gr_group_dx)(dout, x, dx, &grp, mean[k], rd, b, e, gamma, st);
+            for (int64_t i = i0; i < i1; ++i) {
+                if (w) {   /* channels-last: the sample's groups at once */
+                    FN(gr_cl_backward)(dout, x, dx, g, i, mean + i * G, invstd + i * G, gamma,
+                                       train, M, st, s1 + i * G, s2 + i * G, dg, db, tc, w);
+                    continue;
+                }
+                for (int64_t k = i * G; k < (i + 1) * G; ++k) {
+                    const nd_grp grp = nd_group(g, k);
+                    FN(gr_group_sums)(dout, x, &grp, mean[k], invstd[k], gamma, &s1[k], &s2[k], dg,
+                                      db, tc);
+                    if (dx) {
+                        double b, e;
+                        const double rd = gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
+                        FN(gr_group_dx)(dout, x, dx, &grp, mean[k], rd, b, e, gamma, st);
+                    }
+                }
             }
         }
+        free(w);
     }
     gr_finish_channels(g, nblk, work, dgamma, dbeta);
 }
@@ -1305,14 +1734,29 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
                               const double *mean, const double *invstd, const double *gamma,
                               const double *s1, const double *s2, int train, double M)
 {
-    const int64_t ng = nd_ngroups(g);
+    const int64_t ng = nd_ngroups(g), G = g->groups;
     const int st = gr_stream(dx, g, (int64_t)sizeof(T));
-    ND_OMP_FOR(g->n * g->c * g->s >= ND_PARALLEL_MIN)
-    for (int64_t k = 0; k < ng; ++k) {
-        const nd_grp grp = nd_group(g, k);
-        double b, e;
-        const double rd = gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
-        FN(gr_group_dx)(dout, x, dx, &grp, mean[k], rd, b, e, gamma, st);
+    const int cl = FN(gr_cl_use)(g);
+    ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
+    {
+        /* channels-last: a sample at a time (gr_cl_dx), else group by group */
+        double *w = cl ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double)) : NULL;
+        const int64_t nu = cl ? g->n : ng;   /* the same on every thread */
+        ND_OMP_SPLIT_NOWAIT
+        for (int64_t u = 0; u < nu; ++u) {
+            if (w) {
+                FN(gr_cl_dx)(dout, x, dx, g, u, mean + u * G, invstd + u * G, gamma, s1 + u * G,
+                             s2 + u * G, train, M, st, w);
+                continue;
+            }
+            for (int64_t k = cl ? u * G : u; k < (cl ? (u + 1) * G : u + 1); ++k) {
+                const nd_grp grp = nd_group(g, k);
+                double b, e;
+                const double rd = gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
+                FN(gr_group_dx)(dout, x, dx, &grp, mean[k], rd, b, e, gamma, st);
+            }
+        }
+        free(w);
     }
 }
 

@@ -36,7 +36,10 @@ int main(void)
         {5, 5000, 1, 1, ND_ROWS},  {9, 1030, 1, 1, ND_ROWS},  {30, 12, 1, 4, ND_ROWS},
         {13, 600, 1, 1, ND_ROWS},  /* rows the backward prefetches, float32 and float64 */
         {2, 6, 35, 3, ND_PLANES},  {3, 16, 131, 8, ND_PLANES}, {2, 4, 2500, 2, ND_PLANES},
-        {2, 6, 35, 3, ND_CLAST},   {3, 64, 10, 8, ND_CLAST},  {2, 160, 15, 80, ND_CLAST}};
+        {2, 6, 35, 3, ND_CLAST},   {3, 64, 10, 8, ND_CLAST},  {2, 160, 15, 80, ND_CLAST},
+        /* channels-last runs of 64 and 32 channels (the row loops' lanes of a group),
+         * in several float32 statistics units */
+        {2, 128, 70, 2, ND_CLAST}, {2, 96, 30, 3, ND_CLAST}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; ++si) {
         const int64_t n = shapes[si][0], c = shapes[si][1], s = shapes[si][2], G = shapes[si][3];
         nd_geom g = {shapes[si][4], n, c, s, 0, 0, 0, G};
