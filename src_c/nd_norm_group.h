@@ -790,6 +790,38 @@ static inline int FN(gr_cl_ok)(const nd_geom *g)
     return cg > 0 && cg < ND_GU && (ND_LANES % cg == 0 || cg % ND_LANES == 0);
 }
 
+/* One run of w channels of a row into lanes a[0, w) (inlined where w is
+ * ND_LANES, a constant, or c): the gr_cl_rows_* loops. */
+static inline __attribute__((always_inline)) void FN(gr_cl_run_sum)(const T *restrict xr,
+                                                                   double *restrict a, int64_t w)
+{
+    for (int64_t k = 0; k < w; ++k) a[k] += (double)xr[k];
+}
+
+static inline __attribute__((always_inline)) void
+FN(gr_cl_run_sqdev)(const T *restrict xr, const double *restrict mu, double *restrict a, int64_t w)
+{
+    for (int64_t k = 0; k < w; ++k) {
+        const double d = (double)xr[k] - mu[k];
+        a[k] += d * d;
+    }
+}
+
+static inline __attribute__((always_inline)) void
+FN(gr_cl_run_grad)(const T *restrict dr, const T *restrict xr, const double *restrict mm,
+                   const double *restrict gm, double *restrict a1, double *restrict a2,
+                   double *restrict db, double *restrict tc, int64_t w)
+{
+    for (int64_t k = 0; k < w; ++k) {
+        const double d = (double)dr[k], xm = (double)xr[k] - mm[k];
+        const double v = gm[k] * d;
+        a1[k] += v;
+        a2[k] += v * xm;
+        db[k] += d;
+        tc[k] += d * xm;
+    }
+}
+
 /* lanes of a sample: per channel (cg <= ND_LANES) or ND_LANES per group */
 ND_CLONES
 static void FN(gr_cl_rows_sum)(const T *p, int64_t nr, int64_t ss, int64_t C, int64_t cg,
@@ -797,14 +829,11 @@ static void FN(gr_cl_rows_sum)(const T *p, int64_t nr, int64_t ss, int64_t C, in
 {
     for (int64_t r = 0; r < nr; ++r) {
         const T *restrict xr = p + r * ss;
-        if (cg <= ND_LANES) {
-            for (int64_t c = 0; c < C; ++c) A[c] += (double)xr[c];
-        } else {
-            for (int64_t c0 = 0; c0 < C; c0 += ND_LANES) {
-                double *restrict a = A + c0 / cg * ND_LANES;
-                for (int k = 0; k < ND_LANES; ++k) a[k] += (double)xr[c0 + k];
-            }
-        }
+        if (cg <= ND_LANES)
+            FN(gr_cl_run_sum)(xr, A, C);
+        else
+            for (int64_t c0 = 0; c0 < C; c0 += ND_LANES)
+                FN(gr_cl_run_sum)(xr + c0, A + c0 / cg * ND_LANES, ND_LANES);
     }
 }
 
@@ -817,21 +846,11 @@ static void FN(gr_cl_rows_sqdev)(const T *p, int64_t nr, int64_t ss, int64_t C, 
     const int64_t P = flat ? ND_LANES / cg : 1;
     for (int64_t r = 0; r < nr; ++r) {
         const T *restrict xr = p + r * ss;
-        if (cg <= ND_LANES) {
-            double *restrict b = B + (r % P) * C;
-            for (int64_t c = 0; c < C; ++c) {
-                const double d = (double)xr[c] - MU[c];
-                b[c] += d * d;
-            }
-        } else {
-            for (int64_t c0 = 0; c0 < C; c0 += ND_LANES) {
-                double *restrict a = B + c0 / cg * ND_LANES;
-                for (int k = 0; k < ND_LANES; ++k) {
-                    const double d = (double)xr[c0 + k] - MU[c0 + k];
-                    a[k] += d * d;
-                }
-            }
-        }
+        if (cg <= ND_LANES)
+            FN(gr_cl_run_sqdev)(xr, MU, B + (r % P) * C, C);
+        else
+            for (int64_t c0 = 0; c0 < C; c0 += ND_LANES)
+                FN(gr_cl_run_sqdev)(xr + c0, MU + c0, B + c0 / cg * ND_LANES, ND_LANES);
     }
 }
 
@@ -1093,6 +1112,30 @@ static inline void FN(gr_forward_group)(const T *x, T *out, const nd_geom *g, in
     FN(gr_group_normalize)(x, out, &grp, mean[k], invstd[k], gamma, beta, rng, cf, g->c, st);
 }
 
+/* The loops of the gr_cl_* elementwise passes over the S rows of a sample, ss
+ * apart (ROWS: the row pointers of row r, o the output's): o[c] = VAL for
+ * c < C, through the caches, or (st) in chunks of ND_GSCH values streamed out
+ * of an L1 buffer. */
+#define GR_CL_ROWS(ROWS, VAL)                                                \
+    do {                                                                      \
+        T buf_[ND_GSCH];                                                      \
+        for (int64_t r = 0; r < S; ++r) {                                     \
+            ROWS                                                              \
+            if (!st) {                                                        \
+                for (int64_t c = 0; c < C; ++c) o[c] = (VAL);                 \
+                continue;                                                     \
+            }                                                                 \
+            for (int64_t c0 = 0; c0 < C; c0 += ND_GSCH) {                     \
+                const int64_t len_ = nd_min64(ND_GSCH, C - c0);               \
+                for (int64_t j_ = 0; j_ < len_; ++j_) {                       \
+                    const int64_t c = c0 + j_;                                \
+                    buf_[j_] = (VAL);                                         \
+                }                                                             \
+                nd_stream_copy(o + c0, buf_, (size_t)len_ * sizeof(T));       \
+            }                                                                 \
+        }                                                                     \
+    } while (0)
+
 #if ND_AFFINE_FLOAT
 /* float32 rows of a sample: out = (((x - MH) - ML) * RF) * GA + GB per
  * channel, gr_runs_affine's formula with each channel's group values. */
@@ -1102,28 +1145,10 @@ static void FN(gr_cl_affine_rows)(const T *x, T *out, int64_t S, int64_t ss, int
                                   const float *restrict RF, const float *restrict GA,
                                   const float *restrict GB, int st)
 {
-    T buf[ND_GSCH];
-    for (int64_t r = 0; r < S; ++r) {
-        const T *restrict xr = x + r * ss;
-        T *restrict o = out + r * ss;
-        if (!st) {
-            for (int64_t c = 0; c < C; ++c)
-                o[c] = (((xr[c] - MH[c]) - ML[c]) * RF[c]) * GA[c] + GB[c];
-            continue;
-        }
-        for (int64_t c0 = 0; c0 < C; c0 += ND_GSCH) {
-            const int64_t len = nd_min64(ND_GSCH, C - c0);
-            for (int64_t j = 0; j < len; ++j) {
-                const int64_t c = c0 + j;
-                buf[j] = (((xr[c] - MH[c]) - ML[c]) * RF[c]) * GA[c] + GB[c];
-            }
-            nd_stream_copy(o + c0, buf, (size_t)len * sizeof(T));
-        }
-    }
+    GR_CL_ROWS(const T *restrict xr = x + r * ss; T *restrict o = out + r * ss;,
+               (((xr[c] - MH[c]) - ML[c]) * RF[c]) * GA[c] + GB[c]);
 }
-#endif
-
-#if !ND_AFFINE_FLOAT
+#else
 /* Rows of a sample in double: out = (x - M) * AD + BT per channel, rounded
  * once (gr_runs_affine_d's formula, AD = r * gamma). */
 ND_CLONES
@@ -1131,23 +1156,8 @@ static void FN(gr_cl_affine_rows_d)(const T *x, T *out, int64_t S, int64_t ss, i
                                     const double *restrict M, const double *restrict AD,
                                     const double *restrict BT, int st)
 {
-    T buf[ND_GSCH];
-    for (int64_t r = 0; r < S; ++r) {
-        const T *restrict xr = x + r * ss;
-        T *restrict o = out + r * ss;
-        if (!st) {
-            for (int64_t c = 0; c < C; ++c) o[c] = (T)(((double)xr[c] - M[c]) * AD[c] + BT[c]);
-            continue;
-        }
-        for (int64_t c0 = 0; c0 < C; c0 += ND_GSCH) {
-            const int64_t len = nd_min64(ND_GSCH, C - c0);
-            for (int64_t j = 0; j < len; ++j) {
-                const int64_t c = c0 + j;
-                buf[j] = (T)(((double)xr[c] - M[c]) * AD[c] + BT[c]);
-            }
-            nd_stream_copy(o + c0, buf, (size_t)len * sizeof(T));
-        }
-    }
+    GR_CL_ROWS(const T *restrict xr = x + r * ss; T *restrict o = out + r * ss;,
+               (T)(((double)xr[c] - M[c]) * AD[c] + BT[c]));
 }
 #endif
 
@@ -1539,27 +1549,12 @@ static void FN(gr_cl_rows_grad)(const T *dp, const T *xp, int64_t S, int64_t ss,
     for (int64_t r = 0; r < S; ++r) {
         const T *restrict dr = dp + r * ss, *restrict xr = xp + r * ss;
         if (cg <= ND_LANES) {
-            for (int64_t c = 0; c < C; ++c) {
-                const double d = (double)dr[c], xm = (double)xr[c] - MM[c];
-                const double w = gamma[c] * d;
-                A1[c] += w;
-                A2[c] += w * xm;
-                db[c] += d;
-                tc[c] += d * xm;
-            }
+            FN(gr_cl_run_grad)(dr, xr, MM, gamma, A1, A2, db, tc, C);
         } else {
             for (int64_t c0 = 0; c0 < C; c0 += ND_LANES) {
-                double *restrict a1 = A1 + c0 / cg * ND_LANES;
-                double *restrict a2 = A2 + c0 / cg * ND_LANES;
-                for (int k = 0; k < ND_LANES; ++k) {
-                    const int64_t c = c0 + k;
-                    const double d = (double)dr[c], xm = (double)xr[c] - MM[c];
-                    const double w = gamma[c] * d;
-                    a1[k] += w;
-                    a2[k] += w * xm;
-                    db[c] += d;
-                    tc[c] += d * xm;
-                }
+                const int64_t lo = c0 / cg * ND_LANES;
+                FN(gr_cl_run_grad)(dr + c0, xr + c0, MM + c0, gamma + c0, A1 + lo, A2 + lo,
+                                   db + c0, tc + c0, ND_LANES);
             }
         }
     }
@@ -1572,24 +1567,9 @@ static void FN(gr_cl_dx_rows)(const T *dp, const T *xp, T *op, int64_t S, int64_
                               const double *restrict RG, const double *restrict BB,
                               const double *restrict MM, const double *restrict EE, int st)
 {
-    T buf[ND_GSCH];
-    for (int64_t r = 0; r < S; ++r) {
-        const T *restrict dr = dp + r * ss, *restrict xr = xp + r * ss;
-        T *restrict o = op + r * ss;
-        if (!st) {
-            for (int64_t c = 0; c < C; ++c)
-                o[c] = (T)(RG[c] * (double)dr[c] + BB[c] * ((double)xr[c] - MM[c]) + EE[c]);
-            continue;
-        }
-        for (int64_t c0 = 0; c0 < C; c0 += ND_GSCH) {
-            const int64_t len = nd_min64(ND_GSCH, C - c0);
-            for (int64_t j = 0; j < len; ++j) {
-                const int64_t c = c0 + j;
-                buf[j] = (T)(RG[c] * (double)dr[c] + BB[c] * ((double)xr[c] - MM[c]) + EE[c]);
-            }
-            nd_stream_copy(o + c0, buf, (size_t)len * sizeof(T));
-        }
-    }
+    GR_CL_ROWS(const T *restrict dr = dp + r * ss; const T *restrict xr = xp + r * ss;
+               T *restrict o = op + r * ss;,
+               (T)(RG[c] * (double)dr[c] + BB[c] * ((double)xr[c] - MM[c]) + EE[c]));
 }
 
 /* dx of the G groups of sample i from their sums s1[q], s2[q] over M values:
@@ -1761,6 +1741,7 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
 }
 
 #undef ND_GSCH
+#undef GR_CL_ROWS
 #undef ND_GU
 #undef GR_CALL
 #ifdef ND_GR_AVX2
