@@ -327,7 +327,10 @@ static inline double gr_coef(double r, double s1, double s2, double M, int train
 
 
 /* Doubles of scratch per thread of the sample-at-a-time channels-last passes
- * (gr_cl_*, nd_norm_group.h). */
+ * (gr_cl_*, nd_norm_group.h), and the most they take (1 MiB: up to about
+ * 18000 channels in groups of 32 or more, 12000 in groups of 8, 3000 in
+ * groups of 1; more channels run group by group). */
+#define ND_GR_CL_WORK ((int64_t)1 << 17)
 static int64_t gr_cl_work(const nd_geom *g)
 {
     const int64_t C = g->c, G = g->groups, cg = C / G;

@@ -781,13 +781,14 @@ static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, do
  * same formula per value.  For groups of S >= 2 runs of cg < ND_GU values, cg
  * dividing ND_LANES or a multiple of it (FN(gr_cl_ok)); with cg <= ND_LANES a
  * group's lanes are its channels, so the lanes of a row are one array of c.
- * Scratch: gr_cl_work doubles per thread (malloc'd; where that fails, the
- * per-group loops run instead). */
+ * Scratch: gr_cl_work doubles per thread, at most ND_GR_CL_WORK (malloc'd;
+ * where that fails, the per-group loops run instead). */
 static inline int FN(gr_cl_ok)(const nd_geom *g)
 {
     if (g->kind != ND_CLAST || g->s < 2 || g->groups <= 0 || g->c <= 0) return 0;
     const int64_t cg = g->c / g->groups;
-    return cg > 0 && cg < ND_GU && (ND_LANES % cg == 0 || cg % ND_LANES == 0);
+    return cg > 0 && cg < ND_GU && (ND_LANES % cg == 0 || cg % ND_LANES == 0) &&
+           gr_cl_work(g) <= ND_GR_CL_WORK;
 }
 
 /* One run of w channels of a row into lanes a[0, w) (inlined where w is
