@@ -1,7 +1,10 @@
 """``python -m normdrop bench``: normdrop side by side with its reference
 backend, the cs231n NumPy code, PyTorch and the memory-bandwidth bound.
 
-One row per op x shape x dtype, each row measured in a fresh worker process
+One row per op x shape x dtype (x memory layout with ``--layout``: the 4-D
+rows of ops that read channels-last input in place can run on channels-last
+memory, viewed as NCHW, for every contender, PyTorch's tensors in
+``torch.channels_last``), each row measured in a fresh worker process
 (so that no row inherits another's memory-allocator state), everyone with the
 same thread count.  normdrop and PyTorch alternate in one loop (the order
 reversed every round); then the slow contenders (reference backend, seed
@@ -53,6 +56,9 @@ COLUMNS = ("normdrop", "reference", "seed", "torch", "nd_torch")
 FAST = ("normdrop", "torch", "nd_torch")
 #: Columns measured only when asked for.
 OPTIONAL = ("nd_torch",)
+#: Memory layouts of a row's x and dout: ``contiguous`` (as the shape says)
+#: or ``channels_last`` (a 4-D NCHW view of NHWC memory).
+LAYOUTS = ("contiguous", "channels_last")
 KEEP = 0.5                              # dropout keep probability (PyTorch: drop 0.5)
 EPS, MOMENTUM = 1e-5, 0.9
 
@@ -144,13 +150,36 @@ class Env:
 
 
 # ------------------------------------------------------------------ the ops
-def _data(shape, dtype, channels, seed=0):
+def has_layout(op, row, layout: str) -> bool:
+    """Whether the row can run in `layout` (channels-last: 4-D rows of ops
+    whose test matrix gives them channels-last input)."""
+    return layout == "contiguous" or (len(row.shape) == 4 and layout in op.layouts)
+
+
+def _data(shape, dtype, channels, seed=0, layout="contiguous"):
+    """x, dout, gamma, beta on the host; x and dout in `layout` (channels-last:
+    the values made in NHWC order, returned as NCHW views of that memory)."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape, dtype=np.dtype(dtype))
-    dout = rng.standard_normal(shape, dtype=np.dtype(dtype))
+    made = shape if layout == "contiguous" else (shape[0], shape[2], shape[3], shape[1])
+    x = rng.standard_normal(made, dtype=np.dtype(dtype))
+    dout = rng.standard_normal(made, dtype=np.dtype(dtype))
     gamma = 1.0 + 0.1 * rng.standard_normal(channels, dtype=np.dtype(dtype))
     beta = 0.1 * rng.standard_normal(channels, dtype=np.dtype(dtype))
     return x, dout, gamma, beta
+
+
+def _as_layout(a, layout):
+    """The NCHW view of an array made in `layout`'s order (NHWC for channels-last)."""
+    return a if layout == "contiguous" else a.transpose(0, 3, 1, 2)
+
+
+def arrays(env: Env, op, row, dtype, layout="contiguous"):
+    """x, dout, gamma, beta on the backend's device, x and dout as NCHW views
+    of `layout`'s memory (a device copy is made in that order and viewed
+    there, not re-laid out by the transfer)."""
+    made = _data(row.shape, dtype, op.channels(row.shape), layout=layout)
+    return tuple(_as_layout(env.asarray(a), layout) if i < 2 else env.asarray(a)
+                 for i, a in enumerate(made))
 
 
 def _normdrop_part(op, row, x, dout, gamma, beta, forced):
@@ -202,11 +231,11 @@ def _seed_part(seed_mod, op, row, x, dout, gamma, beta):
     return both
 
 
-def build(env: Env, op, row, dtype, columns):
+def build(env: Env, op, row, dtype, columns, layout="contiguous"):
     """({column: call}, {column: note}) for one row: normdrop (on the backend
-    under test), its reference backend, the seed code and PyTorch."""
-    hx, hdout, hgamma, hbeta = _data(row.shape, dtype, op.channels(row.shape))
-    x, dout, gamma, beta = (env.asarray(a) for a in (hx, hdout, hgamma, hbeta))
+    under test), its reference backend, the seed code and PyTorch, every one
+    on x and dout in `layout`."""
+    x, dout, gamma, beta = arrays(env, op, row, dtype, layout)
     calls, notes = {}, {}
     for col, forced in (("normdrop", env.backend == "reference"), ("reference", True)):
         if col in columns:
@@ -218,7 +247,9 @@ def build(env: Env, op, row, dtype, columns):
         else:
             calls["seed"] = env.seed_call(_seed_part(env.seed, op, row, x, dout, gamma, beta))
     if "torch" in columns and env.torch is not None:
-        tx, tdout, tw, tb = (env.to_torch(a) for a in (hx, hdout, hgamma, hbeta))
+        # the backend's arrays (on the CPU the host ones): a CUDA tensor then
+        # shares their memory and strides, channels-last included
+        tx, tdout, tw, tb = (env.to_torch(a) for a in (x, dout, gamma, beta))
         fn, notes["torch"] = op.torch(env.torch, row.part, tx, tdout, tw, tb, row.extra)
         calls["torch"] = env.torch_call(fn)
     if "nd_torch" in columns:
@@ -493,12 +524,13 @@ def _paired(a: list, b: list):
     return statistics.median(pairs) if pairs else None
 
 
-def run_row(env: Env, op, row, dtype: str, columns, st: Settings) -> dict:
-    """Measure one op x dtype; the bound is filled in by :func:`run`."""
+def run_row(env: Env, op, row, dtype: str, columns, st: Settings,
+            layout: str = "contiguous") -> dict:
+    """Measure one op x dtype x layout; the bound is filled in by :func:`run`."""
     notes = {c: "skipped (--skip)" for c in COLUMNS if c not in columns and c not in OPTIONAL}
     if "torch" in columns and env.torch is None:
         notes["torch"] = env.torch_note
-    calls, built_notes = build(env, op, row, dtype, columns)
+    calls, built_notes = build(env, op, row, dtype, columns, layout)
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
@@ -516,6 +548,7 @@ def run_row(env: Env, op, row, dtype: str, columns, st: Settings) -> dict:
         "op": row.key,
         "title": row.title,
         "shape": list(row.shape),
+        "layout": layout,
         "dtype": dtype,
         "bytes": row.bytes(np.dtype(dtype).itemsize),
         **{f"{c}_s": med[c] for c in COLUMNS},
@@ -579,13 +612,19 @@ TORCH_ARRAY_TABLE = (
 )
 
 
+#: Shown after the shape when some row is not in the contiguous layout.
+LAYOUT_COLUMN = ("layout", lambda r: r.get("layout", "contiguous"))
+
+
 def format_table(rows) -> str:
     table = TABLE
+    if any(r.get("layout", "contiguous") != "contiguous" for r in rows):
+        table = table[:2] + (LAYOUT_COLUMN,) + table[2:]
     if any(r.get("nd_torch_s") is not None for r in rows):
-        table = TABLE + TORCH_ARRAY_TABLE
+        table = table + TORCH_ARRAY_TABLE
     cells = [[h for h, _ in table]] + [[f(r) for _, f in table] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(table))]
-    left = 3  # op, shape, dtype left-aligned; numbers right-aligned
+    left = table.index(TABLE[2]) + 1  # op, shape[, layout], dtype left-aligned; numbers right
 
     def line(c):
         return "  ".join(s.ljust(w) if i < left else s.rjust(w)
@@ -655,7 +694,7 @@ def worker(spec: str) -> int:
     env = Env(spec["backend"], _import_torch() if _wants_torch(columns) else None)
     limiter = set_threads(spec["threads"], env.torch)
     row = run_row(env, *_row(spec["op"], spec["shape"]), spec["dtype"], columns,
-                  QUICK if spec["quick"] else DEFAULT)
+                  QUICK if spec["quick"] else DEFAULT, spec.get("layout", "contiguous"))
     result = {"row": row, "runtime": runtime_info(env)}
     if limiter is not None:
         limiter.restore_original_limits()
@@ -677,8 +716,9 @@ def _run_worker(spec: dict):
     return None, f"failed: the worker process exited with code {proc.returncode}"
 
 
-def _failed_row(row, dtype: str, error: str) -> dict:
-    return {"op": row.key, "title": row.title, "shape": list(row.shape), "dtype": dtype,
+def _failed_row(row, dtype: str, error: str, layout: str = "contiguous") -> dict:
+    return {"op": row.key, "title": row.title, "shape": list(row.shape), "layout": layout,
+            "dtype": dtype,
             "bytes": row.bytes(np.dtype(dtype).itemsize), **{f"{c}_s": None for c in COLUMNS},
             "bound_s": None, "normdrop_over_torch": None, "normdrop_over_torch_paired": None,
             "fraction_of_bound": None, "seed_over_normdrop": None,
@@ -687,9 +727,10 @@ def _failed_row(row, dtype: str, error: str) -> dict:
 
 
 def run(backend="cpu", dtypes=("float32", "float64"), threads=None, quick=False, ops=None,
-        skip=(), out=None, progress=None, array="numpy") -> dict:
+        skip=(), out=None, progress=None, array="numpy", layouts=("contiguous",)) -> dict:
     """Run the benchmark, print the table to `out` (progress to `progress`)
-    and return the report (what ``--json`` writes).
+    and return the report (what ``--json`` writes).  `layouts`: the memory
+    layouts each row runs in, where it has them (:func:`has_layout`).
 
     Each row runs in a fresh worker process; this process samples the
     streaming copy before, between and after them, so that the bound sees
@@ -718,6 +759,7 @@ def run(backend="cpu", dtypes=("float32", "float64"), threads=None, quick=False,
         "backend": backend,
         "quick": quick,
         "threads": threads,
+        "layouts": list(layouts),
         "columns": [f"{c}_s" for c in COLUMNS] + [
             "bound_s", "normdrop_over_torch", "fraction_of_bound", "seed_over_normdrop",
             "reference_over_normdrop"],
@@ -730,23 +772,26 @@ def run(backend="cpu", dtypes=("float32", "float64"), threads=None, quick=False,
         print(f"bench: streaming copy {first / 1e9:.1f} GB/s", file=progress, flush=True)
         rows = []
         wanted = set(ops or KEYS)
-        for _, brow in ROWS:
+        for op, brow in ROWS:
             if brow.key not in wanted:
                 continue
             key = brow.key
-            for dtype in dtypes:
-                spec = {"backend": backend, "op": key, "shape": brow.label, "dtype": dtype,
-                        "columns": columns, "quick": quick, "threads": threads}
-                result, error = _run_worker(spec)
-                if result is None:
-                    rows.append(_failed_row(brow, dtype, error))
-                else:
-                    rows.append(result["row"])
-                    report["runtime"] = report["runtime"] or result["runtime"]
-                meter.sample(max(1, st.copy_reps // 3))
-                print(f"bench: {key} {brow.label} {dtype}: normdrop "
-                      f"{_fmt_time(rows[-1]['normdrop_s'])}",
-                      file=progress, flush=True)
+            for layout in (lay for lay in layouts if has_layout(op, brow, lay)):
+                for dtype in dtypes:
+                    spec = {"backend": backend, "op": key, "shape": brow.label,
+                            "dtype": dtype, "columns": columns, "quick": quick,
+                            "threads": threads, "layout": layout}
+                    result, error = _run_worker(spec)
+                    if result is None:
+                        rows.append(_failed_row(brow, dtype, error, layout))
+                    else:
+                        rows.append(result["row"])
+                        report["runtime"] = report["runtime"] or result["runtime"]
+                    meter.sample(max(1, st.copy_reps // 3))
+                    lay = "" if layout == "contiguous" else f" {layout}"
+                    print(f"bench: {key} {brow.label}{lay} {dtype}: normdrop "
+                          f"{_fmt_time(rows[-1]['normdrop_s'])}",
+                          file=progress, flush=True)
         last = meter.sample(st.copy_reps)
     finally:
         meter.close()
@@ -786,6 +831,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch: also time normdrop called with torch tensors of the same data "
                         "(the nd(torch) column, interleaved with the NumPy path; its ratio to "
                         "it in nd(torch)/nd)")
+    p.add_argument("--layout", choices=LAYOUTS + ("both",), default="contiguous",
+                   help="memory layout of x and dout: contiguous (default), channels_last "
+                        "(NHWC memory viewed as NCHW, for everyone, torch.channels_last for "
+                        "PyTorch; only the 4-D rows of ops that take it: spatial batchnorm and "
+                        "groupnorm), or both (every row contiguous, those rows channels-last too)")
 
 
 def _split(text: str) -> list:
@@ -814,13 +864,21 @@ def main(args) -> int:
     if problem:                              # said now, not after the whole run
         print(f"bench: --json {args.json}: {problem}", file=sys.stderr)
         return 2
+    layouts = LAYOUTS if args.layout == "both" else (args.layout,)
+    if not any(has_layout(op, row, lay) for op, row in ROWS if row.key in ops
+               for lay in layouts):
+        have = sorted({row.key for op, row in ROWS if has_layout(op, row, "channels_last")})
+        print(f"bench: no row of --ops {','.join(ops)} has a {args.layout} layout; "
+              f"channels-last rows: {', '.join(have)}", file=sys.stderr)
+        return 2
     dtypes = ("float32", "float64") if args.dtype == "all" else (args.dtype,)
     report = run(backend=args.backend, dtypes=dtypes, threads=args.threads, quick=args.quick,
-                 ops=ops, skip=skip, array=args.array)
+                 ops=ops, skip=skip, array=args.array, layouts=layouts)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
-    failed = [f"{r['op']} {r['dtype']}" for r in report["rows"] if r["normdrop_s"] is None]
+    failed = [f"{r['op']} {r['dtype']}" + ("" if r["layout"] == "contiguous" else f" {r['layout']}")
+              for r in report["rows"] if r["normdrop_s"] is None]
     if failed:
         print(f"bench: normdrop failed on {', '.join(failed)}", file=sys.stderr)
         return 1

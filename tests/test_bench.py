@@ -209,3 +209,63 @@ def test_seed_dropout_is_inverted_dropout():
     np.testing.assert_allclose(out[kept], x[kept] / 0.25, rtol=1e-6)
     dx = _bench_seed.dropout_backward(np.ones_like(x), cache)
     np.testing.assert_array_equal(dx != 0, kept)
+
+
+def test_bench_channels_last_rows_give_everyone_channels_last_memory():
+    """--layout channels_last: normdrop, the seed code and PyTorch all get x
+    and dout as NCHW views of NHWC memory (torch: torch.channels_last), for
+    the 4-D rows of ops that read that layout; other rows have none."""
+    import dataclasses
+    op, row = next((o, r) for o, r in _bench.ROWS if r.key == "gn-bwd")
+    assert _bench.has_layout(op, row, "channels_last")
+    assert not any(_bench.has_layout(o, r, "channels_last") for o, r in _bench.ROWS
+                   if r.key in ("bn-fwd", "ln-fwd", "ln-bwd", "dropout-fwd"))
+    env = _bench.Env("cpu", None)
+    for layout in ("contiguous", "channels_last"):
+        x, dout, gamma, beta = _bench.arrays(env, op, row, "float32", layout)
+        assert x.shape == dout.shape == row.shape and gamma.shape == (row.shape[1],)
+        for a in (x, dout):
+            nhwc = a.transpose(0, 2, 3, 1)
+            assert (nhwc if layout == "channels_last" else a).flags.c_contiguous, layout
+            assert a.flags.c_contiguous == (layout == "contiguous")
+    if not HAVE_TORCH:
+        return
+    import torch
+    seen = {}
+
+    def recorder(torch_mod, part, tx, tdout, tw, tb, extra):
+        seen["x"], seen["dout"] = tx, tdout
+        return (lambda: None), "recorded"
+
+    fake = dataclasses.replace(op, torch=recorder)
+    calls, _ = _bench.build(_bench.Env("cpu", torch), fake, row, "float32",
+                            ("normdrop", "torch"), "channels_last")
+    assert set(calls) == {"normdrop", "torch"}
+    for t in (seen["x"], seen["dout"]):
+        assert tuple(t.shape) == row.shape
+        assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def test_bench_layout_both_runs_the_channels_last_rows_too(tmp_path):
+    path = tmp_path / "r.json"
+    proc = _cli("bench", "--quick", "--ops", "gn-fwd", "--dtype", "float32", "--layout", "both",
+                "--skip", "reference,seed,torch", "--json", str(path),
+                *(["--threads", "1"] if HAVE_THREADPOOLCTL else []))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(path.read_text())
+    assert report["layouts"] == ["contiguous", "channels_last"]
+    got = [("x".join(map(str, r["shape"])), r["layout"]) for r in report["rows"]]
+    assert got == [(s, lay) for s in ("32x64x56x56", "8x256x28x28")
+                   for lay in ("contiguous", "channels_last")], got
+    assert all(r["normdrop_s"] > 0 for r in report["rows"])
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("op "))
+    assert header.split()[:4] == ["op", "shape", "layout", "dtype"], header
+    assert any("channels_last" in line and line.startswith("gn-fwd ")
+               for line in proc.stdout.splitlines())
+
+
+def test_bench_layout_channels_last_without_such_a_row_is_refused():
+    proc = _cli("bench", "--ops", "bn-fwd,ln-bwd", "--layout", "channels_last")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "channels_last" in proc.stderr and "gn-fwd" in proc.stderr, proc.stderr
+    assert "streaming copy" not in proc.stdout + proc.stderr
