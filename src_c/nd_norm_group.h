@@ -855,12 +855,13 @@ static void FN(gr_cl_rows_sqdev)(const T *p, int64_t nr, int64_t ss, int64_t C, 
     }
 }
 
-/* (mean[q], m2[q]) of the G groups of sample i: gr_group_moments' values. */
-static void FN(gr_cl_moments)(const T *x, const nd_geom *g, int64_t i, double *mean, double *m2,
-                              double *w)
+/* (mean[q], m2[q]) of groups q0 + q, q < G, of sample i (a range of its
+ * groups, their channels C = G cg of each row): gr_group_moments' values. */
+static void FN(gr_cl_moments)(const T *x, const nd_geom *g, int64_t i, int64_t q0, int64_t G,
+                              double *mean, double *m2, double *w)
 {
-    const int64_t C = g->c, G = g->groups, cg = C / G, S = g->s, ss = g->ss;
-    const T *p = x + i * g->sn;
+    const int64_t cg = g->c / g->groups, C = G * cg, S = g->s, ss = g->ss;
+    const T *p = x + i * g->sn + q0 * cg;
     const int64_t total = S * cg, k = total <= ND_GU ? S : ND_GU / cg;
     const int flat = ND_AFFINE_FLOAT && cg < ND_LANES;
     const int64_t nb = flat ? ND_LANES / cg * C : C;
@@ -902,32 +903,39 @@ static void FN(gr_cl_moments)(const T *x, const nd_geom *g, int64_t i, double *m
         }
 }
 
-/* Whether the sample-at-a-time channels-last passes take geometry g: where
- * FN(gr_cl_ok), and there are samples for every thread of a parallel pass
- * (the passes split the work by sample, the per-group loops by group). */
+/* Whether the sample-at-a-time channels-last passes take geometry g
+ * (FN(gr_cl_ok)).  Where there are fewer samples than threads they take
+ * ranges of a sample's groups (gr_cl_chunks, gr_cl_unit in nd_norm.c): each
+ * group's values come out the same whatever the cut, its lanes its own;
+ * there, groups whose runs are ND_GR_CL_SPLIT_BYTES or longer stay with the
+ * per-group loops. */
 static inline int FN(gr_cl_use)(const nd_geom *g)
 {
-    return FN(gr_cl_ok)(g) &&
-           (g->n * g->c * g->s < ND_PARALLEL_MIN || g->n >= (int64_t)nd_max_threads());
+    return FN(gr_cl_ok)(g) && (gr_cl_chunks(g) == 1 ||
+                               g->c / g->groups * (int64_t)sizeof(T) < ND_GR_CL_SPLIT_BYTES);
 }
 
 /* mean[k], m2[k] for every group k, in parallel over groups (channels-last:
- * over samples, gr_cl_moments). */
+ * over samples, or ranges of a sample's groups, gr_cl_moments). */
 static void FN(gr_moments)(const T *x, const nd_geom *g, double *mean, double *m2)
 {
     const int64_t ng = nd_ngroups(g), G = g->groups;
     const int cl = FN(gr_cl_use)(g);
+    const int64_t nch = cl ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {
         if (cl) {
             double *w = (double *)malloc((size_t)gr_cl_work(g) * sizeof(double));
             ND_OMP_SPLIT_NOWAIT
-            for (int64_t i = 0; i < g->n; ++i) {
+            for (int64_t u = 0; u < g->n * nch; ++u) {
+                int64_t i, q0, nq;
+                gr_cl_unit(g, u, nch, &i, &q0, &nq);
+                const int64_t k0 = i * G + q0;
                 if (w) {
-                    FN(gr_cl_moments)(x, g, i, mean + i * G, m2 + i * G, w);
+                    if (nq > 0) FN(gr_cl_moments)(x, g, i, q0, nq, mean + k0, m2 + k0, w);
                     continue;
                 }
-                for (int64_t k = i * G; k < (i + 1) * G; ++k) {
+                for (int64_t k = k0; k < k0 + nq; ++k) {
                     const nd_grp grp = nd_group(g, k);
                     FN(gr_group_moments)(x, &grp, &mean[k], &m2[k], g, -1);
                 }
@@ -1162,29 +1170,30 @@ static void FN(gr_cl_affine_rows_d)(const T *x, T *out, int64_t S, int64_t ss, i
 }
 #endif
 
-/* The G groups of sample i normalized with mean[q], invstd[q]: the bits of
- * gr_group_normalize for each.  float32: the float formula where it holds
- * for every group of the sample (gr_aff32_ok), else group by group. */
-static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i,
-                                const double *mean, const double *invstd, const double *gamma,
-                                const double *beta, const double *rbuf, int per_group,
-                                const float *cf, int st, double *w)
+/* Groups q0 + q, q < G, of sample i normalized with mean[q], invstd[q]:
+ * the bits of gr_group_normalize for each.  float32: the float formula
+ * where it holds for every one of these groups (gr_aff32_ok), else group by
+ * group. */
+static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i, int64_t q0,
+                                int64_t G, const double *mean, const double *invstd,
+                                const double *gamma, const double *beta, const double *rbuf,
+                                int per_group, const float *cf, int st, double *w)
 {
-    const int64_t C = g->c, G = g->groups, cg = C / G, off = i * g->sn;
+    const int64_t cg = g->c / g->groups, C = G * cg, c0 = q0 * cg, off = i * g->sn + c0;
 #if ND_AFFINE_FLOAT
     int all = 1;
     for (int64_t q = 0; q < G && all; ++q) {
         double own[2];
         all = gr_aff32_ok(mean[q], invstd[q],
-                          FN(gr_rng_of)(gamma, beta, rbuf, per_group, q, cg, own));
+                          FN(gr_rng_of)(gamma, beta, rbuf, per_group, q0 + q, cg, own));
     }
     if (!all) {
         for (int64_t q = 0; q < G; ++q) {
-            const nd_grp grp = nd_group(g, i * G + q);
+            const nd_grp grp = nd_group(g, i * g->groups + q0 + q);
             double own[2];
             FN(gr_group_normalize)(x, out, &grp, mean[q], invstd[q], gamma, beta,
-                                   FN(gr_rng_of)(gamma, beta, rbuf, per_group, q, cg, own), cf,
-                                   C, st);
+                                   FN(gr_rng_of)(gamma, beta, rbuf, per_group, q0 + q, cg, own),
+                                   cf, g->c, st);
         }
         return;
     }
@@ -1197,7 +1206,7 @@ static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i,
             RF[q * cg + j] = p.a;
         }
     }
-    gr_coef32(gamma, beta, 0, C, GA);   /* GA, then GB = GA + C */
+    gr_coef32(gamma, beta, c0, C, GA);   /* GA, then GB = GA + C */
     FN(gr_cl_affine_rows)(x + off, out + off, g->s, g->ss, C, MH, ML, RF, GA, GB, st);
 #else
     (void)rbuf;
@@ -1207,9 +1216,9 @@ static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i,
     for (int64_t q = 0; q < G; ++q)
         for (int64_t j = 0; j < cg; ++j) {
             M[q * cg + j] = mean[q];
-            AD[q * cg + j] = invstd[q] * gamma[q * cg + j];
+            AD[q * cg + j] = invstd[q] * gamma[c0 + q * cg + j];
         }
-    FN(gr_cl_affine_rows_d)(x + off, out + off, g->s, g->ss, C, M, AD, beta, st);
+    FN(gr_cl_affine_rows_d)(x + off, out + off, g->s, g->ss, C, M, AD, beta + c0, st);
 #endif
     if (st) nd_stream_fence();
 }
@@ -1217,8 +1226,8 @@ static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i,
 /* The forward over every group: fused (the training forward): each group's
  * moments, var and invstd, then its values normalized while they are in
  * cache; else (nd_normalize) with the given mean and invstd.  Channels-last
- * (FN(gr_cl_use)): a sample at a time, its moments (gr_cl_moments) then its
- * rows (gr_cl_normalize). */
+ * (FN(gr_cl_use)): a sample (or a range of its groups) at a time, its
+ * moments (gr_cl_moments) then its rows (gr_cl_normalize). */
 static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *gamma,
                            const double *beta, double eps, int fused, double *mean, double *var,
                            double *invstd)
@@ -1236,6 +1245,7 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
     const int use_cf = g->kind != ND_PLANES && g->c <= ND_GR_CF;
 #endif
     const int cl = FN(gr_cl_use)(g);
+    const int64_t nch = cl ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {
         const float *cf = NULL;
@@ -1249,22 +1259,26 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
         if (cl) {
             double *w = (double *)malloc((size_t)gr_cl_work(g) * sizeof(double));
             ND_OMP_SPLIT_NOWAIT
-            for (int64_t i = 0; i < g->n; ++i) {
+            for (int64_t u = 0; u < g->n * nch; ++u) {
+                int64_t i, q0, nq;
+                gr_cl_unit(g, u, nch, &i, &q0, &nq);
+                const int64_t k0 = i * G + q0;
                 if (!w) {
-                    for (int64_t k = i * G; k < (i + 1) * G; ++k)
+                    for (int64_t k = k0; k < k0 + nq; ++k)
                         FN(gr_forward_group)(x, out, g, k, gamma, beta, eps, fused, mean, var,
                                              invstd, rbuf, per_group, cf, pw, st, ng, cnt, cg);
                     continue;
                 }
+                if (nq <= 0) continue;
                 if (fused) {
-                    double *vr = var + i * G, *ir = invstd + i * G;
-                    FN(gr_cl_moments)(x, g, i, mean + i * G, vr, w);   /* m2 in var */
-                    for (int64_t q = 0; q < G; ++q) {
+                    double *vr = var + k0, *ir = invstd + k0;
+                    FN(gr_cl_moments)(x, g, i, q0, nq, mean + k0, vr, w);   /* m2 in var */
+                    for (int64_t q = 0; q < nq; ++q) {
                         vr[q] = cnt > 0 ? vr[q] / (double)cnt : 0.0;
                         ir[q] = 1.0 / sqrt(vr[q] + eps);
                     }
                 }
-                FN(gr_cl_normalize)(x, out, g, i, mean + i * G, invstd + i * G, gamma, beta,
+                FN(gr_cl_normalize)(x, out, g, i, q0, nq, mean + k0, invstd + k0, gamma, beta,
                                     rbuf, per_group, cf, st, w);
             }
             free(w);
@@ -1573,21 +1587,21 @@ static void FN(gr_cl_dx_rows)(const T *dp, const T *xp, T *op, int64_t S, int64_
                (T)(RG[c] * (double)dr[c] + BB[c] * ((double)xr[c] - MM[c]) + EE[c]));
 }
 
-/* dx of the G groups of sample i from their sums s1[q], s2[q] over M values:
- * gr_group_dx's bits (gr_coef's coefficients).  w: 4 c doubles. */
+/* dx of groups q0 + q, q < G, of sample i from their sums s1[q], s2[q] over
+ * M values: gr_group_dx's bits (gr_coef's coefficients).  w: 4 c doubles. */
 static void FN(gr_cl_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, int64_t i,
-                         const double *mean, const double *invstd, const double *gamma,
-                         const double *s1, const double *s2, int train, double M, int st,
-                         double *w)
+                         int64_t q0, int64_t G, const double *mean, const double *invstd,
+                         const double *gamma, const double *s1, const double *s2, int train,
+                         double M, int st, double *w)
 {
-    const int64_t C = g->c, G = g->groups, cg = C / G, off = i * g->sn;
+    const int64_t cg = g->c / g->groups, C = G * cg, c0 = q0 * cg, off = i * g->sn + c0;
     double *MM = w, *RG = MM + C, *BB = RG + C, *EE = BB + C;
     for (int64_t q = 0; q < G; ++q) {
         double b, e;
         const double rd = gr_coef(invstd[q], s1[q], s2[q], M, train, &b, &e);
         for (int64_t j = 0; j < cg; ++j) {
             MM[q * cg + j] = mean[q];
-            RG[q * cg + j] = rd * gamma[q * cg + j];
+            RG[q * cg + j] = rd * gamma[c0 + q * cg + j];
             BB[q * cg + j] = b;
             EE[q * cg + j] = e;
         }
@@ -1618,7 +1632,8 @@ static void FN(gr_cl_backward)(const T *dout, const T *x, T *dx, const nd_geom *
         s2[q] = nd_lanes_sum(t);
         for (int64_t j = 0; j < cg; ++j) dg[q * cg + j] += invstd[q] * tc[q * cg + j];
     }
-    if (dx) FN(gr_cl_dx)(dout, x, dx, g, i, mean, invstd, gamma, s1, s2, train, M, st, MM);
+    if (dx)
+        FN(gr_cl_dx)(dout, x, dx, g, i, 0, G, mean, invstd, gamma, s1, s2, train, M, st, MM);
 }
 
 /* grad_reduce over sample blocks, and (fused: dx != NULL) each group's dx
@@ -1718,19 +1733,24 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
     const int64_t ng = nd_ngroups(g), G = g->groups;
     const int st = gr_stream(dx, g, (int64_t)sizeof(T));
     const int cl = FN(gr_cl_use)(g);
+    const int64_t nch = cl ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {
-        /* channels-last: a sample at a time (gr_cl_dx), else group by group */
+        /* channels-last: ranges of a sample's groups (gr_cl_dx), else group by group */
         double *w = cl ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double)) : NULL;
-        const int64_t nu = cl ? g->n : ng;   /* the same on every thread */
+        const int64_t nu = cl ? g->n * nch : ng;   /* the same on every thread */
         ND_OMP_SPLIT_NOWAIT
         for (int64_t u = 0; u < nu; ++u) {
+            int64_t i = 0, q0 = 0, nq = 1;
+            if (cl) gr_cl_unit(g, u, nch, &i, &q0, &nq);
+            const int64_t k0 = cl ? i * G + q0 : u;
             if (w) {
-                FN(gr_cl_dx)(dout, x, dx, g, u, mean + u * G, invstd + u * G, gamma, s1 + u * G,
-                             s2 + u * G, train, M, st, w);
+                if (nq > 0)
+                    FN(gr_cl_dx)(dout, x, dx, g, i, q0, nq, mean + k0, invstd + k0, gamma,
+                                 s1 + k0, s2 + k0, train, M, st, w);
                 continue;
             }
-            for (int64_t k = cl ? u * G : u; k < (cl ? (u + 1) * G : u + 1); ++k) {
+            for (int64_t k = k0; k < k0 + nq; ++k) {
                 const nd_grp grp = nd_group(g, k);
                 double b, e;
                 const double rd = gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);

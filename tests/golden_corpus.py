@@ -74,7 +74,10 @@ GROUPNORM_SHAPES = [((2, 6, 5, 7), 3), ((9, 16, 41, 40), 4), ((2, 4, 150, 130), 
                     # statistics unit or several (float32 and float64 units differ)
                     ((3, 64, 9, 7), 8), ((2, 64, 40, 30), 8), ((2, 128, 20, 20), 2),
                     ((2, 96, 7, 5), 3), ((2, 32, 64, 40), 2), ((2, 48, 5, 6), 4),
-                    ((1, 16, 30, 30), 16), ((1, 64, 70, 70), 2)]
+                    ((1, 16, 30, 30), 16), ((1, 64, 70, 70), 2),
+                    # one sample's groups cut into ranges for the threads (runs of 8
+                    # and 16 channels; 3 groups in 2 ranges at 2 threads)
+                    ((1, 24, 40, 40), 3), ((1, 64, 30, 30), 8), ((1, 128, 14, 14), 8)]
 
 
 def _bn_cases():

@@ -62,6 +62,8 @@ CPU_CASES = [
     ((33, 48), "contiguous", 1),             # layernorm rows
     ((4, 12, 5, 7), "contiguous", 3),        # groupnorm planes
     ((4, 12, 5, 7), "channels_last", 4),     # groupnorm channels-last
+    ((1, 64, 30, 30), "channels_last", 8),   # one sample's groups in ranges (threads > N)
+    ((1, 24, 40, 40), "channels_last", 3),
     ((2, 2, 200, 200), "contiguous", 1),     # one group of 80000 values: several units
 ]
 
