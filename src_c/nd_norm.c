@@ -337,16 +337,25 @@ static int64_t gr_cl_work(const nd_geom *g)
     return 6 * C + (cg < ND_LANES ? ND_LANES / cg : 1) * C + 4 * G;
 }
 
-/* Into how many ranges of groups the sample-at-a-time channels-last passes
- * cut each sample (nd_norm_group.h, gr_cl_use): one where there are samples
- * for every thread of a parallel pass, else enough for every thread (at
- * most G). */
-static inline int64_t gr_cl_chunks(const nd_geom *g)
+/* Into how many ranges of groups a pass over nu units (samples, or the
+ * backward's sample blocks) cuts each unit: one where there are units for
+ * every thread of a parallel pass, else enough for every thread (at most G).
+ * The backward cuts its blocks so for planes (NCHW) and for channels-last
+ * groups the per-group loops take, not for the sample-at-a-time
+ * channels-last sums: there, two threads writing halves of every row of dx
+ * (lines shared at the cut) and summing halves took 0.84-0.93x the time of
+ * one thread in L2 (1x256x28x28, G = 32) but 1.1-1.55x from L3
+ * (1x256x56x56 G = 32, 1x64x70x70 G = 2, 1x64x56x56 float64 G = 8; Zen 3). */
+static inline int64_t gr_split_chunks(const nd_geom *g, int64_t nu)
 {
     const int64_t th = g->n * g->c * g->s >= ND_PARALLEL_MIN ? (int64_t)nd_max_threads() : 1;
-    if (g->n >= th || g->n <= 0) return 1;
-    return nd_min64(g->groups, nd_cdiv(th, g->n));
+    if (nu >= th || nu <= 0) return 1;
+    return nd_min64(g->groups, nd_cdiv(th, nu));
 }
+
+/* The same for the sample-at-a-time channels-last forward passes
+ * (nd_norm_group.h, gr_cl_use). */
+static inline int64_t gr_cl_chunks(const nd_geom *g) { return gr_split_chunks(g, g->n); }
 
 /* Fewer samples than threads: the passes on ranges of a sample's groups only
  * where a group's run of channels is shorter than this; longer runs go group
@@ -356,8 +365,8 @@ static inline int64_t gr_cl_chunks(const nd_geom *g)
  * 64 bytes 0.59-0.76x; runs of 128 bytes and more 0.92-1.30x. */
 #define ND_GR_CL_SPLIT_BYTES 128
 
-/* Work unit u of those passes (nch per sample, gr_cl_chunks): sample *i,
- * its groups [*q0, *q0 + *nq). */
+/* Work unit u of those passes (nch per sample or block, gr_split_chunks):
+ * sample (block) *i, its groups [*q0, *q0 + *nq). */
 static inline void gr_cl_unit(const nd_geom *g, int64_t u, int64_t nch, int64_t *i, int64_t *q0,
                               int64_t *nq)
 {

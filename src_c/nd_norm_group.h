@@ -1638,7 +1638,10 @@ static void FN(gr_cl_backward)(const T *dout, const T *x, T *dx, const nd_geom *
 
 /* grad_reduce over sample blocks, and (fused: dx != NULL) each group's dx
  * right after its sums.  Groups of one channel run (rows) go two samples at
- * a time (gr_rows_sums).  work: 3 c doubles per block. */
+ * a time (gr_rows_sums).  With fewer blocks than threads the other kinds
+ * take ranges of a block's groups (gr_split_chunks), each range the sums of
+ * its own channels in sample order: the same bits whatever the cut.  work:
+ * 3 c doubles per block. */
 static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                             const double *mean, const double *invstd, const double *gamma,
                             int train, double *work, double *s1, double *s2, double *dgamma,
@@ -1657,14 +1660,18 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
      * Intel Xeon, 2 threads) */
     const int pfw = rows && dx && !st && sizeof(T) == 8 && cg * (int64_t)sizeof(T) <= 16384 &&
                     N * g->sn * (int64_t)sizeof(T) >= ND_GR_PFW_BYTES;
-    const int cl = FN(gr_cl_ok)(g);   /* (the work is split by sample blocks either way) */
+    const int cl = FN(gr_cl_ok)(g);
+    /* (the sample-at-a-time channels-last sums stay whole: see gr_split_chunks) */
+    const int64_t nch = rows || cl ? 1 : gr_split_chunks(g, nblk);
     ND_OMP_PARALLEL(N * C * g->s >= ND_PARALLEL_MIN)
     {
         double *w = cl ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double)) : NULL;
         ND_OMP_SPLIT_NOWAIT
-        for (int64_t blk = 0; blk < nblk; ++blk) {
+        for (int64_t u = 0; u < nblk * nch; ++u) {
+            int64_t blk, q0, nq;
+            gr_cl_unit(g, u, nch, &blk, &q0, &nq);
             double *P = work + 3 * C * blk, *dg = P, *db = P + C, *tc = P + 2 * C;
-            for (int64_t c = 0; c < 2 * C; ++c) P[c] = 0.0;
+            for (int64_t c = q0 * cg; c < (q0 + nq) * cg; ++c) { dg[c] = 0.0; db[c] = 0.0; }
             const int64_t i0 = blk * nb, i1 = nd_min64(N, i0 + nb);
             if (rows) {
                 for (int64_t i = i0; i < i1; i += 2) {
@@ -1703,16 +1710,17 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                 if (st) nd_stream_fence();
                 continue;
             }
-            for (int64_t i = i0; i < i1; ++i) {
+            for (int64_t i = i0; i < i1 && nq > 0; ++i) {
+                const int64_t k0 = i * G + q0;
                 if (w) {   /* channels-last: the sample's groups at once */
                     FN(gr_cl_backward)(dout, x, dx, g, i, mean + i * G, invstd + i * G, gamma,
                                        train, M, st, s1 + i * G, s2 + i * G, dg, db, tc, w);
                     continue;
                 }
-                for (int64_t k = i * G; k < (i + 1) * G; ++k) {
+                for (int64_t k = k0; k < k0 + nq; ++k) {
                     const nd_grp grp = nd_group(g, k);
                     FN(gr_group_sums)(dout, x, &grp, mean[k], invstd[k], gamma, &s1[k], &s2[k], dg,
-                                      db, tc);
+                                      db, tc + grp.c0);
                     if (dx) {
                         double b, e;
                         const double rd = gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);

@@ -77,7 +77,12 @@ GROUPNORM_SHAPES = [((2, 6, 5, 7), 3), ((9, 16, 41, 40), 4), ((2, 4, 150, 130), 
                     ((1, 16, 30, 30), 16), ((1, 64, 70, 70), 2),
                     # one sample's groups cut into ranges for the threads (runs of 8
                     # and 16 channels; 3 groups in 2 ranges at 2 threads)
-                    ((1, 24, 40, 40), 3), ((1, 64, 30, 30), 8), ((1, 128, 14, 14), 8)]
+                    ((1, 24, 40, 40), 3), ((1, 64, 30, 30), 8), ((1, 128, 14, 14), 8),
+                    # the backward's sample blocks fewer than the threads: ranges of
+                    # a block's groups (planes; channels-last runs of 3 and 5 channels;
+                    # blocks of 3 and 2 samples)
+                    ((1, 96, 20, 20), 32), ((4, 16, 24, 24), 2), ((5, 40, 16, 16), 8),
+                    ((2, 16, 32, 32), 4)]
 
 
 def _bn_cases():

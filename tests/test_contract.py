@@ -64,6 +64,8 @@ CPU_CASES = [
     ((4, 12, 5, 7), "channels_last", 4),     # groupnorm channels-last
     ((1, 64, 30, 30), "channels_last", 8),   # one sample's groups in ranges (threads > N)
     ((1, 24, 40, 40), "channels_last", 3),
+    ((1, 96, 20, 20), "channels_last", 32),  # backward blocks < threads: ranges of groups
+    ((2, 16, 32, 32), "channels_last", 4),   # (a block of 2 samples)
     ((2, 2, 200, 200), "contiguous", 1),     # one group of 80000 values: several units
 ]
 
