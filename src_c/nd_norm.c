@@ -342,10 +342,10 @@ static int64_t gr_cl_work(const nd_geom *g)
  * every thread of a parallel pass, else enough for every thread (at most G).
  * The backward cuts its blocks so for planes (NCHW) and for channels-last
  * groups the per-group loops take, not for the sample-at-a-time
- * channels-last sums: there, two threads writing halves of every row of dx
- * (lines shared at the cut) and summing halves took 0.84-0.93x the time of
- * one thread in L2 (1x256x28x28, G = 32) but 1.1-1.55x from L3
- * (1x256x56x56 G = 32, 1x64x70x70 G = 2, 1x64x56x56 float64 G = 8; Zen 3). */
+ * channels-last sums: there, two threads summing halves of every row (each
+ * into its own scratch) and writing halves of dx took 0.78-0.93x the time of
+ * one thread at 1x256x28x28 (G = 32) but 1.1-1.55x at 1x256x56x56 (G = 32),
+ * 1x64x70x70 (G = 2) and 1x64x56x56 float64 (G = 8) (Zen 3, 2 threads). */
 static inline int64_t gr_split_chunks(const nd_geom *g, int64_t nu)
 {
     const int64_t th = g->n * g->c * g->s >= ND_PARALLEL_MIN ? (int64_t)nd_max_threads() : 1;
