@@ -365,6 +365,12 @@ static inline int64_t gr_cl_chunks(const nd_geom *g) { return gr_split_chunks(g,
  * 64 bytes 0.59-0.76x; runs of 128 bytes and more 0.92-1.30x. */
 #define ND_GR_CL_SPLIT_BYTES 128
 
+/* The channels-last passes for groups of other run lengths (nd_norm_group.h,
+ * gr_clt_*): groups in batches of this many, the tiled normalize's tiles of
+ * rows about this many bytes of the batch's channels. */
+#define ND_GR_CLT_BATCH 32
+#define ND_GR_CLT_TILE 65536
+
 /* Work unit u of those passes (nch per sample or block, gr_split_chunks):
  * sample (block) *i, its groups [*q0, *q0 + *nq). */
 static inline void gr_cl_unit(const nd_geom *g, int64_t u, int64_t nch, int64_t *i, int64_t *q0,

@@ -915,13 +915,73 @@ static inline int FN(gr_cl_use)(const nd_geom *g)
                                g->c / g->groups * (int64_t)sizeof(T) < ND_GR_CL_SPLIT_BYTES);
 }
 
+/* Channels-last groups of short runs that the sample-at-a-time passes do not
+ * take (cg that neither divides ND_LANES nor is a multiple of it: 3, 5, 10,
+ * 12, 20, 40, ...; or too many channels for their scratch: FN(gr_clt_ok)).  Group by group, each of a sample's G
+ * groups walks all its rows for cg values a row.  Here the statistics of
+ * groups q0 + q, q < G, of sample i go a unit of rows at a time: each
+ * group's statistics unit of those rows (ND_GU / cg rows, gr_group_moments)
+ * in turn, its merges in order -- gr_group_moments' bits, the unit's rows
+ * read from memory once for the batch of groups (ND_GR_CLT_BATCH at a
+ * time).  Their lanes (position in the run mod ND_LANES, or the float32
+ * second pass's flat index) do not map onto channels, so the statistics stay
+ * per group; the normalize and dx, whose formula per value needs no lanes,
+ * go along whole rows (gr_cl_normalize, gr_cl_dx) where the scratch allows
+ * (FN(gr_clt_dx_ok)), else tile by tile (gr_clt_normalize) or group by
+ * group.  The backward's sums stay group by group (gr_group_sums): tiling
+ * them too took 0.90-1.53x the time. */
+static inline int FN(gr_clt_ok)(const nd_geom *g)
+{
+    if (g->kind != ND_CLAST || g->s < 2 || g->groups < 2 || g->c <= 0) return 0;
+    const int64_t cg = g->c / g->groups;
+    return cg > 0 && cg < ND_GU && !FN(gr_cl_ok)(g);
+}
+
+/* Whether the backward's dx of such groups goes along the whole rows
+ * (gr_cl_dx: its formula per value needs no lanes), within the scratch. */
+static inline int FN(gr_clt_dx_ok)(const nd_geom *g)
+{
+    return FN(gr_clt_ok)(g) && gr_cl_work(g) <= ND_GR_CL_WORK;
+}
+
+/* (mean[q], m2[q]) of groups q0 + q, q < G, of sample i */
+static void FN(gr_clt_moments)(const T *x, const nd_geom *g, int64_t i, int64_t q0, int64_t G,
+                               double *mean, double *m2)
+{
+    const int64_t cg = g->c / g->groups, S = g->s, ss = g->ss, total = S * cg;
+    const int64_t k = total <= ND_GU ? S : ND_GU / cg;
+    const T *p = x + i * g->sn + q0 * cg;
+    for (int64_t b0 = 0; b0 < G; b0 += ND_GR_CLT_BATCH) {
+        const int64_t nb = nd_min64(ND_GR_CLT_BATCH, G - b0);
+        double n = 0.0;   /* the values merged so far: the same for every group */
+        for (int64_t r0 = 0; r0 < S; r0 += k) {
+            const int64_t kr = nd_min64(k, S - r0);
+            double nn = n;
+            for (int64_t q = b0; q < b0 + nb; ++q) {
+                double um, uq;
+                FN(gr_unit)(p + r0 * ss + q * cg, kr, cg, ss, &um, &uq, NULL, 0);
+                if (total <= ND_GU) {
+                    mean[q] = um;
+                    m2[q] = uq;
+                    continue;
+                }
+                if (r0 == 0) mean[q] = m2[q] = 0.0;
+                nn = n;
+                nd_chan_merge(&nn, &mean[q], &m2[q], (double)(kr * cg), um, uq);
+            }
+            n = nn;
+        }
+    }
+}
+
 /* mean[k], m2[k] for every group k, in parallel over groups (channels-last:
- * over samples, or ranges of a sample's groups, gr_cl_moments). */
+ * over samples, or ranges of a sample's groups, gr_cl_moments or
+ * gr_clt_moments). */
 static void FN(gr_moments)(const T *x, const nd_geom *g, double *mean, double *m2)
 {
     const int64_t ng = nd_ngroups(g), G = g->groups;
-    const int cl = FN(gr_cl_use)(g);
-    const int64_t nch = cl ? gr_cl_chunks(g) : 1;
+    const int cl = FN(gr_cl_use)(g), clt = !cl && FN(gr_clt_ok)(g);
+    const int64_t nch = cl || clt ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {
         if (cl) {
@@ -941,6 +1001,14 @@ static void FN(gr_moments)(const T *x, const nd_geom *g, double *mean, double *m
                 }
             }
             free(w);
+        } else if (clt) {   /* tiles of rows for a batch of groups */
+            ND_OMP_SPLIT_NOWAIT
+            for (int64_t u = 0; u < g->n * nch; ++u) {
+                int64_t i, q0, nq;
+                gr_cl_unit(g, u, nch, &i, &q0, &nq);
+                const int64_t k0 = i * G + q0;
+                if (nq > 0) FN(gr_clt_moments)(x, g, i, q0, nq, mean + k0, m2 + k0);
+            }
         } else {
             ND_OMP_SPLIT_NOWAIT
             for (int64_t k = 0; k < ng; ++k) {
@@ -1121,6 +1189,31 @@ static inline void FN(gr_forward_group)(const T *x, T *out, const nd_geom *g, in
     FN(gr_group_normalize)(x, out, &grp, mean[k], invstd[k], gamma, beta, rng, cf, g->c, st);
 }
 
+/* groups q0 + q, q < G, of sample i normalized with mean[q], invstd[q], a
+ * tile of about ND_GR_CLT_TILE bytes of rows at a time for a batch of groups:
+ * gr_group_normalize's bits */
+static void FN(gr_clt_normalize)(const T *x, T *out, const nd_geom *g, int64_t i, int64_t q0,
+                                 int64_t G, const double *mean, const double *invstd,
+                                 const double *gamma, const double *beta, const double *rbuf,
+                                 int per_group, const float *cf, int st)
+{
+    const int64_t cg = g->c / g->groups, S = g->s;
+    for (int64_t b0 = 0; b0 < G; b0 += ND_GR_CLT_BATCH) {
+        const int64_t nb = nd_min64(ND_GR_CLT_BATCH, G - b0);
+        const int64_t rt0 = ND_GR_CLT_TILE / (nb * cg * (int64_t)sizeof(T)), rt = rt0 > 1 ? rt0 : 1;
+        for (int64_t r0 = 0; r0 < S; r0 += rt)
+            for (int64_t q = b0; q < b0 + nb; ++q) {
+                nd_grp grp = nd_group(g, i * g->groups + q0 + q);
+                grp.base += r0 * grp.stride;
+                grp.nrun = nd_min64(rt, S - r0);
+                double own[2];
+                FN(gr_group_normalize)(x, out, &grp, mean[q], invstd[q], gamma, beta,
+                                       FN(gr_rng_of)(gamma, beta, rbuf, per_group, q0 + q, cg, own),
+                                       cf, g->c, st);
+            }
+    }
+}
+
 /* The loops of the gr_cl_* elementwise passes over the S rows of a sample, ss
  * apart (ROWS: the row pointers of row r, o the output's): o[c] = VAL for
  * c < C, through the caches, or (st) in chunks of ND_GSCH values streamed out
@@ -1244,8 +1337,8 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
 #if ND_AFFINE_FLOAT
     const int use_cf = g->kind != ND_PLANES && g->c <= ND_GR_CF;
 #endif
-    const int cl = FN(gr_cl_use)(g);
-    const int64_t nch = cl ? gr_cl_chunks(g) : 1;
+    const int cl = FN(gr_cl_use)(g), clt = !cl && FN(gr_clt_ok)(g);
+    const int64_t nch = cl || clt ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {
         const float *cf = NULL;
@@ -1280,6 +1373,34 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
                 }
                 FN(gr_cl_normalize)(x, out, g, i, q0, nq, mean + k0, invstd + k0, gamma, beta,
                                     rbuf, per_group, cf, st, w);
+            }
+            free(w);
+        } else if (clt) {
+            /* the rows normalized along the whole row where the scratch allows
+             * (gr_cl_normalize: the formula per value needs no lanes) */
+            double *w = gr_cl_work(g) <= ND_GR_CL_WORK
+                            ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double))
+                            : NULL;
+            ND_OMP_SPLIT_NOWAIT
+            for (int64_t u = 0; u < g->n * nch; ++u) {
+                int64_t i, q0, nq;
+                gr_cl_unit(g, u, nch, &i, &q0, &nq);
+                const int64_t k0 = i * G + q0;
+                if (nq <= 0) continue;
+                if (fused) {
+                    double *vr = var + k0, *ir = invstd + k0;
+                    FN(gr_clt_moments)(x, g, i, q0, nq, mean + k0, vr);   /* m2 in var */
+                    for (int64_t q = 0; q < nq; ++q) {
+                        vr[q] = cnt > 0 ? vr[q] / (double)cnt : 0.0;
+                        ir[q] = 1.0 / sqrt(vr[q] + eps);
+                    }
+                }
+                if (w)
+                    FN(gr_cl_normalize)(x, out, g, i, q0, nq, mean + k0, invstd + k0, gamma, beta,
+                                        rbuf, per_group, cf, st, w);
+                else
+                    FN(gr_clt_normalize)(x, out, g, i, q0, nq, mean + k0, invstd + k0, gamma,
+                                         beta, rbuf, per_group, cf, st);
             }
             free(w);
         } else {
@@ -1660,12 +1781,12 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
      * Intel Xeon, 2 threads) */
     const int pfw = rows && dx && !st && sizeof(T) == 8 && cg * (int64_t)sizeof(T) <= 16384 &&
                     N * g->sn * (int64_t)sizeof(T) >= ND_GR_PFW_BYTES;
-    const int cl = FN(gr_cl_ok)(g);
+    const int cl = FN(gr_cl_ok)(g), clt = !cl && dx && FN(gr_clt_dx_ok)(g);
     /* (the sample-at-a-time channels-last sums stay whole: see gr_split_chunks) */
     const int64_t nch = rows || cl ? 1 : gr_split_chunks(g, nblk);
     ND_OMP_PARALLEL(N * C * g->s >= ND_PARALLEL_MIN)
     {
-        double *w = cl ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double)) : NULL;
+        double *w = cl || clt ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double)) : NULL;
         ND_OMP_SPLIT_NOWAIT
         for (int64_t u = 0; u < nblk * nch; ++u) {
             int64_t blk, q0, nq;
@@ -1712,6 +1833,16 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
             }
             for (int64_t i = i0; i < i1 && nq > 0; ++i) {
                 const int64_t k0 = i * G + q0;
+                if (w && !cl) {   /* the range's sums group by group, its dx along the rows */
+                    for (int64_t k = k0; k < k0 + nq; ++k) {
+                        const nd_grp grp = nd_group(g, k);
+                        FN(gr_group_sums)(dout, x, &grp, mean[k], invstd[k], gamma, &s1[k], &s2[k],
+                                          dg, db, tc + grp.c0);
+                    }
+                    FN(gr_cl_dx)(dout, x, dx, g, i, q0, nq, mean + k0, invstd + k0, gamma, s1 + k0,
+                                 s2 + k0, train, M, st, w);
+                    continue;
+                }
                 if (w) {   /* channels-last: the sample's groups at once */
                     FN(gr_cl_backward)(dout, x, dx, g, i, mean + i * G, invstd + i * G, gamma,
                                        train, M, st, s1 + i * G, s2 + i * G, dg, db, tc, w);
@@ -1740,7 +1871,7 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
 {
     const int64_t ng = nd_ngroups(g), G = g->groups;
     const int st = gr_stream(dx, g, (int64_t)sizeof(T));
-    const int cl = FN(gr_cl_use)(g);
+    const int cl = FN(gr_cl_use)(g) || FN(gr_clt_dx_ok)(g);
     const int64_t nch = cl ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {

@@ -82,7 +82,12 @@ GROUPNORM_SHAPES = [((2, 6, 5, 7), 3), ((9, 16, 41, 40), 4), ((2, 4, 150, 130), 
                     # a block's groups (planes; channels-last runs of 3 and 5 channels;
                     # blocks of 3 and 2 samples)
                     ((1, 96, 20, 20), 32), ((4, 16, 24, 24), 2), ((5, 40, 16, 16), 8),
-                    ((2, 16, 32, 32), 4)]
+                    ((2, 16, 32, 32), 4),
+                    # channels-last runs of 10, 20 and 40 channels, several units a
+                    # group: tiles of rows for a batch of groups
+                    ((1, 320, 24, 24), 32), ((2, 160, 30, 40), 8), ((1, 80, 32, 32), 2),
+                    # too many channels for the row-wide scratch: tiles group by group
+                    ((1, 18000, 7, 8), 1800)]
 
 
 def _bn_cases():
