@@ -68,15 +68,14 @@ ND_GR_AVX2 static double gr_sum_cvt_avx2(const float *p, int64_t nrun, int64_t l
             _mm256_storeu_pd(b + i + 4 * k, v);
             a[k] = _mm256_add_pd(a[k], v);
         }
-        if (i + 4 * k < len) {
-            double u[4];
-            _mm256_storeu_pd(u, a[k]);
-            for (int j = 0; i + 4 * k + j < len; ++j) {
-                const double v = (double)q[i + 4 * k + j];
-                b[i + 4 * k + j] = v;
-                u[j] += v;
-            }
-            a[k] = _mm256_loadu_pd(u);
+        if (i + 4 * k < len) {   /* the last 1-3 values, masked: lanes past them add +0.0,
+                                   * which leaves a lane as it is (a lane that starts at
+                                   * +0.0 is never -0.0) -- no store and reload of a[k] */
+            const __m128i m = _mm_cmpgt_epi32(_mm_set1_epi32((int)(len - i - 4 * k)),
+                                              _mm_setr_epi32(0, 1, 2, 3));
+            const __m256d v = _mm256_cvtps_pd(_mm_maskload_ps(q + i + 4 * k, m));
+            _mm256_maskstore_pd(b + i + 4 * k, _mm256_cvtepi32_epi64(m), v);
+            a[k] = _mm256_add_pd(a[k], v);
         }
     }
     for (int k = 0; k < 8; ++k) _mm256_storeu_pd(t + 4 * k, a[k]);
