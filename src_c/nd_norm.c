@@ -353,17 +353,19 @@ static inline int64_t gr_split_chunks(const nd_geom *g, int64_t nu)
     return nd_min64(g->groups, nd_cdiv(th, nu));
 }
 
-/* The same for the sample-at-a-time channels-last forward passes
- * (nd_norm_group.h, gr_cl_use). */
+/* The same for the sample-at-a-time channels-last passes other than the
+ * backward's sums (nd_norm_group.h). */
 static inline int64_t gr_cl_chunks(const nd_geom *g) { return gr_split_chunks(g, g->n); }
 
-/* Fewer samples than threads: the passes on ranges of a sample's groups only
- * where a group's run of channels is shorter than this; longer runs go group
- * by group.  In one process against the group-by-group loops, 2 threads,
- * Zen 3, one sample: float32 runs of 32 and 64 bytes 0.66-0.90x the time
- * (1x64x56x56 G=8, 1x256x28x28 G=32, 1x512x14x14 G=32), float64 runs of
- * 64 bytes 0.59-0.76x; runs of 128 bytes and more 0.92-1.30x. */
-#define ND_GR_CL_SPLIT_BYTES 128
+/* (Fewer samples than threads: the forward passes take ranges of a
+ * sample's groups for the statistics, then ranges of its rows for the
+ * output (gr_row_unit).  When the output too went by ranges of groups, two
+ * threads wrote halves of every row and runs of 128 bytes and more took
+ * 0.92-1.30x the time of the group-by-group loops; by rows, in one process
+ * against those loops, 2 threads, Zen 3, one sample: 1x64x70x70 G=2 float32
+ * 0.60-0.69x, 1x512x14x14 G=32 float64 0.81-0.83x, 1x512x28x28 G=16 0.89x,
+ * 1x256x56x56 G=8 float64 0.82x, 1x128x28x28 G=4 0.95-0.97x; 1x512x14x14
+ * G=8 float32 (runs of 256 bytes, 100 000 values) 1.10-1.15x.) */
 
 /* The channels-last passes for groups of other run lengths (nd_norm_group.h,
  * gr_clt_*): groups in batches of this many, the tiled normalize's tiles of
@@ -380,6 +382,17 @@ static inline void gr_cl_unit(const nd_geom *g, int64_t u, int64_t nch, int64_t 
     *i = u / nch;
     *q0 = c * gpc;
     *nq = *q0 < g->groups ? nd_min64(gpc, g->groups - *q0) : 0;
+}
+
+/* Work unit u of the elementwise passes that follow such ranges (nch per
+ * sample): sample *i, its rows [*r0, *r0 + *nr), every group. */
+static inline void gr_row_unit(const nd_geom *g, int64_t u, int64_t nch, int64_t *i, int64_t *r0,
+                               int64_t *nr)
+{
+    const int64_t rpc = nd_cdiv(g->s, nch), c = u % nch;
+    *i = u / nch;
+    *r0 = c * rpc;
+    *nr = *r0 < g->s ? nd_min64(rpc, g->s - *r0) : 0;
 }
 
 /* t <- the ND_LANES lanes of group q from A: channels q cg + j (cg <=

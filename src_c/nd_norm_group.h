@@ -781,7 +781,10 @@ static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, do
  * dividing ND_LANES or a multiple of it (FN(gr_cl_ok)); with cg <= ND_LANES a
  * group's lanes are its channels, so the lanes of a row are one array of c.
  * Scratch: gr_cl_work doubles per thread, at most ND_GR_CL_WORK (malloc'd;
- * where that fails, the per-group loops run instead). */
+ * where that fails, the per-group loops run instead).  With fewer samples
+ * than threads the passes take ranges of a sample's groups (gr_cl_chunks,
+ * gr_cl_unit in nd_norm.c) and write their output by ranges of its rows
+ * (gr_row_unit); each group's values come out the same whatever the cut. */
 static inline int FN(gr_cl_ok)(const nd_geom *g)
 {
     if (g->kind != ND_CLAST || g->s < 2 || g->groups <= 0 || g->c <= 0) return 0;
@@ -902,22 +905,11 @@ static void FN(gr_cl_moments)(const T *x, const nd_geom *g, int64_t i, int64_t q
         }
 }
 
-/* Whether the sample-at-a-time channels-last passes take geometry g
- * (FN(gr_cl_ok)).  Where there are fewer samples than threads they take
- * ranges of a sample's groups (gr_cl_chunks, gr_cl_unit in nd_norm.c): each
- * group's values come out the same whatever the cut, its lanes its own;
- * there, groups whose runs are ND_GR_CL_SPLIT_BYTES or longer stay with the
- * per-group loops. */
-static inline int FN(gr_cl_use)(const nd_geom *g)
-{
-    return FN(gr_cl_ok)(g) && (gr_cl_chunks(g) == 1 ||
-                               g->c / g->groups * (int64_t)sizeof(T) < ND_GR_CL_SPLIT_BYTES);
-}
-
 /* Channels-last groups of short runs that the sample-at-a-time passes do not
  * take (cg that neither divides ND_LANES nor is a multiple of it: 3, 5, 10,
- * 12, 20, 40, ...; or too many channels for their scratch: FN(gr_clt_ok)).  Group by group, each of a sample's G
- * groups walks all its rows for cg values a row.  Here the statistics of
+ * 12, 20, 40, ...; or too many channels for their scratch: FN(gr_clt_ok)).
+ * Group by group, each of a sample's G groups walks all its rows for cg
+ * values a row.  Here the statistics of
  * groups q0 + q, q < G, of sample i go a unit of rows at a time: each
  * group's statistics unit of those rows (ND_GU / cg rows, gr_group_moments)
  * in turn, its merges in order -- gr_group_moments' bits, the unit's rows
@@ -979,7 +971,7 @@ static void FN(gr_clt_moments)(const T *x, const nd_geom *g, int64_t i, int64_t 
 static void FN(gr_moments)(const T *x, const nd_geom *g, double *mean, double *m2)
 {
     const int64_t ng = nd_ngroups(g), G = g->groups;
-    const int cl = FN(gr_cl_use)(g), clt = !cl && FN(gr_clt_ok)(g);
+    const int cl = FN(gr_cl_ok)(g), clt = !cl && FN(gr_clt_ok)(g);
     const int64_t nch = cl || clt ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {
@@ -1262,16 +1254,18 @@ static void FN(gr_cl_affine_rows_d)(const T *x, T *out, int64_t S, int64_t ss, i
 }
 #endif
 
-/* Groups q0 + q, q < G, of sample i normalized with mean[q], invstd[q]:
- * the bits of gr_group_normalize for each.  float32: the float formula
+/* Groups q0 + q, q < G, of sample i normalized with mean[q], invstd[q] on
+ * its rows [r0, r0 + nr): the bits of gr_group_normalize for each.  float32: the float formula
  * where it holds for every one of these groups (gr_aff32_ok), else group by
  * group. */
 static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i, int64_t q0,
-                                int64_t G, const double *mean, const double *invstd,
-                                const double *gamma, const double *beta, const double *rbuf,
-                                int per_group, const float *cf, int st, double *w)
+                                int64_t G, int64_t r0, int64_t nr, const double *mean,
+                                const double *invstd, const double *gamma, const double *beta,
+                                const double *rbuf, int per_group, const float *cf, int st,
+                                double *w)
 {
-    const int64_t cg = g->c / g->groups, C = G * cg, c0 = q0 * cg, off = i * g->sn + c0;
+    const int64_t cg = g->c / g->groups, C = G * cg, c0 = q0 * cg;
+    const int64_t off = i * g->sn + c0 + r0 * g->ss;
 #if ND_AFFINE_FLOAT
     int all = 1;
     for (int64_t q = 0; q < G && all; ++q) {
@@ -1281,7 +1275,9 @@ static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i,
     }
     if (!all) {
         for (int64_t q = 0; q < G; ++q) {
-            const nd_grp grp = nd_group(g, i * g->groups + q0 + q);
+            nd_grp grp = nd_group(g, i * g->groups + q0 + q);
+            grp.base += r0 * grp.stride;
+            grp.nrun = nr;
             double own[2];
             FN(gr_group_normalize)(x, out, &grp, mean[q], invstd[q], gamma, beta,
                                    FN(gr_rng_of)(gamma, beta, rbuf, per_group, q0 + q, cg, own),
@@ -1299,7 +1295,7 @@ static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i,
         }
     }
     gr_coef32(gamma, beta, c0, C, GA);   /* GA, then GB = GA + C */
-    FN(gr_cl_affine_rows)(x + off, out + off, g->s, g->ss, C, MH, ML, RF, GA, GB, st);
+    FN(gr_cl_affine_rows)(x + off, out + off, nr, g->ss, C, MH, ML, RF, GA, GB, st);
 #else
     (void)rbuf;
     (void)per_group;
@@ -1310,16 +1306,48 @@ static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i,
             M[q * cg + j] = mean[q];
             AD[q * cg + j] = invstd[q] * gamma[c0 + q * cg + j];
         }
-    FN(gr_cl_affine_rows_d)(x + off, out + off, g->s, g->ss, C, M, AD, beta + c0, st);
+    FN(gr_cl_affine_rows_d)(x + off, out + off, nr, g->ss, C, M, AD, beta + c0, st);
 #endif
     if (st) nd_stream_fence();
+}
+
+/* Groups q0 + q, q < G, of sample i normalized on its rows [r0, r0 + nr):
+ * along the rows (gr_cl_normalize, w its scratch), else group by group (in
+ * tiles of rows for a whole sample, gr_clt_normalize); the same bits. */
+static void FN(gr_cl_norm_part)(const T *x, T *out, const nd_geom *g, int64_t i, int64_t q0,
+                                int64_t G, int64_t r0, int64_t nr, const double *mean,
+                                const double *invstd, const double *gamma, const double *beta,
+                                const double *rbuf, int per_group, const float *cf, int st,
+                                double *w)
+{
+    if (w) {
+        FN(gr_cl_normalize)(x, out, g, i, q0, G, r0, nr, mean, invstd, gamma, beta, rbuf,
+                            per_group, cf, st, w);
+        return;
+    }
+    if (r0 == 0 && nr == g->s) {
+        FN(gr_clt_normalize)(x, out, g, i, q0, G, mean, invstd, gamma, beta, rbuf, per_group, cf,
+                             st);
+        return;
+    }
+    const int64_t cg = g->c / g->groups;
+    for (int64_t q = 0; q < G; ++q) {
+        nd_grp grp = nd_group(g, i * g->groups + q0 + q);
+        grp.base += r0 * grp.stride;
+        grp.nrun = nr;
+        double own[2];
+        FN(gr_group_normalize)(x, out, &grp, mean[q], invstd[q], gamma, beta,
+                               FN(gr_rng_of)(gamma, beta, rbuf, per_group, q0 + q, cg, own), cf,
+                               g->c, st);
+    }
 }
 
 /* The forward over every group: fused (the training forward): each group's
  * moments, var and invstd, then its values normalized while they are in
  * cache; else (nd_normalize) with the given mean and invstd.  Channels-last
- * (FN(gr_cl_use)): a sample (or a range of its groups) at a time, its
- * moments (gr_cl_moments) then its rows (gr_cl_normalize). */
+ * (FN(gr_cl_ok), FN(gr_clt_ok)): a sample (or a range of its groups) at a
+ * time, its moments (gr_cl_moments, gr_clt_moments) then its rows
+ * (gr_cl_norm_part). */
 static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *gamma,
                            const double *beta, double eps, int fused, double *mean, double *var,
                            double *invstd)
@@ -1336,7 +1364,7 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
 #if ND_AFFINE_FLOAT
     const int use_cf = g->kind != ND_PLANES && g->c <= ND_GR_CF;
 #endif
-    const int cl = FN(gr_cl_use)(g), clt = !cl && FN(gr_clt_ok)(g);
+    const int cl = FN(gr_cl_ok)(g), clt = !cl && FN(gr_clt_ok)(g);
     const int64_t nch = cl || clt ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {
@@ -1348,58 +1376,50 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
             cf = cbuf;
         }
 #endif
-        if (cl) {
-            double *w = (double *)malloc((size_t)gr_cl_work(g) * sizeof(double));
-            ND_OMP_SPLIT_NOWAIT
-            for (int64_t u = 0; u < g->n * nch; ++u) {
-                int64_t i, q0, nq;
-                gr_cl_unit(g, u, nch, &i, &q0, &nq);
-                const int64_t k0 = i * G + q0;
-                if (!w) {
-                    for (int64_t k = k0; k < k0 + nq; ++k)
-                        FN(gr_forward_group)(x, out, g, k, gamma, beta, eps, fused, mean, var,
-                                             invstd, rbuf, per_group, cf, pw, st, ng, cnt, cg);
-                    continue;
-                }
-                if (nq <= 0) continue;
-                if (fused) {
-                    double *vr = var + k0, *ir = invstd + k0;
-                    FN(gr_cl_moments)(x, g, i, q0, nq, mean + k0, vr, w);   /* m2 in var */
-                    for (int64_t q = 0; q < nq; ++q) {
-                        vr[q] = cnt > 0 ? vr[q] / (double)cnt : 0.0;
-                        ir[q] = 1.0 / sqrt(vr[q] + eps);
-                    }
-                }
-                FN(gr_cl_normalize)(x, out, g, i, q0, nq, mean + k0, invstd + k0, gamma, beta,
-                                    rbuf, per_group, cf, st, w);
-            }
-            free(w);
-        } else if (clt) {
-            /* the rows normalized along the whole row where the scratch allows
-             * (gr_cl_normalize: the formula per value needs no lanes) */
-            double *w = gr_cl_work(g) <= ND_GR_CL_WORK
+        if (cl || clt) {
+            /* units: a sample, or a range of its groups (nch > 1); there the
+             * output is written after every range's statistics, by ranges of
+             * rows (gr_row_unit), so that no two threads share its lines */
+            double *w = cl || gr_cl_work(g) <= ND_GR_CL_WORK
                             ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double))
                             : NULL;
-            ND_OMP_SPLIT_NOWAIT
+            const int by_rows = nch > 1;
+            ND_OMP_SPLIT
             for (int64_t u = 0; u < g->n * nch; ++u) {
                 int64_t i, q0, nq;
                 gr_cl_unit(g, u, nch, &i, &q0, &nq);
                 const int64_t k0 = i * G + q0;
                 if (nq <= 0) continue;
                 if (fused) {
-                    double *vr = var + k0, *ir = invstd + k0;
-                    FN(gr_clt_moments)(x, g, i, q0, nq, mean + k0, vr);   /* m2 in var */
+                    double *vr = var + k0, *ir = invstd + k0;   /* m2 in var first */
+                    if (clt)
+                        FN(gr_clt_moments)(x, g, i, q0, nq, mean + k0, vr);
+                    else if (w)
+                        FN(gr_cl_moments)(x, g, i, q0, nq, mean + k0, vr, w);
+                    else
+                        for (int64_t k = k0; k < k0 + nq; ++k) {
+                            const nd_grp grp = nd_group(g, k);
+                            FN(gr_group_moments)(x, &grp, &mean[k], &vr[k - k0], g, -1);
+                        }
                     for (int64_t q = 0; q < nq; ++q) {
                         vr[q] = cnt > 0 ? vr[q] / (double)cnt : 0.0;
                         ir[q] = 1.0 / sqrt(vr[q] + eps);
                     }
                 }
-                if (w)
-                    FN(gr_cl_normalize)(x, out, g, i, q0, nq, mean + k0, invstd + k0, gamma, beta,
-                                        rbuf, per_group, cf, st, w);
-                else
-                    FN(gr_clt_normalize)(x, out, g, i, q0, nq, mean + k0, invstd + k0, gamma,
-                                         beta, rbuf, per_group, cf, st);
+                if (!by_rows)
+                    FN(gr_cl_norm_part)(x, out, g, i, q0, nq, 0, g->s, mean + k0, invstd + k0,
+                                        gamma, beta, rbuf, per_group, cf, st, w);
+            }
+            if (by_rows) {
+                ND_OMP_SPLIT_NOWAIT
+                for (int64_t u = 0; u < g->n * nch; ++u) {
+                    int64_t i, r0, nr;
+                    gr_row_unit(g, u, nch, &i, &r0, &nr);
+                    if (nr > 0)
+                        FN(gr_cl_norm_part)(x, out, g, i, 0, G, r0, nr, mean + i * G,
+                                            invstd + i * G, gamma, beta, rbuf, per_group, cf, st,
+                                            w);
+                }
             }
             free(w);
         } else {
@@ -1707,14 +1727,16 @@ static void FN(gr_cl_dx_rows)(const T *dp, const T *xp, T *op, int64_t S, int64_
                (T)(RG[c] * (double)dr[c] + BB[c] * ((double)xr[c] - MM[c]) + EE[c]));
 }
 
-/* dx of groups q0 + q, q < G, of sample i from their sums s1[q], s2[q] over
- * M values: gr_group_dx's bits (gr_coef's coefficients).  w: 4 c doubles. */
+/* dx of groups q0 + q, q < G, of sample i on its rows [r0, r0 + nr) from
+ * their sums s1[q], s2[q] over M values: gr_group_dx's bits (gr_coef's
+ * coefficients).  w: 4 c doubles. */
 static void FN(gr_cl_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, int64_t i,
-                         int64_t q0, int64_t G, const double *mean, const double *invstd,
-                         const double *gamma, const double *s1, const double *s2, int train,
-                         double M, int st, double *w)
+                         int64_t q0, int64_t G, int64_t r0, int64_t nr, const double *mean,
+                         const double *invstd, const double *gamma, const double *s1,
+                         const double *s2, int train, double M, int st, double *w)
 {
-    const int64_t cg = g->c / g->groups, C = G * cg, c0 = q0 * cg, off = i * g->sn + c0;
+    const int64_t cg = g->c / g->groups, C = G * cg, c0 = q0 * cg;
+    const int64_t off = i * g->sn + c0 + r0 * g->ss;
     double *MM = w, *RG = MM + C, *BB = RG + C, *EE = BB + C;
     for (int64_t q = 0; q < G; ++q) {
         double b, e;
@@ -1726,8 +1748,30 @@ static void FN(gr_cl_dx)(const T *dout, const T *x, T *dx, const nd_geom *g, int
             EE[q * cg + j] = e;
         }
     }
-    FN(gr_cl_dx_rows)(dout + off, x + off, dx + off, g->s, g->ss, C, RG, BB, MM, EE, st);
+    FN(gr_cl_dx_rows)(dout + off, x + off, dx + off, nr, g->ss, C, RG, BB, MM, EE, st);
     if (st) nd_stream_fence();
+}
+
+/* dx of groups q0 + q, q < G, of sample i on its rows [r0, r0 + nr): along
+ * the rows (gr_cl_dx, w its scratch), else group by group; the same bits. */
+static void FN(gr_cl_dx_part)(const T *dout, const T *x, T *dx, const nd_geom *g, int64_t i,
+                              int64_t q0, int64_t G, int64_t r0, int64_t nr, const double *mean,
+                              const double *invstd, const double *gamma, const double *s1,
+                              const double *s2, int train, double M, int st, double *w)
+{
+    if (w) {
+        FN(gr_cl_dx)(dout, x, dx, g, i, q0, G, r0, nr, mean, invstd, gamma, s1, s2, train, M, st,
+                     w);
+        return;
+    }
+    for (int64_t q = 0; q < G; ++q) {
+        nd_grp grp = nd_group(g, i * g->groups + q0 + q);
+        grp.base += r0 * grp.stride;
+        grp.nrun = nr;
+        double b, e;
+        const double rd = gr_coef(invstd[q], s1[q], s2[q], M, train, &b, &e);
+        FN(gr_group_dx)(dout, x, dx, &grp, mean[q], rd, b, e, gamma, st);
+    }
 }
 
 /* The backward of the G groups of sample i (mean[q], invstd[q], s1[q],
@@ -1753,7 +1797,8 @@ static void FN(gr_cl_backward)(const T *dout, const T *x, T *dx, const nd_geom *
         for (int64_t j = 0; j < cg; ++j) dg[q * cg + j] += invstd[q] * tc[q * cg + j];
     }
     if (dx)
-        FN(gr_cl_dx)(dout, x, dx, g, i, 0, G, mean, invstd, gamma, s1, s2, train, M, st, MM);
+        FN(gr_cl_dx)(dout, x, dx, g, i, 0, G, 0, g->s, mean, invstd, gamma, s1, s2, train, M, st,
+                     MM);
 }
 
 /* grad_reduce over sample blocks, and (fused: dx != NULL) each group's dx
@@ -1783,10 +1828,14 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
     const int cl = FN(gr_cl_ok)(g), clt = !cl && dx && FN(gr_clt_dx_ok)(g);
     /* (the sample-at-a-time channels-last sums stay whole: see gr_split_chunks) */
     const int64_t nch = rows || cl ? 1 : gr_split_chunks(g, nblk);
+    /* ranges of groups of those dx: written after every range's sums, by
+     * ranges of rows (gr_row_unit), so that no two threads share its lines */
+    const int dx_rows = clt && nch > 1;
+    const int64_t nrc = dx_rows ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(N * C * g->s >= ND_PARALLEL_MIN)
     {
         double *w = cl || clt ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double)) : NULL;
-        ND_OMP_SPLIT_NOWAIT
+        ND_OMP_SPLIT
         for (int64_t u = 0; u < nblk * nch; ++u) {
             int64_t blk, q0, nq;
             gr_cl_unit(g, u, nch, &blk, &q0, &nq);
@@ -1838,8 +1887,9 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                         FN(gr_group_sums)(dout, x, &grp, mean[k], invstd[k], gamma, &s1[k], &s2[k],
                                           dg, db, tc + grp.c0);
                     }
-                    FN(gr_cl_dx)(dout, x, dx, g, i, q0, nq, mean + k0, invstd + k0, gamma, s1 + k0,
-                                 s2 + k0, train, M, st, w);
+                    if (!dx_rows)
+                        FN(gr_cl_dx)(dout, x, dx, g, i, q0, nq, 0, g->s, mean + k0, invstd + k0,
+                                     gamma, s1 + k0, s2 + k0, train, M, st, w);
                     continue;
                 }
                 if (w) {   /* channels-last: the sample's groups at once */
@@ -1859,6 +1909,17 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                 }
             }
         }
+        if (dx_rows) {
+            ND_OMP_SPLIT_NOWAIT
+            for (int64_t u = 0; u < N * nrc; ++u) {
+                int64_t i, r0, nr;
+                gr_row_unit(g, u, nrc, &i, &r0, &nr);
+                if (nr > 0)
+                    FN(gr_cl_dx_part)(dout, x, dx, g, i, 0, G, r0, nr, mean + i * G,
+                                      invstd + i * G, gamma, s1 + i * G, s2 + i * G, train, M, st,
+                                      w);
+            }
+        }
         free(w);
     }
     gr_finish_channels(g, nblk, work, dgamma, dbeta);
@@ -1870,30 +1931,29 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
 {
     const int64_t ng = nd_ngroups(g), G = g->groups;
     const int st = gr_stream(dx, g, (int64_t)sizeof(T));
-    const int cl = FN(gr_cl_use)(g) || FN(gr_clt_dx_ok)(g);
+    const int cl = FN(gr_cl_ok)(g) || FN(gr_clt_dx_ok)(g);
     const int64_t nch = cl ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {
-        /* channels-last: ranges of a sample's groups (gr_cl_dx), else group by group */
+        /* channels-last: a sample, or ranges of its rows, along the rows
+         * (gr_cl_dx_part), else group by group */
         double *w = cl ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double)) : NULL;
         const int64_t nu = cl ? g->n * nch : ng;   /* the same on every thread */
         ND_OMP_SPLIT_NOWAIT
         for (int64_t u = 0; u < nu; ++u) {
-            int64_t i = 0, q0 = 0, nq = 1;
-            if (cl) gr_cl_unit(g, u, nch, &i, &q0, &nq);
-            const int64_t k0 = cl ? i * G + q0 : u;
-            if (w) {
-                if (nq > 0)
-                    FN(gr_cl_dx)(dout, x, dx, g, i, q0, nq, mean + k0, invstd + k0, gamma,
-                                 s1 + k0, s2 + k0, train, M, st, w);
+            if (cl) {
+                int64_t i, r0, nr;
+                gr_row_unit(g, u, nch, &i, &r0, &nr);
+                if (nr > 0)
+                    FN(gr_cl_dx_part)(dout, x, dx, g, i, 0, G, r0, nr, mean + i * G,
+                                      invstd + i * G, gamma, s1 + i * G, s2 + i * G, train, M, st,
+                                      w);
                 continue;
             }
-            for (int64_t k = k0; k < k0 + nq; ++k) {
-                const nd_grp grp = nd_group(g, k);
-                double b, e;
-                const double rd = gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
-                FN(gr_group_dx)(dout, x, dx, &grp, mean[k], rd, b, e, gamma, st);
-            }
+            const nd_grp grp = nd_group(g, u);
+            double b, e;
+            const double rd = gr_coef(invstd[u], s1[u], s2[u], M, train, &b, &e);
+            FN(gr_group_dx)(dout, x, dx, &grp, mean[u], rd, b, e, gamma, st);
         }
         free(w);
     }
