@@ -1180,6 +1180,23 @@ static inline void FN(gr_forward_group)(const T *x, T *out, const nd_geom *g, in
     FN(gr_group_normalize)(x, out, &grp, mean[k], invstd[k], gamma, beta, rng, cf, g->c, st);
 }
 
+/* Rows [r0, r0 + nr) of group q of sample i normalized with m, r
+ * (gr_group_normalize on those runs: its bits). */
+static inline void FN(gr_group_rows_normalize)(const T *x, T *out, const nd_geom *g, int64_t i,
+                                               int64_t q, int64_t r0, int64_t nr, double m,
+                                               double r, const double *gamma, const double *beta,
+                                               const double *rbuf, int per_group, const float *cf,
+                                               int st)
+{
+    nd_grp grp = nd_group(g, i * g->groups + q);
+    grp.base += r0 * grp.stride;
+    grp.nrun = nr;
+    double own[2];
+    FN(gr_group_normalize)(x, out, &grp, m, r, gamma, beta,
+                           FN(gr_rng_of)(gamma, beta, rbuf, per_group, q, g->c / g->groups, own),
+                           cf, g->c, st);
+}
+
 /* groups q0 + q, q < G, of sample i normalized with mean[q], invstd[q], a
  * tile of about ND_GR_CLT_TILE bytes of rows at a time for a batch of groups:
  * gr_group_normalize's bits */
@@ -1193,15 +1210,10 @@ static void FN(gr_clt_normalize)(const T *x, T *out, const nd_geom *g, int64_t i
         const int64_t nb = nd_min64(ND_GR_CLT_BATCH, G - b0);
         const int64_t rt0 = ND_GR_CLT_TILE / (nb * cg * (int64_t)sizeof(T)), rt = rt0 > 1 ? rt0 : 1;
         for (int64_t r0 = 0; r0 < S; r0 += rt)
-            for (int64_t q = b0; q < b0 + nb; ++q) {
-                nd_grp grp = nd_group(g, i * g->groups + q0 + q);
-                grp.base += r0 * grp.stride;
-                grp.nrun = nd_min64(rt, S - r0);
-                double own[2];
-                FN(gr_group_normalize)(x, out, &grp, mean[q], invstd[q], gamma, beta,
-                                       FN(gr_rng_of)(gamma, beta, rbuf, per_group, q0 + q, cg, own),
-                                       cf, g->c, st);
-            }
+            for (int64_t q = b0; q < b0 + nb; ++q)
+                FN(gr_group_rows_normalize)(x, out, g, i, q0 + q, r0, nd_min64(rt, S - r0),
+                                            mean[q], invstd[q], gamma, beta, rbuf, per_group, cf,
+                                            st);
     }
 }
 
@@ -1274,15 +1286,9 @@ static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i,
                           FN(gr_rng_of)(gamma, beta, rbuf, per_group, q0 + q, cg, own));
     }
     if (!all) {
-        for (int64_t q = 0; q < G; ++q) {
-            nd_grp grp = nd_group(g, i * g->groups + q0 + q);
-            grp.base += r0 * grp.stride;
-            grp.nrun = nr;
-            double own[2];
-            FN(gr_group_normalize)(x, out, &grp, mean[q], invstd[q], gamma, beta,
-                                   FN(gr_rng_of)(gamma, beta, rbuf, per_group, q0 + q, cg, own),
-                                   cf, g->c, st);
-        }
+        for (int64_t q = 0; q < G; ++q)
+            FN(gr_group_rows_normalize)(x, out, g, i, q0 + q, r0, nr, mean[q], invstd[q], gamma,
+                                        beta, rbuf, per_group, cf, st);
         return;
     }
     float *MH = (float *)w, *ML = MH + C, *RF = ML + C, *GA = RF + C, *GB = GA + C;
@@ -1330,16 +1336,9 @@ static void FN(gr_cl_norm_part)(const T *x, T *out, const nd_geom *g, int64_t i,
                              st);
         return;
     }
-    const int64_t cg = g->c / g->groups;
-    for (int64_t q = 0; q < G; ++q) {
-        nd_grp grp = nd_group(g, i * g->groups + q0 + q);
-        grp.base += r0 * grp.stride;
-        grp.nrun = nr;
-        double own[2];
-        FN(gr_group_normalize)(x, out, &grp, mean[q], invstd[q], gamma, beta,
-                               FN(gr_rng_of)(gamma, beta, rbuf, per_group, q0 + q, cg, own), cf,
-                               g->c, st);
-    }
+    for (int64_t q = 0; q < G; ++q)
+        FN(gr_group_rows_normalize)(x, out, g, i, q0 + q, r0, nr, mean[q], invstd[q], gamma, beta,
+                                    rbuf, per_group, cf, st);
 }
 
 /* The forward over every group: fused (the training forward): each group's
@@ -1801,6 +1800,21 @@ static void FN(gr_cl_backward)(const T *dout, const T *x, T *dx, const nd_geom *
                      MM);
 }
 
+/* dx of row unit u (gr_row_unit, nch per sample) of every group of its
+ * sample (mean, invstd, s1, s2: of every group k). */
+static void FN(gr_cl_dx_unit)(const T *dout, const T *x, T *dx, const nd_geom *g, int64_t u,
+                              int64_t nch, const double *mean, const double *invstd,
+                              const double *gamma, const double *s1, const double *s2, int train,
+                              double M, int st, double *w)
+{
+    const int64_t G = g->groups;
+    int64_t i, r0, nr;
+    gr_row_unit(g, u, nch, &i, &r0, &nr);
+    if (nr > 0)
+        FN(gr_cl_dx_part)(dout, x, dx, g, i, 0, G, r0, nr, mean + i * G, invstd + i * G, gamma,
+                          s1 + i * G, s2 + i * G, train, M, st, w);
+}
+
 /* grad_reduce over sample blocks, and (fused: dx != NULL) each group's dx
  * right after its sums.  Groups of one channel run (rows) go two samples at
  * a time (gr_rows_sums).  With fewer blocks than threads the other kinds
@@ -1912,12 +1926,8 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
         if (dx_rows) {
             ND_OMP_SPLIT_NOWAIT
             for (int64_t u = 0; u < N * nrc; ++u) {
-                int64_t i, r0, nr;
-                gr_row_unit(g, u, nrc, &i, &r0, &nr);
-                if (nr > 0)
-                    FN(gr_cl_dx_part)(dout, x, dx, g, i, 0, G, r0, nr, mean + i * G,
-                                      invstd + i * G, gamma, s1 + i * G, s2 + i * G, train, M, st,
-                                      w);
+                FN(gr_cl_dx_unit)(dout, x, dx, g, u, nrc, mean, invstd, gamma, s1, s2, train, M, st,
+                                  w);
             }
         }
         free(w);
@@ -1929,7 +1939,7 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
                               const double *mean, const double *invstd, const double *gamma,
                               const double *s1, const double *s2, int train, double M)
 {
-    const int64_t ng = nd_ngroups(g), G = g->groups;
+    const int64_t ng = nd_ngroups(g);
     const int st = gr_stream(dx, g, (int64_t)sizeof(T));
     const int cl = FN(gr_cl_ok)(g) || FN(gr_clt_dx_ok)(g);
     const int64_t nch = cl ? gr_cl_chunks(g) : 1;
@@ -1942,12 +1952,8 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
         ND_OMP_SPLIT_NOWAIT
         for (int64_t u = 0; u < nu; ++u) {
             if (cl) {
-                int64_t i, r0, nr;
-                gr_row_unit(g, u, nch, &i, &r0, &nr);
-                if (nr > 0)
-                    FN(gr_cl_dx_part)(dout, x, dx, g, i, 0, G, r0, nr, mean + i * G,
-                                      invstd + i * G, gamma, s1 + i * G, s2 + i * G, train, M, st,
-                                      w);
+                FN(gr_cl_dx_unit)(dout, x, dx, g, u, nch, mean, invstd, gamma, s1, s2, train, M, st,
+                                  w);
                 continue;
             }
             const nd_grp grp = nd_group(g, u);
