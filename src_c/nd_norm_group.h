@@ -1915,7 +1915,7 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                     const nd_grp grp = nd_group(g, k);
                     FN(gr_group_sums)(dout, x, &grp, mean[k], invstd[k], gamma, &s1[k], &s2[k], dg,
                                       db, tc + grp.c0);
-                    if (dx) {
+                    if (dx && !dx_rows) {   /* (else by rows, below) */
                         double b, e;
                         const double rd = gr_coef(invstd[k], s1[k], s2[k], M, train, &b, &e);
                         FN(gr_group_dx)(dout, x, dx, &grp, mean[k], rd, b, e, gamma, st);
