@@ -253,6 +253,16 @@ static inline nd_grp nd_group(const nd_geom *g, int64_t k)
     return r;
 }
 
+/* Group k cut to its runs [r0, r0 + nr) (channels-last: rows r0.. of the
+ * sample). */
+static inline nd_grp nd_group_rows(const nd_geom *g, int64_t k, int64_t r0, int64_t nr)
+{
+    nd_grp r = nd_group(g, k);
+    r.base += r0 * r.stride;
+    r.nrun = nr;
+    return r;
+}
+
 /* Values per group. */
 static int64_t nd_group_count(const nd_geom *g) { return (g->c / g->groups) * g->s; }
 
@@ -357,16 +367,6 @@ static inline int64_t gr_split_chunks(const nd_geom *g, int64_t nu)
  * backward's sums (nd_norm_group.h). */
 static inline int64_t gr_cl_chunks(const nd_geom *g) { return gr_split_chunks(g, g->n); }
 
-/* (Fewer samples than threads: the forward passes take ranges of a
- * sample's groups for the statistics, then ranges of its rows for the
- * output (gr_row_unit).  When the output too went by ranges of groups, two
- * threads wrote halves of every row and runs of 128 bytes and more took
- * 0.92-1.30x the time of the group-by-group loops; by rows, in one process
- * against those loops, 2 threads, Zen 3, one sample: 1x64x70x70 G=2 float32
- * 0.60-0.69x, 1x512x14x14 G=32 float64 0.81-0.83x, 1x512x28x28 G=16 0.89x,
- * 1x256x56x56 G=8 float64 0.82x, 1x128x28x28 G=4 0.95-0.97x; 1x512x14x14
- * G=8 float32 (runs of 256 bytes, 100 000 values) 1.10-1.15x.) */
-
 /* The channels-last passes for groups of other run lengths (nd_norm_group.h,
  * gr_clt_*): groups in batches of this many, the tiled normalize's tiles of
  * rows about this many bytes of the batch's channels. */
@@ -385,7 +385,15 @@ static inline void gr_cl_unit(const nd_geom *g, int64_t u, int64_t nch, int64_t 
 }
 
 /* Work unit u of the elementwise passes that follow such ranges (nch per
- * sample): sample *i, its rows [*r0, *r0 + *nr), every group. */
+ * sample): sample *i, its rows [*r0, *r0 + *nr), every group.  (Fewer
+ * samples than threads: the statistics go by ranges of a sample's groups,
+ * the output by ranges of its rows.  When the output too went by ranges of
+ * groups, two threads wrote halves of every row and runs of 128 bytes and
+ * more took 0.92-1.30x the time of the group-by-group loops; by rows, in one
+ * process against those loops, 2 threads, Zen 3, one sample: 1x64x70x70 G=2
+ * float32 0.60-0.69x, 1x512x14x14 G=32 float64 0.81-0.83x, 1x512x28x28 G=16
+ * 0.89x, 1x256x56x56 G=8 float64 0.82x, 1x128x28x28 G=4 0.95-0.97x;
+ * 1x512x14x14 G=8 float32 (runs of 256 bytes, 100 000 values) 1.10-1.15x.) */
 static inline void gr_row_unit(const nd_geom *g, int64_t u, int64_t nch, int64_t *i, int64_t *r0,
                                int64_t *nr)
 {

@@ -909,12 +909,11 @@ static void FN(gr_cl_moments)(const T *x, const nd_geom *g, int64_t i, int64_t q
  * take (cg that neither divides ND_LANES nor is a multiple of it: 3, 5, 10,
  * 12, 20, 40, ...; or too many channels for their scratch: FN(gr_clt_ok)).
  * Group by group, each of a sample's G groups walks all its rows for cg
- * values a row.  Here the statistics of
- * groups q0 + q, q < G, of sample i go a unit of rows at a time: each
- * group's statistics unit of those rows (ND_GU / cg rows, gr_group_moments)
- * in turn, its merges in order -- gr_group_moments' bits, the unit's rows
- * read from memory once for the batch of groups (ND_GR_CLT_BATCH at a
- * time).  Their lanes (position in the run mod ND_LANES, or the float32
+ * values a row.  Here the statistics of groups q0 + q, q < G, of sample i go
+ * a unit of rows at a time: each group's statistics unit of those rows
+ * (ND_GU / cg rows, gr_group_moments) in turn, its merges in order --
+ * gr_group_moments' bits, the unit's rows read from memory once for the
+ * batch of groups (ND_GR_CLT_BATCH at a time).  Their lanes (position in the run mod ND_LANES, or the float32
  * second pass's flat index) do not map onto channels, so the statistics stay
  * per group; the normalize and dx, whose formula per value needs no lanes,
  * go along whole rows (gr_cl_normalize, gr_cl_dx) where the scratch allows
@@ -939,28 +938,20 @@ static inline int FN(gr_clt_dx_ok)(const nd_geom *g)
 static void FN(gr_clt_moments)(const T *x, const nd_geom *g, int64_t i, int64_t q0, int64_t G,
                                double *mean, double *m2)
 {
-    const int64_t cg = g->c / g->groups, S = g->s, ss = g->ss, total = S * cg;
-    const int64_t k = total <= ND_GU ? S : ND_GU / cg;
+    const int64_t cg = g->c / g->groups, S = g->s, ss = g->ss;
+    const int64_t k = S * cg <= ND_GU ? S : ND_GU / cg;
     const T *p = x + i * g->sn + q0 * cg;
     for (int64_t b0 = 0; b0 < G; b0 += ND_GR_CLT_BATCH) {
         const int64_t nb = nd_min64(ND_GR_CLT_BATCH, G - b0);
         double n = 0.0;   /* the values merged so far: the same for every group */
         for (int64_t r0 = 0; r0 < S; r0 += k) {
             const int64_t kr = nd_min64(k, S - r0);
-            double nn = n;
             for (int64_t q = b0; q < b0 + nb; ++q) {
-                double um, uq;
+                double um, uq, nq = n;   /* the first merge (n = 0) copies (um, uq) */
                 FN(gr_unit)(p + r0 * ss + q * cg, kr, cg, ss, &um, &uq, NULL, 0);
-                if (total <= ND_GU) {
-                    mean[q] = um;
-                    m2[q] = uq;
-                    continue;
-                }
-                if (r0 == 0) mean[q] = m2[q] = 0.0;
-                nn = n;
-                nd_chan_merge(&nn, &mean[q], &m2[q], (double)(kr * cg), um, uq);
+                nd_chan_merge(&nq, &mean[q], &m2[q], (double)(kr * cg), um, uq);
             }
-            n = nn;
+            n += (double)(kr * cg);
         }
     }
 }
@@ -1188,9 +1179,7 @@ static inline void FN(gr_group_rows_normalize)(const T *x, T *out, const nd_geom
                                                const double *rbuf, int per_group, const float *cf,
                                                int st)
 {
-    nd_grp grp = nd_group(g, i * g->groups + q);
-    grp.base += r0 * grp.stride;
-    grp.nrun = nr;
+    const nd_grp grp = nd_group_rows(g, i * g->groups + q, r0, nr);
     double own[2];
     FN(gr_group_normalize)(x, out, &grp, m, r, gamma, beta,
                            FN(gr_rng_of)(gamma, beta, rbuf, per_group, q, g->c / g->groups, own),
@@ -1267,9 +1256,9 @@ static void FN(gr_cl_affine_rows_d)(const T *x, T *out, int64_t S, int64_t ss, i
 #endif
 
 /* Groups q0 + q, q < G, of sample i normalized with mean[q], invstd[q] on
- * its rows [r0, r0 + nr): the bits of gr_group_normalize for each.  float32: the float formula
- * where it holds for every one of these groups (gr_aff32_ok), else group by
- * group. */
+ * its rows [r0, r0 + nr): the bits of gr_group_normalize for each.
+ * float32: the float formula where it holds for every one of these groups
+ * (gr_aff32_ok), else group by group. */
 static void FN(gr_cl_normalize)(const T *x, T *out, const nd_geom *g, int64_t i, int64_t q0,
                                 int64_t G, int64_t r0, int64_t nr, const double *mean,
                                 const double *invstd, const double *gamma, const double *beta,
@@ -1379,7 +1368,7 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
             /* units: a sample, or a range of its groups (nch > 1); there the
              * output is written after every range's statistics, by ranges of
              * rows (gr_row_unit), so that no two threads share its lines */
-            double *w = cl || gr_cl_work(g) <= ND_GR_CL_WORK
+            double *w = gr_cl_work(g) <= ND_GR_CL_WORK   /* (always so where cl) */
                             ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double))
                             : NULL;
             const int by_rows = nch > 1;
@@ -1764,9 +1753,7 @@ static void FN(gr_cl_dx_part)(const T *dout, const T *x, T *dx, const nd_geom *g
         return;
     }
     for (int64_t q = 0; q < G; ++q) {
-        nd_grp grp = nd_group(g, i * g->groups + q0 + q);
-        grp.base += r0 * grp.stride;
-        grp.nrun = nr;
+        const nd_grp grp = nd_group_rows(g, i * g->groups + q0 + q, r0, nr);
         double b, e;
         const double rd = gr_coef(invstd[q], s1[q], s2[q], M, train, &b, &e);
         FN(gr_group_dx)(dout, x, dx, &grp, mean[q], rd, b, e, gamma, st);
@@ -1895,7 +1882,7 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
             }
             for (int64_t i = i0; i < i1 && nq > 0; ++i) {
                 const int64_t k0 = i * G + q0;
-                if (w && !cl) {   /* the range's sums group by group, its dx along the rows */
+                if (clt && w) {   /* the range's sums group by group, its dx along the rows */
                     for (int64_t k = k0; k < k0 + nq; ++k) {
                         const nd_grp grp = nd_group(g, k);
                         FN(gr_group_sums)(dout, x, &grp, mean[k], invstd[k], gamma, &s1[k], &s2[k],
