@@ -302,9 +302,10 @@ def _device(x):
 
 def _stream(route, a):
     """The producer's stream for a call on the CUDA kernels (DLPack arrays)."""
-    if route.adapter is None or a is None:
+    ad = route.adapter
+    if ad is None or a is None or ad.kind != "cuda":
         return _NO_STREAM
-    return route.adapter.stream(a)
+    return ad.stream(a)
 
 
 # ------------------------------------------------------------ normalization
@@ -476,7 +477,8 @@ def _quick_prepare_adapted(spec, x, gamma, beta, param, extra, rm, rv):
     if torch_cpu is not None and not reference_forced():
         # PyTorch CPU tensors (the route is known once one has been seen):
         # the route's test and the conversions in one loop
-        nat = torch_cpu.adapter.natives((x, gamma, beta, rm, rv), _dispatch._plain_tensor_type)
+        # (x and gamma go into the cache: their views hold their storage)
+        nat = torch_cpu.adapter.natives((x, gamma, beta, rm, rv), _dispatch._plain_tensor_type, 2)
         if nat is not None:
             return _quick_prepare(spec, *nat[:3], param, extra, nat[3], nat[4], torch_cpu)
     route = backend_for(_named_arrays(spec, x, gamma, beta, rm, rv))
@@ -678,6 +680,8 @@ def _quick_backward_args(dout, cache):
     g = cache.gamma
     if type(g) is not np.ndarray or (g.dtype is not dt and g.dtype != dt) or g.shape != (geom.c,):
         return None
+    if ad is not None and not ad.kept_intact((x, g)):
+        return None
     return route, dn
 
 
@@ -696,9 +700,25 @@ def _backward_args(op, dout, cache):
         raise ValueError(f"{cache.op} cache was changed: its geometry {cache.geom!r} is not the "
                          f"one of x's shape {getattr(cache.x, 'shape', None)!r}")
     V.cached_norm(cache, xp)
+    _check_kept(cache, op)
     if dn.dtype != cache.x.dtype:
         dn = xp.astype(dn, cache.x.dtype)
     return route, dn
+
+
+def _check_kept(cache, op):
+    """ValueError where the memory of a cache's x or gamma, views of the
+    caller's tensors, is gone: a storage reallocated in place since the
+    forward (a PyTorch tensor's ``resize_`` to a larger size)."""
+    ad = cache.adapter
+    if ad is None or ad.kind != "cpu":
+        return
+    for name, a in (("x", cache.x), ("gamma", cache.gamma)):
+        if not ad.kept_intact((a,)):
+            raise ValueError(f"{op}: the memory of the forward's {name} (a {ad.library} tensor) "
+                             "was reallocated after the forward (a resize_ to a larger size, "
+                             "say), so the cache no longer holds its values; run the forward "
+                             "again")
 
 
 def _backward_results(route, cache, dx, dgamma, dbeta):

@@ -106,8 +106,7 @@ class Route:
         if adapter is None:
             self.native = self.wrap = _as_is
         else:
-            self.native = adapter.native
-            self.wrap = adapter.wrap
+            self.native, self.wrap = adapter.converters()
 
     def accepts(self, a) -> bool:
         """Whether a comes from the library and device this route serves."""

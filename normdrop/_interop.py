@@ -5,10 +5,13 @@ reaches a backend, and how the results go back to the caller's library.
 An :class:`Adapter` converts one library's arrays, without a copy, to the
 backend's own arrays and back:
 
-- PyTorch CPU tensors: ``Tensor.numpy()`` / ``torch.from_numpy`` (the
-  buffer exchange DLPack would do, at a fraction of its per-call cost); a
-  tensor that requires grad is used through its detached data, so no result
-  is attached to a graph;
+- PyTorch CPU tensors: DLPack's C exchange API, which PyTorch publishes as
+  ``torch.Tensor.__dlpack_c_exchange_api__`` (:mod:`normdrop._cpu._dlpack`:
+  the buffer exchange of ``__dlpack__`` without its Python-level per-call
+  cost), for float32/float64 tensors; ``Tensor.numpy()`` /
+  ``torch.from_numpy`` for the rest, and where the API is missing.  A
+  tensor that requires grad is read through its data, so no result is
+  attached to a graph;
 - any other array that exports DLPack on the CPU (JAX, ...):
   ``np.from_dlpack`` and the library's ``from_dlpack``;
 - arrays that export DLPack on a CUDA device: ``cupy.from_dlpack`` and back,
@@ -118,6 +121,16 @@ class Adapter:
             return torch.from_numpy(a)
         return _from_dlpack(self.library)(a)
 
+    def kept_intact(self, arrays) -> bool:
+        """Whether the arrays this adapter made, kept in a cache, still have
+        their memory (see :class:`_TorchCpu`; the other conversions keep
+        their producer's array, which cannot lose it)."""
+        return True
+
+    def converters(self):
+        """The (native, wrap) pair a Route binds (see normdrop._dispatch)."""
+        return self.native, self.wrap
+
     def stream(self, a):
         """A context in which the CUDA kernels run on a's producer's stream
         (PyTorch's current stream on a's device); nothing on the CPU."""
@@ -134,16 +147,25 @@ class _TorchCpu(Adapter):
     :class:`Adapter` for them, without its generic steps (these run for
     every tensor of every call, a few times per small batchnorm)."""
 
-    __slots__ = ("_from_numpy",)
+    __slots__ = ("_from_numpy", "_exchange", "_intact")
 
     def __init__(self, array_type):
         super().__init__("torch", "cpu", array_type)
         import torch
         self._from_numpy = torch.from_numpy
+        self._exchange = _exchange_for(array_type)
+        if self._exchange is not None:
+            from ._cpu._dlpack import intact
+            self._intact = intact
 
     def native(self, a, name: str, floating: bool = False):
         if a is None:
             return None
+        ex = self._exchange
+        if ex is not None:
+            v = ex.view(a)
+            if v is not None:
+                return v
         if a.requires_grad:
             a = a.detach()
         try:
@@ -152,17 +174,36 @@ class _TorchCpu(Adapter):
             return Adapter.native(self, a, name, floating)   # its fallbacks and errors
 
     def wrap(self, a):
-        return None if a is None else self._from_numpy(a)
+        if a is None:
+            return None
+        ex = self._exchange
+        if ex is not None:
+            return ex.export(a)
+        return self._from_numpy(a)
 
-    def natives(self, arrays, plain_type):
+    def converters(self):
+        wrap = self.wrap if self._exchange is None else self._exchange.export
+        return self.native, wrap
+
+    def natives(self, arrays, plain_type, keep: int):
         """The NumPy views of arrays (None entries stay None) where every
         one is a dense CPU tensor of torch.Tensor or a plain subclass
         (``plain_type(t)``) that ``Tensor.numpy()`` takes as it is (after a
         detach where it requires grad); else None, and the caller takes the
-        general route, whose checks and errors apply.  The route check and
+        general route, whose checks and errors apply; the first ``keep`` may
+        be kept beyond the call (a cache's x and gamma), the others are read
+        during it only.  The route check and
         the conversions of the common call in one loop: ``numpy()`` refuses
         other devices, layouts, conjugate and negative views and the dtypes
-        NumPy lacks, so no separate device test is needed."""
+        NumPy lacks, so no separate device test is needed.  Float32 and
+        float64 tensors go through DLPack's C exchange API where PyTorch
+        publishes it (:mod:`normdrop._cpu._dlpack`: under half of
+        ``numpy()``'s cost), with the same refusals."""
+        ex = self._exchange
+        if ex is not None:
+            out = ex.views(arrays, keep)
+            if out is not None:
+                return out
         tensor = self._type
         out = []
         for a in arrays:
@@ -179,6 +220,40 @@ class _TorchCpu(Adapter):
             except (TypeError, BufferError, RuntimeError, ValueError):
                 return None
         return out
+
+    def kept_intact(self, arrays) -> bool:
+        """Whether every array (a view this adapter made, kept in a cache)
+        still has its memory: False where a tensor's storage was
+        reallocated in place since (``resize_`` to a larger size)."""
+        if self._exchange is None:
+            return True
+        intact = self._intact
+        for a in arrays:
+            if type(a) is np.ndarray and not intact(a):
+                return False
+        return True
+
+
+#: Whether PyTorch CPU tensors go through DLPack's C exchange API where it
+#: is there (the tests turn it off to check the other conversion).
+_EXCHANGE = True
+
+
+def _exchange_for(array_type):
+    """The DLPack C exchange of PyTorch CPU tensors
+    (normdrop._cpu._dlpack), or None where this PyTorch publishes no
+    exchange API or the extension is not built: then ``Tensor.numpy()`` and
+    ``torch.from_numpy`` convert."""
+    if not _EXCHANGE:
+        return None
+    try:
+        from ._cpu._dlpack import Exchange
+        from ._dispatch import _plain_tensor_type
+        import torch
+        return Exchange(array_type, _plain_tensor_type, array_type.untyped_storage,
+                        torch.from_numpy)
+    except (ImportError, TypeError, AttributeError):
+        return None
 
 
 def _refuse_layout(name, a):

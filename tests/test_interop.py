@@ -57,9 +57,32 @@ def torch():
     return pytest.importorskip("torch", reason="torch is not installed (optional)")
 
 
+def _owner(a):
+    """What holds the memory of a view a (past its ndarray bases)."""
+    b = a.base
+    while isinstance(b, np.ndarray):
+        b = b.base
+    return b
+
+
+@pytest.fixture(params=["exchange", "numpy"])
+def conversion(request, torch, monkeypatch):
+    """PyTorch CPU tensors converted through DLPack's C exchange API, or
+    through Tensor.numpy()/torch.from_numpy (a PyTorch without the API):
+    fresh adapters and routes for each, the kept ones put back after."""
+    from normdrop import _dispatch, _interop
+    if request.param == "numpy":
+        monkeypatch.setattr(_interop, "_EXCHANGE", False)
+    elif _interop._exchange_for(torch.Tensor) is None:
+        pytest.skip("this PyTorch publishes no DLPack C exchange API")
+    monkeypatch.setattr(_interop, "_ADAPTERS", {})
+    monkeypatch.setattr(_dispatch, "_torch_cpu", None)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name,layout,mode", CASES, ids=IDS)
-def test_torch_tensors_bit_for_bit_the_numpy_path(torch, name, layout, mode, dtype):
+def test_torch_tensors_bit_for_bit_the_numpy_path(torch, conversion, name, layout, mode, dtype):
     op = OPS[name]
     x, dout, gamma, beta = _data(op, dtype)
     xl, dl = _layout(x, layout), _layout(dout, layout)
@@ -74,6 +97,8 @@ def test_torch_tensors_bit_for_bit_the_numpy_path(torch, name, layout, mode, dty
         assert got[0].is_contiguous(memory_format=torch.channels_last)
     if op.kind != "dropout":
         assert cache.x.ctypes.data == xl.ctypes.data        # computed on x's memory: no copy
+        exchanged = type(_owner(cache.x)).__name__ == "_Owner"
+        assert exchanged == (conversion == "exchange"), type(_owner(cache.x))
 
 
 def test_torch_requires_grad_leaves_no_graph(torch):
@@ -221,6 +246,135 @@ def test_torch_masks_and_caches(torch):
     for a, b in zip(nd.batchnorm_backward(d, cache), nd.batchnorm_backward(d, copy)):
         assert isinstance(b, torch.Tensor)
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_torch_exchange_views_and_what_it_leaves_to_the_general_route(torch):
+    """DLPack's C exchange: float32/float64 CPU tensors (any strides, 0-d,
+    empty, requiring grad, nn.Parameter) as views of their memory, equal
+    to Tensor.numpy(); everything else -- other dtypes, devices and
+    layouts, a negative view (the export drops the bit), a subclass that
+    overrides operations -- None, for the general route and its errors."""
+    from normdrop import _interop
+    ex = _interop._exchange_for(torch.Tensor)
+    if ex is None:
+        pytest.skip("this PyTorch publishes no DLPack C exchange API")
+    base = torch.randn(6, 7, dtype=torch.float64)
+    cases = [base, base.float(), base.t(), base[1:5, ::3], torch.randn(1, 7).expand(6, 7),
+             torch.tensor(2.5), torch.empty(0, 3), torch.randn(5, requires_grad=True),
+             torch.nn.Parameter(torch.randn(4)), base.to(memory_format=torch.contiguous_format)]
+    for t in cases:
+        v = ex.view(t)
+        assert type(v) is np.ndarray, t
+        ref = t.detach().numpy()
+        assert v.dtype == ref.dtype and v.shape == ref.shape and v.strides == ref.strides
+        np.testing.assert_array_equal(v, ref)
+        if t.numel():
+            assert v.ctypes.data == t.data_ptr()            # the tensor's memory: no copy
+    ex_views = ex.views([base, None, cases[1]], 1)
+    assert ex_views[1] is None and ex_views[0].ctypes.data == base.data_ptr()
+
+    class Traced(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    neg = torch.randn(4, dtype=torch.complex64).conj().imag       # a real view, negated lazily
+    assert neg.is_neg()
+    refused = [torch.randn(3, dtype=torch.bfloat16), torch.randn(3, dtype=torch.float16),
+               torch.arange(3), torch.ones(3, dtype=torch.bool), torch.randn(3, dtype=torch.cfloat),
+               torch.empty(3, device="meta"), base.to_sparse(), neg, base.as_subclass(Traced)]
+    for t in refused:
+        assert ex.view(t) is None, t
+        assert ex.views([base, t], 2) is None
+    # the general route reads the negative view right: values, not their negation
+    g, b = torch.ones(4), torch.zeros(4)
+    out, _ = nd.layernorm_forward(neg.reshape(1, 4), g, b, {})
+    ref, _ = nd.layernorm_forward(neg.resolve_neg().numpy().reshape(1, 4), g.numpy(), b.numpy(),
+                                  {})
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_torch_exchange_exports_keep_their_array_alive(torch):
+    """An exported array becomes a tensor of its memory that holds the array
+    until the tensor goes, from any thread; the tensor cannot be resized
+    (the memory is the array's); an array the export does not take goes
+    through torch.from_numpy."""
+    import threading
+    import weakref
+    from normdrop import _interop
+    ex = _interop._exchange_for(torch.Tensor)
+    if ex is None:
+        pytest.skip("this PyTorch publishes no DLPack C exchange API")
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for arr in (a, a.T, a[:, ::2], np.zeros((0, 3)), np.full((), 3.0)):
+        t = ex.export(arr)
+        assert type(t) is torch.Tensor and tuple(t.shape) == arr.shape
+        assert t.dtype == (torch.float32 if arr.dtype == np.float32 else torch.float64)
+        assert tuple(s * arr.itemsize for s in t.stride()) == arr.strides
+        np.testing.assert_array_equal(t.numpy(), arr)
+    t = ex.export(a)
+    t[0, 0] = 100.0
+    assert a[0, 0] == 100.0                                  # one memory
+    with pytest.raises(RuntimeError, match="not resizable"):
+        t.resize_(1000)
+    arr = np.ones(1000)
+    alive = weakref.ref(arr)
+    holder = [ex.export(arr)]
+    del arr
+    assert alive() is not None                               # the tensor holds it
+    th = threading.Thread(target=holder.clear)               # the tensor goes in another thread
+    th.start()
+    th.join()
+    assert alive() is None
+    ints = ex.export(np.arange(3))                           # (not a float: torch.from_numpy)
+    assert ints.dtype == torch.int64 and ints.tolist() == [0, 1, 2]
+    assert ex.export(None) is None
+
+
+@pytest.mark.parametrize("op_name", ["batchnorm", "layernorm"])
+def test_torch_input_storage_swapped_after_the_forward(torch, conversion, op_name):
+    """x.set_(other) and gamma.set_(other) between forward and backward: the
+    cache still reads the forward's values (their memory is held, not
+    freed under it), bit for bit the NumPy path's backward."""
+    import gc
+    rng = np.random.default_rng(8)
+    xn, gn, bn = rng.standard_normal((16, 200)), rng.uniform(0.5, 2, 200), rng.standard_normal(200)
+    dn = rng.standard_normal((16, 200))
+    fwd = getattr(nd, f"{op_name}_forward")
+    bwd = getattr(nd, f"{op_name}_backward")
+    param = lambda: {"mode": "train"}  # noqa: E731
+    _, ref_cache = fwd(xn, gn, bn, param())
+    ref = bwd(dn, ref_cache)
+    x, g = torch.from_numpy(xn.copy()), torch.from_numpy(gn.copy())
+    _, cache = fwd(x, g, torch.from_numpy(bn), param())
+    x.set_(torch.zeros(3, dtype=torch.float64))
+    g.set_(torch.zeros(3, dtype=torch.float64))
+    gc.collect()
+    junk = [torch.full((16, 200), 7.0, dtype=torch.float64) for _ in range(8)]  # reuse freed memory
+    got = bwd(torch.from_numpy(dn), cache)
+    for a, r in zip(got, ref):
+        np.testing.assert_array_equal(a.numpy(), r)
+    del junk
+
+
+@pytest.mark.parametrize("name", ["x", "gamma"])
+def test_torch_input_storage_reallocated_after_the_forward_is_an_error(torch, conversion, name):
+    """x.resize_ (or gamma's) to a larger size between forward and backward
+    reallocates the storage in place, so the cache's view would read freed
+    memory: the backward says so (ValueError) instead.  Through
+    Tensor.numpy() the storage cannot be resized at all (RuntimeError)."""
+    x, g, b = torch.randn(32, 10), torch.rand(10) + 0.5, torch.randn(10)
+    _, cache = nd.batchnorm_forward(x, g, b, {"mode": "train"})
+    t = x if name == "x" else g
+    if conversion == "numpy":
+        with pytest.raises(RuntimeError, match="not resizable"):
+            t.resize_(100000)
+        return
+    t.resize_(100000)
+    for dout in (torch.randn(32, 10), torch.randn(32, 10, dtype=torch.float64)):  # (fast, general)
+        with pytest.raises(ValueError, match=f"the memory of the forward's {name} \\(a torch "
+                                             "tensor\\) was reallocated after the forward"):
+            nd.batchnorm_backward(dout, cache)
 
 
 # -------------------------------------------------------------------- JAX
