@@ -66,12 +66,12 @@ for d, _, fs in os.walk(src):
                 or p.startswith("src_c" + os.sep) and f.endswith((".c", ".h")) \
                 or p.startswith("tests" + os.sep) and f.endswith(".py"):
             need.add(p.replace(os.sep, "/"))
-need.discard("normdrop/_cpu/_kernels.c")
-need.discard("normdrop/_cpu/_pool.c")
+GENERATED = ("normdrop/_cpu/_kernels.c", "normdrop/_cpu/_pool.c", "normdrop/_cpu/_dlpack.c")
+need.difference_update(GENERATED)
 missing = sorted(need - files)
 # ... and nothing generated or built.
 bad = sorted(n for n in files
-             if n in ("normdrop/_cpu/_kernels.c", "normdrop/_cpu/_pool.c") or n.startswith(("build/", "dist/"))
+             if n in GENERATED or n.startswith(("build/", "dist/"))
              or "__pycache__" in n or ".pytest_cache" in n or ".hypothesis" in n
              or any(fnmatch.fnmatch(n, p) for p in ("*.so", "*.pyd", "*.dll", "*.dylib", "*.o",
                                                     "*.obj", "*.pyc", "*.whl")))
@@ -89,8 +89,9 @@ step "wheel, built from the unpacked sdist in a clean folder"
 mkdir "$WORK/unpacked"
 tar -xzf "$SDIST" -C "$WORK/unpacked"
 SRCDIR=$(ls -d "$WORK"/unpacked/normdrop-*)
-[ ! -e "$SRCDIR/normdrop/_cpu/_kernels.c" ] && [ ! -e "$SRCDIR/normdrop/_cpu/_pool.c" ] \
-    || fail "the sdist carries a generated .c file"
+for gen in _kernels _pool _dlpack; do
+    [ ! -e "$SRCDIR/normdrop/_cpu/$gen.c" ] || fail "the sdist carries a generated .c file ($gen.c)"
+done
 "$TOOLS/python" -m build --wheel -o "$WORK/raw" "$SRCDIR" > "$WORK/wheel.log" 2>&1 \
     || { tail -60 "$WORK/wheel.log"; fail "wheel build failed"; }
 grep -m1 "normdrop: building with OpenMP" "$WORK/wheel.log"
@@ -112,10 +113,11 @@ with tarfile.open(sdist) as t:
     cu = sorted("normdrop/" + n.split("/normdrop/", 1)[1] for n in t.getnames()
                 if "/normdrop/" in n and n.endswith((".cu", ".cuh")))
 errors = []
-ext = [n for n in names if n.startswith("normdrop/_cpu/_kernels.") and n.endswith((".so", ".pyd"))]
+for mod in ("_kernels", "_pool", "_dlpack"):
+    ext = [n for n in names if n.startswith(f"normdrop/_cpu/{mod}.") and n.endswith((".so", ".pyd"))]
+    if len(ext) != 1:
+        errors.append(f"expected one {mod} extension module, found {ext}")
 gomp = [n for n in names if n.startswith("normdrop.libs/libgomp")]
-if len(ext) != 1:
-    errors.append(f"expected one extension module, found {ext}")
 if not gomp and not os.environ.get("NORMDROP_NO_OPENMP"):
     errors.append("libgomp is not vendored under normdrop.libs/")
 for need in ["normdrop/include/nd_philox.h", *cu]:
