@@ -226,7 +226,7 @@ cdef class Exchange:
         cdef cnp.npy_intp strides[_MAX_NDIM]
         cdef int typenum, ndim, k, flags
         cdef int64_t itemsize, step
-        cdef _Owner owner
+        cdef _Owner owner = None
         cdef cnp.ndarray arr
         tp = type(a)
         if tp is not self.array_type and not (isinstance(a, self.array_type)
@@ -234,17 +234,16 @@ cdef class Exchange:
             return None
         if a.is_neg():                  # the export would drop the bit
             return None
-        owner = _Owner.__new__(_Owner)
         if self.tensor_from_py != NULL:
             if self.tensor_from_py(<void *>a, &local) != 0:
                 PyErr_Clear()
                 return None
             t = &local
-            owner.tensor = a
         else:
             if self.from_py(<void *>a, &m) != 0:
                 PyErr_Clear()
                 return None
+            owner = _Owner.__new__(_Owner)
             owner.m = m                     # from here the deleter runs whatever happens
             if m.version.major != 1:
                 return None
@@ -282,8 +281,13 @@ cdef class Exchange:
         arr = cnp.PyArray_New(cnp.ndarray, ndim, dims, typenum, strides,
                               <char *>t.data + t.byte_offset, <int>itemsize, flags, None)
         if keep and self.storage is not None:
+            if owner is None:
+                owner = _Owner.__new__(_Owner)
+                owner.tensor = a
             owner.storage = self.storage(a)
-        cnp.set_array_base(arr, owner)
+        # (a view read during the call only, of the non-owning export: the
+        # tensor itself is its base)
+        cnp.set_array_base(arr, a if owner is None else owner)
         return arr
 
     def view(self, a, bint keep=True):
