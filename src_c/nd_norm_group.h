@@ -905,6 +905,20 @@ static void FN(gr_cl_moments)(const T *x, const nd_geom *g, int64_t i, int64_t q
         }
 }
 
+/* Whether the backward's sums take the sample-at-a-time pass
+ * (gr_cl_backward): FN(gr_cl_ok)'s groups, and any other channels-last
+ * groups of S >= 2 runs of cg <= ND_LANES values.  The backward's lanes are
+ * positions in the run (gr_clast_sums), so for cg <= ND_LANES they are the
+ * group's channels whatever cg is; the statistics' lanes are not (their
+ * float32 second pass takes flat indices), so gr_cl_ok asks more. */
+static inline int FN(gr_cl_bwd_ok)(const nd_geom *g)
+{
+    if (FN(gr_cl_ok)(g)) return 1;
+    if (g->kind != ND_CLAST || g->s < 2 || g->groups <= 0 || g->c <= 0) return 0;
+    const int64_t cg = g->c / g->groups;
+    return cg > 0 && cg <= ND_LANES && gr_cl_work(g) <= ND_GR_CL_WORK;
+}
+
 /* Channels-last groups of short runs that the sample-at-a-time passes do not
  * take (cg that neither divides ND_LANES nor is a multiple of it: 3, 5, 10,
  * 12, 20, 40, ...; or too many channels for their scratch: FN(gr_clt_ok)).
@@ -1826,12 +1840,15 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
      * Intel Xeon, 2 threads) */
     const int pfw = rows && dx && !st && sizeof(T) == 8 && cg * (int64_t)sizeof(T) <= 16384 &&
                     N * g->sn * (int64_t)sizeof(T) >= ND_GR_PFW_BYTES;
-    const int cl = FN(gr_cl_ok)(g), clt = !cl && dx && FN(gr_clt_dx_ok)(g);
+    const int cl = FN(gr_cl_bwd_ok)(g), clt = !cl && dx && FN(gr_clt_dx_ok)(g);
+    const int64_t nsplit = rows ? 1 : gr_split_chunks(g, nblk);
     /* (the sample-at-a-time channels-last sums stay whole: see gr_split_chunks) */
-    const int64_t nch = rows || cl ? 1 : gr_split_chunks(g, nblk);
-    /* ranges of groups of those dx: written after every range's sums, by
-     * ranges of rows (gr_row_unit), so that no two threads share its lines */
-    const int dx_rows = clt && nch > 1;
+    const int64_t nch = cl ? 1 : nsplit;
+    /* where the blocks do not go round the threads, the dx of the
+     * channels-last passes (ranges of groups, or whole samples' sums) is
+     * written after every block's sums, by ranges of rows (gr_row_unit):
+     * every thread takes part, and no two share a line */
+    const int dx_rows = dx && (clt || cl) && nsplit > 1;
     const int64_t nrc = dx_rows ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(N * C * g->s >= ND_PARALLEL_MIN)
     {
@@ -1894,8 +1911,9 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
                     continue;
                 }
                 if (w) {   /* channels-last: the sample's groups at once */
-                    FN(gr_cl_backward)(dout, x, dx, g, i, mean + i * G, invstd + i * G, gamma,
-                                       train, M, st, s1 + i * G, s2 + i * G, dg, db, tc, w);
+                    FN(gr_cl_backward)(dout, x, dx_rows ? NULL : dx, g, i, mean + i * G,
+                                       invstd + i * G, gamma, train, M, st, s1 + i * G,
+                                       s2 + i * G, dg, db, tc, w);
                     continue;
                 }
                 for (int64_t k = k0; k < k0 + nq; ++k) {
