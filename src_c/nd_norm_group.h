@@ -779,7 +779,9 @@ static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, do
  * lane (r cg + t) mod ND_LANES for row r of the unit, as gr_sqdev_buf), the
  * same formula per value.  For groups of S >= 2 runs of cg < ND_GU values, cg
  * dividing ND_LANES or a multiple of it (FN(gr_cl_ok)); with cg <= ND_LANES a
- * group's lanes are its channels, so the lanes of a row are one array of c.
+ * group's lanes are its channels, so the lanes of a row are one array of c
+ * (the backward's sums, whose lanes are positions in the run, for any
+ * cg <= ND_LANES: FN(gr_cl_bwd_ok)).
  * Scratch: gr_cl_work doubles per thread, at most ND_GR_CL_WORK (malloc'd;
  * where that fails, the per-group loops run instead).  With fewer samples
  * than threads the passes take ranges of a sample's groups (gr_cl_chunks,
@@ -932,8 +934,10 @@ static inline int FN(gr_cl_bwd_ok)(const nd_geom *g)
  * per group; the normalize and dx, whose formula per value needs no lanes,
  * go along whole rows (gr_cl_normalize, gr_cl_dx) where the scratch allows
  * (FN(gr_clt_dx_ok)), else tile by tile (gr_clt_normalize) or group by
- * group.  The backward's sums stay group by group (gr_group_sums): tiling
- * them too took 0.90-1.53x the time. */
+ * group.  The backward's sums of runs of at most ND_LANES values go along
+ * the rows (gr_cl_backward: their lanes are positions in the run, so its
+ * channels, FN(gr_cl_bwd_ok)); those of longer runs stay group by group
+ * (gr_group_sums): tiling them took 0.90-1.53x the time. */
 static inline int FN(gr_clt_ok)(const nd_geom *g)
 {
     if (g->kind != ND_CLAST || g->s < 2 || g->groups < 2 || g->c <= 0) return 0;
