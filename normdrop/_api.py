@@ -56,10 +56,15 @@ class _Cache:
     def xp(self):
         return _namespace_by_name(self.xp_name)
 
+    def _check_kept(self, what):
+        """Raise where the cache's views of the caller's memory lost it (see
+        NormCache)."""
+
     def __reduce__(self):
         if getattr(self, "comm", None) is not None:
             raise TypeError(f"a {type(self).__name__} of a synchronized batchnorm holds an MPI "
                             "communicator and cannot be pickled or copied")
+        self._check_kept(f"pickling or copying a {type(self).__name__}")
         return (_restore_cache, (type(self), tuple(getattr(self, f) for f in self._fields)))
 
 
@@ -96,9 +101,37 @@ class NormCache(_Cache):
     to a synchronized batchnorm (``comm``).
     """
 
-    _fields = ("op", "mode", "backend_name", "xp_name", "adapter", "x", "gamma", "gamma_shape",
+    _fields = ("op", "mode", "backend_name", "xp_name", "adapter", "_x", "_gamma", "gamma_shape",
                "mean", "invstd", "out_shape", "geom", "comm", "count")
     __slots__ = _fields
+
+    # x and gamma, views of the caller's tensors where the forward had them
+    # (PyTorch's, through DLPack's C exchange), are asked whether their memory
+    # is still there when read from outside (and when pickled): a storage
+    # reallocated in place since (resize_) would leave them reading freed
+    # memory.  The kernels' callers read the slots after one such check.
+    @property
+    def x(self):
+        """The forward's x, in the backend's arrays (a view of its memory)."""
+        self._check_kept("reading the cache's x")
+        return self._x
+
+    @property
+    def gamma(self):
+        """gamma as a (C,) array of x's dtype, in the backend's arrays."""
+        self._check_kept("reading the cache's gamma")
+        return self._gamma
+
+    def _check_kept(self, what):
+        ad = self.adapter
+        if ad is None or ad.kind != "cpu":
+            return
+        for name, a in (("x", self._x), ("gamma", self._gamma)):
+            if not ad.kept_intact((a,)):
+                raise ValueError(f"{what}: the memory of the forward's {name} (a {ad.library} "
+                                 "tensor) was reallocated after the forward (a resize_ to a "
+                                 "larger size, say), so the cache no longer holds its values; "
+                                 "run the forward again")
 
     def __init__(self, op, mode, route, x, gamma, gamma_shape, mean, invstd, geom, comm=None,
                  count=None):
@@ -374,7 +407,7 @@ def _cached_geometry_ok(cache) -> bool:
                                        or geom.c % G):
         return False
     try:
-        shape = tuple(cache.x.shape)
+        shape = tuple(cache._x.shape)
         if len(shape) < (1 if spec is _LAYERNORM else 2):
             return False
         return spec.geometry(shape, G) == geom
@@ -619,8 +652,8 @@ def _norm_backward(spec: _NormOp, op, dout, cache):
     backend, xp = route.backend, route.xp
     train = cache.mode == "train"
     with _stream(route, dout):
-        dx, dgamma, dbeta = backend.norm_bwd(xp, dn, cache.x, cache.geom, cache.mean,
-                                             cache.invstd, cache.gamma, train)
+        dx, dgamma, dbeta = backend.norm_bwd(xp, dn, cache._x, cache.geom, cache.mean,
+                                             cache.invstd, cache._gamma, train)
         if not train and backend is not _reference:
             # test mode with running_var + eps == 0: invstd is inf, and the
             # kernels' dgamma = (sum dout (x - mean)) * inf is +-inf where the
@@ -629,8 +662,8 @@ def _norm_backward(spec: _NormOp, op, dout, cache):
             inf = xp.isinf(cache.invstd)
             if bool(xp.any(inf)):
                 with np.errstate(invalid="ignore"):     # inf - inf: the NaN is the answer
-                    ref = _reference.norm_bwd(xp, dn, cache.x, cache.geom, cache.mean,
-                                              cache.invstd, cache.gamma, False)[1]
+                    ref = _reference.norm_bwd(xp, dn, cache._x, cache.geom, cache.mean,
+                                              cache.invstd, cache._gamma, False)[1]
                 dgamma = xp.where(inf, xp.astype(ref, dgamma.dtype), dgamma)
     return _backward_results(route, cache, dx, dgamma, dbeta)
 
@@ -649,7 +682,7 @@ def _backward_args_common(dout, cache):
 
 
 def _quick_backward_args(dout, cache):
-    x = cache.x
+    x = cache._x
     if type(x) is not np.ndarray or cache.backend_name != "cpu" or cache.xp_name != "numpy" or \
             reference_forced():
         return None
@@ -677,7 +710,7 @@ def _quick_backward_args(dout, cache):
     for a in (cache.mean, cache.invstd):
         if type(a) is not np.ndarray or (a.dtype is not _F64 and a.dtype != _F64) or a.shape != ng:
             return None
-    g = cache.gamma
+    g = cache._gamma
     if type(g) is not np.ndarray or (g.dtype is not dt and g.dtype != dt) or g.shape != (geom.c,):
         return None
     if ad is not None and not ad.kept_intact((x, g)):
@@ -690,35 +723,20 @@ def _backward_args(op, dout, cache):
     fast = _backward_args_common(dout, cache)
     if fast is not None:
         return fast
+    cache._check_kept(op)
     route = _cache_route(cache, op, (("dout", dout),) if _converted(cache)
-                         else (("dout", dout), ("the cached x", cache.x)))
+                         else (("dout", dout), ("the cached x", cache._x)))
     backend, xp = route.backend, route.xp
     dn = route.native(dout, "dout", floating=True)
     V.dout_shape(dn, cache.out_shape, op)
     V.floating_x(dn, "dout", backend.supported_dtypes(xp), xp)
     if not _cached_geometry_ok(cache):
         raise ValueError(f"{cache.op} cache was changed: its geometry {cache.geom!r} is not the "
-                         f"one of x's shape {getattr(cache.x, 'shape', None)!r}")
+                         f"one of x's shape {getattr(cache._x, 'shape', None)!r}")
     V.cached_norm(cache, xp)
-    _check_kept(cache, op)
-    if dn.dtype != cache.x.dtype:
-        dn = xp.astype(dn, cache.x.dtype)
+    if dn.dtype != cache._x.dtype:
+        dn = xp.astype(dn, cache._x.dtype)
     return route, dn
-
-
-def _check_kept(cache, op):
-    """ValueError where the memory of a cache's x or gamma, views of the
-    caller's tensors, is gone: a storage reallocated in place since the
-    forward (a PyTorch tensor's ``resize_`` to a larger size)."""
-    ad = cache.adapter
-    if ad is None or ad.kind != "cpu":
-        return
-    for name, a in (("x", cache.x), ("gamma", cache.gamma)):
-        if not ad.kept_intact((a,)):
-            raise ValueError(f"{op}: the memory of the forward's {name} (a {ad.library} tensor) "
-                             "was reallocated after the forward (a resize_ to a larger size, "
-                             "say), so the cache no longer holds its values; run the forward "
-                             "again")
 
 
 def _backward_results(route, cache, dx, dgamma, dbeta):
@@ -742,12 +760,12 @@ def _sync_backward(op, dout, cache):
         error = exc
     D.agree(comm, error, op)
     backend, xp = route.backend, route.xp
-    x, geom = cache.x, cache.geom
+    x, geom = cache._x, cache.geom
     with _stream(route, dout):
         s1, s2, dgamma, dbeta = backend.grad_reduce(xp, dn, x, geom, cache.mean, cache.invstd,
-                                                    cache.gamma)
+                                                    cache._gamma)
         t1, t2 = D.gather_sums(comm, s1, s2, s1)
-        dx = backend.grad_input(xp, dn, x, geom, cache.mean, cache.invstd, cache.gamma, t1, t2,
+        dx = backend.grad_input(xp, dn, x, geom, cache.mean, cache.invstd, cache._gamma, t1, t2,
                                 True, cache.count)
     return _backward_results(route, cache, dx, dgamma, dbeta)
 

@@ -133,7 +133,7 @@ def _cache(dt=np.float32, **param):
 
 def _edited(cache, **fields):
     """A copy of cache with some fields replaced (as a hand-edited pickle)."""
-    values = [fields.get(f, getattr(cache, f)) for f in cache._fields]
+    values = [fields.get(f.lstrip("_"), getattr(cache, f)) for f in cache._fields]   # (_x: x)
     return A._restore_cache(type(cache), tuple(values))
 
 

@@ -329,6 +329,16 @@ def test_torch_exchange_exports_keep_their_array_alive(torch):
     ints = ex.export(np.arange(3))                           # (not a float: torch.from_numpy)
     assert ints.dtype == torch.int64 and ints.tolist() == [0, 1, 2]
     assert ex.export(None) is None
+    # what the exchange would hand over wrongly goes through torch.from_numpy
+    # too: negative strides (PyTorch's import would abort the process) are
+    # its ValueError, a read-only array its warning
+    with pytest.raises(ValueError, match="negative"):
+        ex.export(np.arange(6.0)[::-1])
+    ro = np.arange(4.0)
+    ro.flags.writeable = False
+    with pytest.warns(UserWarning, match="not writable"):
+        t = ex.export(ro)
+    np.testing.assert_array_equal(t.numpy(), ro)
 
 
 @pytest.mark.parametrize("op_name", ["batchnorm", "layernorm"])
@@ -371,10 +381,39 @@ def test_torch_input_storage_reallocated_after_the_forward_is_an_error(torch, co
             t.resize_(100000)
         return
     t.resize_(100000)
+    lost = f"the memory of the forward's {name} \\(a torch tensor\\) was reallocated after the forward"
     for dout in (torch.randn(32, 10), torch.randn(32, 10, dtype=torch.float64)):  # (fast, general)
-        with pytest.raises(ValueError, match=f"the memory of the forward's {name} \\(a torch "
-                                             "tensor\\) was reallocated after the forward"):
+        with pytest.raises(ValueError, match=lost):
             nd.batchnorm_backward(dout, cache)
+    # nor does anything else read the cache's views of it: its x and gamma,
+    # a pickle, a copy
+    import copy
+    for read in (lambda: cache.x, lambda: cache.gamma, lambda: pickle.dumps(cache),
+                 lambda: copy.deepcopy(cache)):
+        with pytest.raises(ValueError, match=lost):
+            read()
+
+
+def test_torch_cache_keeps_no_tensor_of_the_caller(torch, conversion):
+    """The cache holds x's memory, not x: a tensor of an autograd graph (and
+    the graph) goes when the caller drops it, and the backward still reads
+    the forward's values."""
+    import gc
+    import weakref
+    rng = np.random.default_rng(9)
+    xn, dn = rng.standard_normal((16, 6)), rng.standard_normal((16, 6))
+    w = torch.from_numpy(xn / 2).requires_grad_()
+    x = w * 2.0                                             # values xn, with a grad_fn
+    g, b = torch.ones(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+    _, cache = nd.layernorm_forward(x, g, b, {})
+    alive = weakref.ref(x)
+    del x
+    gc.collect()
+    assert alive() is None
+    _, ref_cache = nd.layernorm_forward(xn, g.numpy(), b.numpy(), {})
+    for a, r in zip(nd.layernorm_backward(torch.from_numpy(dn), cache),
+                    nd.layernorm_backward(dn, ref_cache)):
+        np.testing.assert_array_equal(a.numpy(), r)
 
 
 # -------------------------------------------------------------------- JAX

@@ -8,12 +8,13 @@ microsecond.  An :class:`Exchange` makes NumPy arrays of a type's tensors
 and tensors of NumPy arrays.
 
 A view (:meth:`Exchange.view`) reads the tensor's memory (no copy) and holds
-the tensor -- through the producer's owning ``DLManagedTensorVersioned``,
-whose deleter runs when the last view goes, or, where the producer has the
-non-owning ``dltensor_from_py_object_no_sync``, the tensor object itself --
-and the tensor's storage object where the exchange is given a way to it
-(PyTorch: ``set_`` swaps the storage of the very tensor object, and the
-storage object keeps the old memory alive).  What no reference can prevent
+it: through the producer's owning ``DLManagedTensorVersioned``, whose
+deleter runs when the last view goes, or, where the producer has the
+non-owning ``dltensor_from_py_object_no_sync``, the tensor object itself
+(a view read during the call only) or the tensor's storage object (a view
+to be kept, where the exchange is given a way to it: PyTorch's ``set_``
+swaps the storage of the very tensor object, and the storage object keeps
+the old memory alive).  What no reference can prevent
 -- a storage reallocated in place (``resize_`` to a larger size) --
 :func:`intact` detects, before a kept view is read again.  An export
 (:meth:`Exchange.export`) hands the producer a managed tensor of the
@@ -121,11 +122,11 @@ cdef enum:
 
 cdef class _Owner:
     """The base of a view: holds one managed tensor (its deleter runs when
-    the owner goes, so when the last view goes) or the tensor object, and
-    the tensor's storage object, or None."""
+    the owner goes, so when the last view goes; NULL for the non-owning
+    export) and the tensor's storage object (or None), which :func:`intact`
+    asks."""
     cdef ndl_managed *m
     cdef object storage
-    cdef object tensor
 
     def __dealloc__(self):
         if self.m != NULL and self.m.deleter != NULL:
@@ -281,9 +282,10 @@ cdef class Exchange:
         arr = cnp.PyArray_New(cnp.ndarray, ndim, dims, typenum, strides,
                               <char *>t.data + t.byte_offset, <int>itemsize, flags, None)
         if keep and self.storage is not None:
+            # the storage object holds the memory (not the tensor: a cache
+            # keeps no caller's tensor, nor the autograd graph it may carry)
             if owner is None:
                 owner = _Owner.__new__(_Owner)
-                owner.tensor = a
             owner.storage = self.storage(a)
         # (a view read during the call only, of the non-owning export: the
         # tensor itself is its base)
@@ -318,10 +320,11 @@ cdef class Exchange:
 
     def export(self, cnp.ndarray arr):
         """arr as a tensor of the type sharing its memory, which keeps arr
-        alive (float32 or float64, native byte order, at most 32
-        dimensions, strides in whole elements); any other array, or one the
-        producer refuses, through ``fallback`` (None without one).  None
-        stays None."""
+        alive (float32 or float64, native byte order, writable, at most 32
+        dimensions, strides whole non-negative elements); any other array,
+        or one the producer refuses, through ``fallback`` (None without
+        one): ``torch.from_numpy`` warns of a read-only array and refuses
+        negative strides, where the exchange would not.  None stays None."""
         if arr is None:
             return None
         tensor = self._export(arr)
@@ -337,7 +340,7 @@ cdef class Exchange:
         cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(arr), st
         cdef void *out = NULL
         if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or ndim > _MAX_NDIM or \
-                not cnp.PyArray_ISNOTSWAPPED(arr):
+                not cnp.PyArray_ISNOTSWAPPED(arr) or not cnp.PyArray_ISWRITEABLE(arr):
             return None
         e = <_export *>malloc(sizeof(_export))
         if e == NULL:
@@ -345,14 +348,14 @@ cdef class Exchange:
         t = &e.m.dl_tensor
         for k in range(ndim):
             st = cnp.PyArray_STRIDE(arr, k)
-            if st % itemsize:
+            if st < 0 or st % itemsize:
                 free(e)
                 return None
             e.shape[k] = cnp.PyArray_DIM(arr, k)
             e.strides[k] = st // itemsize
         e.m.version.major = 1
         e.m.version.minor = 0
-        e.m.flags = 0 if cnp.PyArray_ISWRITEABLE(arr) else _FLAG_READ_ONLY
+        e.m.flags = 0
         e.m.deleter = _export_deleter
         t.data = cnp.PyArray_DATA(arr)
         t.device.device_type = _KDL_CPU
