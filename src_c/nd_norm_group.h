@@ -778,7 +778,8 @@ static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, do
  * position t of a run summed into lane t mod ND_LANES (float32's second pass:
  * lane (r cg + t) mod ND_LANES for row r of the unit, as gr_sqdev_buf), the
  * same formula per value.  For groups of S >= 2 runs of cg < ND_GU values, cg
- * dividing ND_LANES or a multiple of it (FN(gr_cl_ok)); with cg <= ND_LANES a
+ * dividing ND_LANES or a multiple of it, or (float64) any cg < ND_LANES
+ * (FN(gr_cl_ok)); with cg <= ND_LANES a
  * group's lanes are its channels, so the lanes of a row are one array of c
  * (the backward's sums, whose lanes are positions in the run, for any
  * cg <= ND_LANES: FN(gr_cl_bwd_ok)).
@@ -791,7 +792,11 @@ static inline int FN(gr_cl_ok)(const nd_geom *g)
 {
     if (g->kind != ND_CLAST || g->s < 2 || g->groups <= 0 || g->c <= 0) return 0;
     const int64_t cg = g->c / g->groups;
-    return cg > 0 && cg < ND_GU && (ND_LANES % cg == 0 || cg % ND_LANES == 0) &&
+    /* float64's two passes both take lanes by position in the run, so any
+     * cg < ND_LANES maps them onto channels; float32's second pass (flat
+     * index) only a cg that divides ND_LANES */
+    return cg > 0 && cg < ND_GU &&
+           (ND_LANES % cg == 0 || cg % ND_LANES == 0 || (!ND_AFFINE_FLOAT && cg < ND_LANES)) &&
            gr_cl_work(g) <= ND_GR_CL_WORK;
 }
 
