@@ -248,16 +248,22 @@ def test_torch_masks_and_caches(torch):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_torch_exchange_views_and_what_it_leaves_to_the_general_route(torch):
+@pytest.mark.parametrize("owning", [False, True], ids=["non-owning", "owning"])
+def test_torch_exchange_views_and_what_it_leaves_to_the_general_route(torch, owning):
     """DLPack's C exchange: float32/float64 CPU tensors (any strides, 0-d,
     empty, requiring grad, nn.Parameter) as views of their memory, equal
-    to Tensor.numpy(); everything else -- other dtypes, devices and
-    layouts, a negative view (the export drops the bit), a subclass that
-    overrides operations -- None, for the general route and its errors."""
-    from normdrop import _interop
-    ex = _interop._exchange_for(torch.Tensor)
-    if ex is None:
+    to Tensor.numpy(), through the non-owning import or the owning one
+    (which a producer without the first gets); everything else -- other
+    dtypes, devices and layouts, a negative view (the export drops the
+    bit), a subclass that overrides operations -- None, for the general
+    route and its errors."""
+    import gc
+    from normdrop import _dispatch, _interop
+    if _interop._exchange_for(torch.Tensor) is None:
         pytest.skip("this PyTorch publishes no DLPack C exchange API")
+    from normdrop._cpu._dlpack import Exchange, intact
+    ex = Exchange(torch.Tensor, _dispatch._plain_tensor_type, torch.Tensor.untyped_storage,
+                  torch.from_numpy, owning=owning)
     base = torch.randn(6, 7, dtype=torch.float64)
     cases = [base, base.float(), base.t(), base[1:5, ::3], torch.randn(1, 7).expand(6, 7),
              torch.tensor(2.5), torch.empty(0, 3), torch.randn(5, requires_grad=True),
@@ -272,6 +278,16 @@ def test_torch_exchange_views_and_what_it_leaves_to_the_general_route(torch):
             assert v.ctypes.data == t.data_ptr()            # the tensor's memory: no copy
     ex_views = ex.views([base, None, cases[1]], 1)
     assert ex_views[1] is None and ex_views[0].ctypes.data == base.data_ptr()
+    # a view outlives its tensor (kept: through the storage; not kept:
+    # through the managed tensor, or the tensor object itself)
+    for keep in (True, False):
+        t = torch.arange(1000, dtype=torch.float64)
+        v = ex.view(t, keep)
+        del t
+        gc.collect()
+        junk = [torch.full((1000,), 7.0, dtype=torch.float64) for _ in range(8)]  # noqa: F841
+        np.testing.assert_array_equal(v, np.arange(1000.0))
+        assert intact(v)
 
     class Traced(torch.Tensor):
         @classmethod

@@ -186,6 +186,10 @@ cdef class Exchange:
     fallback : callable or None
         ndarray -> tensor, for the arrays :meth:`export` cannot hand over
         (``torch.from_numpy``).
+    owning : bool
+        Import through the owning ``managed_tensor_from_py_object_no_sync``
+        even where the producer has the non-owning call (the tests take
+        both ways).
 
     Raises
     ------
@@ -201,7 +205,7 @@ cdef class Exchange:
     cdef object storage
     cdef object fallback
 
-    def __init__(self, array_type, plain_type, storage=None, fallback=None):
+    def __init__(self, array_type, plain_type, storage=None, fallback=None, owning=False):
         cdef ndl_api *api
         capsule = getattr(array_type, "__dlpack_c_exchange_api__", None)
         api = NULL if capsule is None else _find_api(capsule)
@@ -210,7 +214,7 @@ cdef class Exchange:
             raise TypeError(f"{array_type!r} publishes no DLPack 1.x C exchange API")
         self.from_py = api.managed_tensor_from_py_object_no_sync
         self.to_py = api.managed_tensor_to_py_object_no_sync
-        self.tensor_from_py = api.dltensor_from_py_object_no_sync
+        self.tensor_from_py = NULL if owning else api.dltensor_from_py_object_no_sync
         self.capsule = capsule          # the table lives as long as the producer module
         self.array_type = array_type
         self.plain_type = plain_type
