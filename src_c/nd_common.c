@@ -14,6 +14,13 @@ void nd_set_stream_bytes(int64_t bytes) { nd_stream_bytes = bytes < 0 ? 0 : byte
 
 int64_t nd_get_stream_bytes(void) { return nd_stream_bytes; }
 
+/* For the tests: the channels-last passes' per-thread scratch refused (0
+ * never, 1 on every thread, 2 on the odd-numbered threads of a team), so
+ * that the per-group fallbacks of a failed allocation run. */
+int nd_scratch_refusal = 0;
+
+void nd_set_scratch_refusal(int mode) { nd_scratch_refusal = mode; }
+
 /* ------------------------------------------------------ OpenMP after fork
  * GNU libgomp keeps a pool of threads per thread that has started a parallel
  * region -- one of normdrop's, or another library's that shares the runtime

@@ -3,6 +3,7 @@
 #define ND_COMMON_H
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -107,6 +108,21 @@ int nd_omp_parallel(int cond);
  * nd_stream_copy; one nd_stream_fence per work item makes the stores visible
  * in order.  Elsewhere nd_stream_ok is always false. */
 extern int64_t nd_stream_bytes;
+
+/* ------------------------------------------------------ passes' scratch
+ * A parallel pass's per-thread scratch: malloc'd, NULL where that fails, or
+ * where the tests refuse it (nd_set_scratch_refusal: 1 on every thread, 2 on
+ * the odd-numbered threads of a team); the pass then takes its fallback. */
+extern int nd_scratch_refusal;
+
+static inline double *nd_scratch(int64_t n)
+{
+    if (nd_scratch_refusal == 1) return NULL;
+#ifdef _OPENMP
+    if (nd_scratch_refusal == 2 && (omp_get_thread_num() & 1)) return NULL;
+#endif
+    return (double *)malloc((size_t)n * sizeof(double));
+}
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <emmintrin.h>

@@ -990,7 +990,7 @@ static void FN(gr_moments)(const T *x, const nd_geom *g, double *mean, double *m
     ND_OMP_PARALLEL(g->n * g->c * g->s >= ND_PARALLEL_MIN)
     {
         if (cl) {
-            double *w = (double *)malloc((size_t)gr_cl_work(g) * sizeof(double));
+            double *w = nd_scratch(gr_cl_work(g));
             ND_OMP_SPLIT_NOWAIT
             for (int64_t u = 0; u < g->n * nch; ++u) {
                 int64_t i, q0, nq;
@@ -1392,7 +1392,7 @@ static void FN(gr_forward)(const T *x, T *out, const nd_geom *g, const double *g
              * output is written after every range's statistics, by ranges of
              * rows (gr_row_unit), so that no two threads share its lines */
             double *w = gr_cl_work(g) <= ND_GR_CL_WORK   /* (always so where cl) */
-                            ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double))
+                            ? nd_scratch(gr_cl_work(g))
                             : NULL;
             const int by_rows = nch > 1;
             ND_OMP_SPLIT
@@ -1861,7 +1861,7 @@ static void FN(gr_backward)(const T *dout, const T *x, T *dx, const nd_geom *g,
     const int64_t nrc = dx_rows ? gr_cl_chunks(g) : 1;
     ND_OMP_PARALLEL(N * C * g->s >= ND_PARALLEL_MIN)
     {
-        double *w = cl || clt ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double)) : NULL;
+        double *w = cl || clt ? nd_scratch(gr_cl_work(g)) : NULL;
         ND_OMP_SPLIT
         for (int64_t u = 0; u < nblk * nch; ++u) {
             int64_t blk, q0, nq;
@@ -1961,7 +1961,7 @@ static void FN(gr_grad_input)(const T *dout, const T *x, T *dx, const nd_geom *g
     {
         /* channels-last: a sample, or ranges of its rows, along the rows
          * (gr_cl_dx_part), else group by group */
-        double *w = cl ? (double *)malloc((size_t)gr_cl_work(g) * sizeof(double)) : NULL;
+        double *w = cl ? nd_scratch(gr_cl_work(g)) : NULL;
         const int64_t nu = cl ? g->n * nch : ng;   /* the same on every thread */
         ND_OMP_SPLIT_NOWAIT
         for (int64_t u = 0; u < nu; ++u) {

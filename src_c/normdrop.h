@@ -159,6 +159,11 @@ void nd_dropout_mask(uint8_t *mask, int64_t n, uint64_t seed, uint64_t offset, d
 void nd_set_stream_bytes(int64_t bytes);
 int64_t nd_get_stream_bytes(void);
 
+/* For the tests: refuse the channels-last groupnorm passes' scratch (0 never,
+ * 1 on every thread, 2 on the odd-numbered threads of a team), as a failed
+ * allocation would; the per-group loops then give the same bits. */
+void nd_set_scratch_refusal(int mode);
+
 /* The output-buffer cache (nd_pool.c): NumPy PyDataMemAllocator functions
  * (64-byte aligned data) and its controls.  info <- blocks cached, bytes
  * cached, limit, hits, misses. */

@@ -602,3 +602,10 @@ def set_stream_bytes(int64_t nbytes):
 
 def get_stream_bytes():
     return nd_get_stream_bytes()
+
+
+def set_scratch_refusal(int mode):
+    """For the tests: refuse the channels-last groupnorm passes' per-thread
+    scratch (0 never, 1 on every thread, 2 on the odd-numbered threads), as
+    a failed allocation would, so that their fallbacks run."""
+    nd_set_scratch_refusal(mode)

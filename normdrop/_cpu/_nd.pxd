@@ -84,6 +84,7 @@ cdef extern from "normdrop.h" nogil:
 
     void nd_set_stream_bytes(int64_t nbytes)
     int64_t nd_get_stream_bytes()
+    void nd_set_scratch_refusal(int mode)
 
     void *nd_pool_malloc(void *ctx, size_t size)
     void *nd_pool_calloc(void *ctx, size_t nelem, size_t elsize)
