@@ -174,16 +174,13 @@ class _TorchCpu(Adapter):
             return Adapter.native(self, a, name, floating)   # its fallbacks and errors
 
     def wrap(self, a):
-        if a is None:
-            return None
-        ex = self._exchange
-        if ex is not None:
-            return ex.export(a)
-        return self._from_numpy(a)
+        return None if a is None else self._from_numpy(a)
 
     def converters(self):
-        wrap = self.wrap if self._exchange is None else self._exchange.export
-        return self.native, wrap
+        """(native, wrap); wrap is the exchange's export where there is one
+        (it passes None through and hands what it cannot export to
+        torch.from_numpy)."""
+        return self.native, self.wrap if self._exchange is None else self._exchange.export
 
     def natives(self, arrays, plain_type, keep: int):
         """The NumPy views of arrays (None entries stay None) where every

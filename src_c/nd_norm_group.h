@@ -788,10 +788,17 @@ static void FN(gr_group_moments)(const T *x, const nd_grp *grp, double *mean, do
  * than threads the passes take ranges of a sample's groups (gr_cl_chunks,
  * gr_cl_unit in nd_norm.c) and write their output by ranges of its rows
  * (gr_row_unit); each group's values come out the same whatever the cut. */
-static inline int FN(gr_cl_ok)(const nd_geom *g)
+/* cg of a channels-last geometry of S >= 2 runs a group, else 0 (what every
+ * sample-at-a-time pass asks first). */
+static inline int64_t FN(gr_cl_cg)(const nd_geom *g)
 {
     if (g->kind != ND_CLAST || g->s < 2 || g->groups <= 0 || g->c <= 0) return 0;
-    const int64_t cg = g->c / g->groups;
+    return g->c / g->groups;
+}
+
+static inline int FN(gr_cl_ok)(const nd_geom *g)
+{
+    const int64_t cg = FN(gr_cl_cg)(g);
     /* float64's two passes both take lanes by position in the run, so any
      * cg < ND_LANES maps them onto channels; float32's second pass (flat
      * index) only a cg that divides ND_LANES */
@@ -920,10 +927,8 @@ static void FN(gr_cl_moments)(const T *x, const nd_geom *g, int64_t i, int64_t q
  * float32 second pass takes flat indices), so gr_cl_ok asks more. */
 static inline int FN(gr_cl_bwd_ok)(const nd_geom *g)
 {
-    if (FN(gr_cl_ok)(g)) return 1;
-    if (g->kind != ND_CLAST || g->s < 2 || g->groups <= 0 || g->c <= 0) return 0;
-    const int64_t cg = g->c / g->groups;
-    return cg > 0 && cg <= ND_LANES && gr_cl_work(g) <= ND_GR_CL_WORK;
+    const int64_t cg = FN(gr_cl_cg)(g);
+    return FN(gr_cl_ok)(g) || (cg > 0 && cg <= ND_LANES && gr_cl_work(g) <= ND_GR_CL_WORK);
 }
 
 /* Channels-last groups of short runs that the sample-at-a-time passes do not
